@@ -1,0 +1,150 @@
+"""grain input pipelines: training crops and whole images for evaluation.
+
+Host numpy only. Batches have static shapes (``drop_remainder`` for training;
+masked padding examples for evaluation, so every process runs the same number
+of steps). The training iterator's state is checkpointed with the model.
+"""
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from unlock_jax.data import keys
+from unlock_jax.data import transforms
+from unlock_jax.data.layouts import common as layouts_common
+
+
+def open_reader(layout: str, root: str, split: str, image_size=None):
+  """Reader for a named on-disk layout ("kitti360aps" or "blendpass")."""
+  if layout == "kitti360aps":
+    from unlock_jax.data.layouts import kitti360aps as mod
+  elif layout == "blendpass":
+    from unlock_jax.data.layouts import blendpass as mod
+  else:
+    raise ValueError(f"unknown data layout {layout!r}; expected 'kitti360aps' "
+                     "or 'blendpass'")
+  kwargs = {} if image_size is None else {"image_size": tuple(image_size)}
+  return mod.Reader(root, split, **kwargs)
+
+
+def collate(examples: Sequence[dict]) -> dict:
+  """Stacks arrays; keys starting with ``_host`` stay Python lists."""
+  out = {}
+  for k in examples[0]:
+    vals = [e[k] for e in examples]
+    out[k] = vals if k.startswith("_host") else np.stack(vals)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainTransform:
+  """index → augmented example: load, pad instances, crop, flip, normalise."""
+  reader: Any
+  crop_size: tuple[int, int]
+  cat_max_ratio: float = 0.75
+  flip: bool = True
+  max_instances: int = 0      # 0: semantic only
+  box_rule: str = "positive"
+
+  def __call__(self, index, rng: np.random.Generator) -> dict:
+    ex = self.reader.load(int(index))
+    if self.max_instances:
+      padded = layouts_common.to_padded(ex, self.max_instances)
+      ex = {k: padded[k] for k in keys.INSTANCE_KEYS} | {
+          keys.IMAGE: ex["image"], keys.SEMANTIC: ex["semantic"]}
+      if self.box_rule != "positive":
+        for p in ("modal", "amodal"):
+          ex[f"{p}_boxes"] = transforms.boxes_from_masks(ex[f"{p}_masks"],
+                                                         self.box_rule)
+    else:
+      ex = {keys.IMAGE: ex["image"], keys.SEMANTIC: ex["semantic"]}
+    box = transforms.random_crop_box(ex[keys.SEMANTIC], self.crop_size, rng,
+                                     self.cat_max_ratio)
+    ex = transforms.crop(ex, box, self.box_rule)
+    if self.flip and rng.random() < 0.5:
+      ex = transforms.hflip(ex)
+    return transforms.finalize(ex)
+
+
+def _seed_for(seed: int, process_index: int) -> int:
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+
+
+def train_iterator(reader, *, batch_size: int, crop_size, seed: int,
+                   cat_max_ratio: float = 0.75, flip: bool = True,
+                   max_instances: int = 0, box_rule: str = "positive",
+                   num_workers: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+  """Endless iterator of process-local training batches.
+
+  The example index is sharded by process before shuffling; each epoch is
+  reshuffled (``repeat(reseed_each_epoch=True)``) and the augmentation RNG is
+  seeded from (seed, process index), so every process sees different crops.
+  """
+  n = len(reader)
+  if n < process_count:
+    raise ValueError(f"{n} training examples cannot be split over "
+                     f"{process_count} processes")
+  ds = grain.MapDataset.range(n)[process_index::process_count]
+  if len(ds) < batch_size:
+    raise ValueError(f"only {len(ds)} training examples on this process, fewer "
+                     f"than the per-process batch size {batch_size}")
+  ds = ds.shuffle(seed=_seed_for(seed, process_index)).repeat()
+  ds = ds.random_map(
+      TrainTransform(reader, tuple(crop_size), cat_max_ratio, flip,
+                     max_instances, box_rule),
+      seed=_seed_for(seed + 1, process_index))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                            prefetch_buffer_size=4))
+  it = it.batch(batch_size, drop_remainder=True, batch_fn=collate)
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalLoad:
+  """Padded index → whole image + host-side ground truth; -1 is padding."""
+  reader: Any
+  image_size: tuple[int, int]
+
+  def __call__(self, index: int) -> dict:
+    h, w = self.image_size
+    if index < 0:
+      return {keys.IMAGE: np.zeros((h, w, 3), np.float32),
+              keys.MASK: np.bool_(False), keys.INDEX: np.int32(-1),
+              "_host_gt": None}
+    ex = self.reader.load(int(index))
+    return {keys.IMAGE: transforms.normalize(ex["image"]),
+            keys.MASK: np.bool_(True), keys.INDEX: np.int32(index),
+            "_host_gt": ex}
+
+
+def eval_batches(reader, *, global_batch_size: int, image_size,
+                 process_index: int = 0, process_count: int = 1):
+  """Iterable of process-local eval batches covering the split once.
+
+  The index list is padded with -1 to whole global batches; process p takes
+  rows ``[p*b, (p+1)*b)`` of every global batch, so all processes run
+  ``ceil(n / global_batch_size)`` steps and padded rows have ``_mask=False``.
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f"eval batch {global_batch_size} not divisible by "
+                     f"{process_count} processes")
+  local = global_batch_size // process_count
+  n = len(reader)
+  steps = math.ceil(n / global_batch_size)
+  padded = np.full(steps * global_batch_size, -1, np.int64)
+  padded[:n] = np.arange(n)
+  mine = padded.reshape(steps, process_count, local)[:, process_index].ravel()
+  ds = grain.MapDataset.source(mine.tolist()).map(
+      EvalLoad(reader, tuple(image_size)))
+  ds = ds.batch(local, drop_remainder=True, batch_fn=collate)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                              prefetch_buffer_size=2))
+
+
+def num_eval_steps(n: int, global_batch_size: int) -> int:
+  return math.ceil(n / global_batch_size)

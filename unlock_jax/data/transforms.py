@@ -1,0 +1,126 @@
+"""Host-side numpy transforms: crop (cat_max_ratio rule), flip, normalise.
+
+Every function takes and returns one example dict with the keys of
+``unlock_jax.data.keys`` (no batch dimension). Randomness comes from the
+``np.random.Generator`` grain hands to each element, so a pipeline is
+reproducible from its seed and its iterator state.
+"""
+import numpy as np
+
+from unlock_jax.data import keys
+from unlock_jax.data import labels
+
+# ImageNet statistics in RGB order (mmseg Normalize with to_rgb=True).
+MEAN = np.array([123.675, 116.28, 103.53], np.float32)
+STD = np.array([58.395, 57.12, 57.375], np.float32)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  """uint8 RGB [H,W,3] → float32, ImageNet mean/std."""
+  return (image.astype(np.float32) - MEAN) / STD
+
+
+def _crop_ok(semantic: np.ndarray, cat_max_ratio: float) -> bool:
+  """mmseg RandomCrop's test: ≥2 valid classes and none above the ratio."""
+  counts = np.bincount(semantic[semantic != labels.IGNORE].ravel(),
+                       minlength=labels.NUM_CLASSES)
+  counts = counts[counts > 0]
+  return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
+def random_crop_box(semantic: np.ndarray, crop_size: tuple[int, int],
+                    rng: np.random.Generator, cat_max_ratio: float = 1.0,
+                    max_tries: int = 10) -> tuple[int, int, int, int]:
+  """A crop ``(y1, y2, x1, x2)`` as mmseg's RandomCrop draws it.
+
+  With ``cat_max_ratio < 1`` the offset is redrawn up to ``max_tries`` times
+  until the cropped semantic map passes :func:`_crop_ok`; after that the last
+  draw is used unchecked (reference behaviour). A crop as tall as the image
+  (panoramas, KITTI-360 rescaled to 376 rows) only moves horizontally.
+  """
+  h, w = semantic.shape
+  ch, cw = crop_size
+  if ch > h or cw > w:
+    raise ValueError(f"crop {ch}x{cw} is larger than the image {h}x{w}")
+  for attempt in range(max_tries if cat_max_ratio < 1.0 else 1):
+    y1 = int(rng.integers(0, h - ch + 1))
+    x1 = int(rng.integers(0, w - cw + 1))
+    box = (y1, y1 + ch, x1, x1 + cw)
+    if cat_max_ratio >= 1.0 or attempt == max_tries - 1:
+      break
+    if _crop_ok(semantic[y1:y1 + ch, x1:x1 + cw], cat_max_ratio):
+      break
+  return box
+
+
+def boxes_from_masks(masks: np.ndarray, rule: str = "positive") -> np.ndarray:
+  """Tight boxes ``x1,y1,x2,y2`` (x2/y2 exclusive) of [N,H,W] masks.
+
+  ``rule="positive"`` uses the pixels equal to 1 (intended behaviour);
+  ``"nonzero"`` also counts ignore pixels (255), which reproduces reference
+  bug §10.1 (inflated boxes). Empty masks get an all-zero box.
+  """
+  fg = masks == 1 if rule == "positive" else masks != 0
+  if rule not in ("positive", "nonzero"):
+    raise ValueError(f"box rule must be 'positive' or 'nonzero', got {rule!r}")
+  rows = fg.any(axis=2)
+  cols = fg.any(axis=1)
+  n, h, w = masks.shape
+  boxes = np.zeros((n, 4), np.float32)
+  has = rows.any(axis=1)
+  if has.any():
+    y1 = rows.argmax(axis=1)
+    y2 = h - rows[:, ::-1].argmax(axis=1)
+    x1 = cols.argmax(axis=1)
+    x2 = w - cols[:, ::-1].argmax(axis=1)
+    boxes[has] = np.stack([x1, y1, x2, y2], 1)[has]
+  return boxes
+
+
+def crop(example: dict, box: tuple[int, int, int, int],
+         box_rule: str = "positive") -> dict:
+  """Crops image, semantic and instance masks; refreshes boxes and validity."""
+  y1, y2, x1, x2 = box
+  out = dict(example)
+  out[keys.IMAGE] = example[keys.IMAGE][y1:y2, x1:x2]
+  out[keys.SEMANTIC] = example[keys.SEMANTIC][y1:y2, x1:x2]
+  for prefix in ("modal", "amodal"):
+    mk = f"{prefix}_masks"
+    if mk not in example:
+      continue
+    masks = example[mk][:, y1:y2, x1:x2]
+    out[mk] = masks
+    out[f"{prefix}_valid"] = example[f"{prefix}_valid"] & (masks == 1).any((1, 2))
+    out[f"{prefix}_boxes"] = boxes_from_masks(masks, box_rule)
+  return out
+
+
+def hflip(example: dict) -> dict:
+  """Horizontal flip of image, semantic, masks and boxes."""
+  out = dict(example)
+  out[keys.IMAGE] = example[keys.IMAGE][:, ::-1]
+  out[keys.SEMANTIC] = example[keys.SEMANTIC][:, ::-1]
+  w = example[keys.SEMANTIC].shape[1]
+  for prefix in ("modal", "amodal"):
+    mk = f"{prefix}_masks"
+    if mk not in example:
+      continue
+    out[mk] = example[mk][:, :, ::-1]
+    b = example[f"{prefix}_boxes"]
+    flipped = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
+    out[f"{prefix}_boxes"] = np.where(example[f"{prefix}_valid"][:, None],
+                                      flipped, 0).astype(np.float32)
+  return out
+
+
+def finalize(example: dict) -> dict:
+  """Normalises the image and fixes dtypes for batching (contiguous copies)."""
+  out = {}
+  for k, v in example.items():
+    if k == keys.IMAGE:
+      out[k] = normalize(np.ascontiguousarray(v))
+    elif k == keys.SEMANTIC:
+      out[k] = np.ascontiguousarray(v, np.int32)
+    else:
+      out[k] = np.ascontiguousarray(v) if isinstance(v, np.ndarray) else v
+  return out

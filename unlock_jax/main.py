@@ -1,0 +1,48 @@
+"""Entry point: ``python -m unlock_jax.main --config configs/<file>.py --workdir DIR``.
+
+``config.stage`` names what runs: one stage, or several separated by commas
+(``"generate,train_source,evaluate"``), each a module in ``unlock_jax.stages``
+exposing ``run(config, workdir)``. Multi-host runs set
+``UNLOCK_JAX_DISTRIBUTED=1`` (see launch/).
+"""
+import importlib
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if it exists).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # TF is only used by clu's summary writers; keep it off the accelerators.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], "GPU")
+  import jax  # pylint: disable=g-import-not-at-top
+  if os.environ.get("UNLOCK_JAX_DISTRIBUTED"):
+    jax.distributed.initialize()
+  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
+  os.makedirs(workdir, exist_ok=True)
+  logging.info("process %d/%d, devices: %s", jax.process_index(),
+               jax.process_count(), jax.devices())
+  for stage in [s.strip() for s in config.stage.split(",") if s.strip()]:
+    logging.info("=== stage %s ===", stage)
+    try:
+      module = importlib.import_module(f"unlock_jax.stages.{stage}")
+    except ModuleNotFoundError as e:
+      if e.name != f"unlock_jax.stages.{stage}":
+        raise
+      folder = os.path.join(os.path.dirname(__file__), "stages")
+      stages = sorted(f[:-3] for f in os.listdir(folder)
+                      if f.endswith(".py") and not f.startswith("_"))
+      raise app.UsageError(f"unknown stage {stage!r}; available: {stages}") from None
+    module.run(config, workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

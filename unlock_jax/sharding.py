@@ -1,0 +1,68 @@
+"""Device mesh, shardings, and host→device transfer of batches.
+
+One mesh axis, ``data``: parameters are replicated, batches are split along
+their leading dimension. Axis types are ``Auto`` (jax.make_mesh now defaults to
+Explicit, under which un-annotated replicated weights fail to contract with
+sharded activations; see spec jax_stack.md §6).
+"""
+import pickle
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+
+
+def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
+  """A 1-D ``data`` mesh over all (or the first ``num_devices``) devices."""
+  n = num_devices or jax.device_count()
+  return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=jax.devices()[:n])
+
+
+def data_sharding(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def local_batch_size(global_batch_size: int, mesh) -> int:
+  """Per-process batch size; the global batch must split evenly over devices."""
+  n_dev = mesh.devices.size
+  if global_batch_size % n_dev:
+    raise ValueError(
+        f"batch_size={global_batch_size} is not divisible by the {n_dev} "
+        f"devices of the '{DATA_AXIS}' mesh axis")
+  return global_batch_size // jax.process_count()
+
+
+def put_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
+  """Process-local numpy batch → global arrays sharded over ``data``.
+
+  Keys starting with ``_host`` stay on the host (ragged ground truth).
+  """
+  sharding = data_sharding(mesh)
+  out = {}
+  for k, v in batch.items():
+    if k.startswith("_host"):
+      continue
+    out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
+  return out
+
+
+def gather_objects(obj: Any) -> list[Any]:
+  """All processes' Python objects, in process order (pickled over jax)."""
+  if jax.process_count() == 1:
+    return [obj]
+  payload = np.frombuffer(pickle.dumps(obj), np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([payload.size]))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:payload.size] = payload
+  everything = multihost_utils.process_allgather(padded)
+  return [pickle.loads(everything[i, :int(s)].tobytes())
+          for i, s in enumerate(np.ravel(sizes))]
