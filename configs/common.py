@@ -1,0 +1,83 @@
+"""Config building blocks shared by every experiment file.
+
+Each experiment file's ``get_config(arg)`` starts from :func:`base`, sets its
+sections, and ends with the ``runlocal`` shrink, as big_vision configs do.
+"""
+import ml_collections
+
+from unlock_jax.models import amodalpass
+
+SYNTH_ROOT = "{workdir}/data"  # where the generate stage writes synthpass
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """``"runlocal,steps=50"`` → ConfigDict, typed by the defaults; unknown keys fail."""
+  out = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    default = defaults[key]
+    if isinstance(default, bool):
+      out[key] = value.lower() in ("", "1", "true", "yes")
+    else:
+      out[key] = type(default)(value)
+  return out
+
+
+def data_section(layout_root_source: str, layout_root_target: str,
+                 source_size, target_size) -> ml_collections.ConfigDict:
+  """Where the labelled source and the target panoramas live, and their sizes."""
+  return ml_collections.ConfigDict(dict(
+      source=dict(layout="kitti360aps", root=layout_root_source, split="train",
+                  image_size=tuple(source_size)),
+      target=dict(layout="blendpass", root=layout_root_target, split="train",
+                  image_size=tuple(target_size)),
+  ))
+
+
+def semantic_eval(layout: str, root: str, split: str, image_size,
+                  batch_size: int = 4) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      type="semantic", layout=layout, root=root, split=split,
+      image_size=tuple(image_size), batch_size=batch_size))
+
+
+def base() -> ml_collections.ConfigDict:
+  """Every key any stage reads, with the reference's defaults."""
+  c = ml_collections.ConfigDict()
+  c.stage = "train_source"
+  c.seed = 0
+
+  c.synthpass = dict(out_dir=SYNTH_ROOT, scale=0.25, seed=0,
+                     num_source=dict(train=300, val=50),
+                     num_target=dict(train=100, val=50),
+                     domain_shift=1.0, num_workers=0)
+  c.data = data_section("{workdir}/data/KITTI360_APS", "{workdir}/data/BlendPASS",
+                        (376, 1408), (400, 2048))
+
+  # Source training input (KITTI-360 APS: 376x376 crops, cat_max_ratio 0.75, flip).
+  c.input = dict(batch_size=8, crop_size=(376, 376), cat_max_ratio=0.75,
+                 flip=True, max_instances=32, box_rule="positive",
+                 num_workers=0)
+
+  c.model = amodalpass.default_model_config()
+  c.loss = dict(sem_normalize="all_pixels")
+
+  # AdamW 6e-5, poly(1.0), head lr x10, no decay on norms (DAFormer "pm").
+  c.optim = dict(lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
+                 power=1.0, end_lr=0.0, warmup_steps=0,
+                 groups=(("head", r"^decode_head/", 10.0, 1.0),
+                         ("norm", r"norm", 1.0, 0.0)))
+  c.total_steps = 40_000
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 2
+  c.progress_every_secs = 30.0
+  c.init_checkpoint = ""
+
+  c.evaluate = dict(checkpoint="{workdir}/train_source/checkpoints",
+                    results_dir="{workdir}/evaluate")
+  c.evals = ml_collections.ConfigDict()
+  c.debug = dict(kill_after_checkpoint=-1)
+  return c
