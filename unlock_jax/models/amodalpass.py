@@ -1,0 +1,156 @@
+"""Assembles the AmodalPASS network: MiT backbone, DAFormer-SimPool head, FPN.
+
+`build(model_cfg)` returns an `AmodalPASS` module whose call maps an NHWC image
+batch to named outputs. Submodule names match the reference state-dict prefixes
+(`backbone`, `decode_head`, `neck`); the two Mask R-CNN branches (`rpn_head`,
+`roi_head`, `rpn_head_amodal`, `roi_head_amodal`) attach to the FPN outputs
+when `model_cfg.instance_heads` is set.
+
+Rng collections: "dropout" (dropout, drop-path), "sampling" (R-CNN). BatchNorm
+running statistics live in the "batch_stats" collection (decode head only).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from unlock_jax.models import daformer_head
+from unlock_jax.models import fpn as fpn_lib
+from unlock_jax.models import mit as mit_lib
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+  """The reference AmodalPASS-B5 semantic path (`maskrcnn_sepaspp_amodalpassb5`).
+
+  `instance_heads` is off here: the R-CNN branches are configured in `rcnn`
+  and switched on by the experiment configs that train them.
+  """
+  cfg = ml_collections.ConfigDict()
+  cfg.backbone = "mit_b5"
+  # Only read when backbone == "custom"; filled with the B5 sizes for clarity.
+  cfg.mit = ml_collections.ConfigDict(dict(
+      dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), heads=(1, 2, 5, 8),
+      sr_ratios=(8, 4, 2, 1)))
+  cfg.deformable = True
+  cfg.simpool = True
+  cfg.drop_path_rate = 0.1
+  cfg.norm_eps = 1e-6
+  cfg.deform_impl = "gather"
+  cfg.remat = False
+  cfg.head_embed_dims = 256
+  cfg.head_channels = 256
+  cfg.dilations = (1, 6, 12, 18)
+  cfg.dropout = 0.1
+  cfg.num_classes = 18
+  cfg.fpn_channels = 256
+  cfg.fpn_outs = 5
+  cfg.compute_dtype = "float32"
+  cfg.instance_heads = False
+  cfg.rcnn = ml_collections.ConfigDict()
+  return cfg
+
+
+def tiny_model_config() -> ml_collections.ConfigDict:
+  """A few-thousand-parameter network with every feature on, for CPU tests."""
+  cfg = default_model_config()
+  cfg.backbone = "custom"
+  cfg.mit = ml_collections.ConfigDict(dict(
+      dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), heads=(1, 2, 2, 4),
+      sr_ratios=(8, 4, 2, 1)))
+  cfg.head_embed_dims = 16
+  cfg.head_channels = 16
+  cfg.fpn_channels = 16
+  return cfg
+
+
+def compute_dtype(model_cfg: ml_collections.ConfigDict):
+  """The jnp dtype named by `model_cfg.compute_dtype`."""
+  name = model_cfg.compute_dtype
+  if name not in _DTYPES:
+    raise ValueError(f"model_cfg.compute_dtype must be one of "
+                     f"{sorted(_DTYPES)}, got {name!r}")
+  return _DTYPES[name]
+
+
+def build_backbone(model_cfg: ml_collections.ConfigDict) -> mit_lib.MiT:
+  """The MiT backbone described by `model_cfg` (named size or "custom")."""
+  if model_cfg.backbone == "custom":
+    m = model_cfg.mit
+    size = mit_lib.MiTSize(tuple(m.dims), tuple(m.depths), tuple(m.heads),
+                           tuple(m.sr_ratios))
+  else:
+    size = mit_lib.mit_size(model_cfg.backbone)
+  return mit_lib.MiT(
+      dims=size.dims, depths=size.depths, heads=size.heads,
+      sr_ratios=size.sr_ratios, deformable=bool(model_cfg.deformable),
+      simpool=bool(model_cfg.simpool),
+      drop_path_rate=float(model_cfg.drop_path_rate),
+      norm_eps=float(model_cfg.norm_eps), deform_impl=model_cfg.deform_impl,
+      remat=bool(model_cfg.remat), dtype=compute_dtype(model_cfg))
+
+
+class AmodalPASS(nn.Module):
+  """Backbone + semantic head + FPN (+ the two R-CNN branches when enabled).
+
+  Attributes:
+    config: the model ConfigDict (see `default_model_config`).
+  """
+  config: Any
+
+  def setup(self):
+    cfg = self.config
+    dtype = compute_dtype(cfg)
+    self.backbone = build_backbone(cfg)
+    self.decode_head = daformer_head.DAFormerHead(
+        num_classes=int(cfg.num_classes), embed_dims=int(cfg.head_embed_dims),
+        channels=int(cfg.head_channels), dilations=tuple(cfg.dilations),
+        dropout=float(cfg.dropout), dtype=dtype)
+    self.neck = fpn_lib.FPN(channels=int(cfg.fpn_channels),
+                            num_outs=int(cfg.fpn_outs), dtype=dtype)
+
+  def __call__(self, image: jax.Array, *, train: bool,
+               targets: dict | None = None) -> dict:
+    """Runs the network.
+
+    Args:
+      image: normalised images [B, H, W, 3] float32 (H, W multiples of 32 keep
+        every level an exact stride; other sizes follow PyTorch's rounding).
+      train: training mode (dropout, drop-path, BatchNorm batch statistics).
+      targets: instance targets for the R-CNN losses (unused by the semantic
+        path).
+
+    Returns:
+      {"sem_logits": [B, H/4, W/4, num_classes] float32,
+       "features": 4 backbone maps (strides 4..32),
+       "fpn": `fpn_outs` FPN maps (strides 4..64)}.
+    """
+    del targets  # Consumed by the R-CNN branches only.
+    if image.ndim != 4 or image.shape[-1] != 3:
+      raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
+    features = self.backbone(image, train=train)
+    sem_logits = self.decode_head(features, train=train)
+    fpn = self.neck(features)
+    return {"sem_logits": sem_logits, "features": features, "fpn": fpn}
+
+
+def build(model_cfg: ml_collections.ConfigDict) -> AmodalPASS:
+  """Validates `model_cfg` and returns the (unbound) network."""
+  compute_dtype(model_cfg)
+  if model_cfg.backbone != "custom":
+    mit_lib.mit_size(model_cfg.backbone)
+  if model_cfg.deform_impl not in ("gather", "dense"):
+    raise ValueError(f"model_cfg.deform_impl must be 'gather' or 'dense', got "
+                     f"{model_cfg.deform_impl!r}")
+  if int(model_cfg.num_classes) <= 0:
+    raise ValueError(f"model_cfg.num_classes must be > 0, got "
+                     f"{model_cfg.num_classes}")
+  if model_cfg.instance_heads:
+    raise ValueError("model_cfg.instance_heads=True needs the Mask R-CNN "
+                     "branches, which this AmodalPASS does not wire yet "
+                     "(unlock_jax/models/rcnn)")
+  return AmodalPASS(model_cfg)

@@ -1,0 +1,131 @@
+"""Small layers shared by the backbone, the decode head and the FPN (NHWC)."""
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# PyTorch BatchNorm momentum 0.1 (new = 0.9 old + 0.1 batch) is flax momentum 0.9.
+BN_MOMENTUM = 0.9
+BN_EPS = 1e-5
+
+
+def layer_norm(eps: float, name: str, dtype: Dtype) -> nn.LayerNorm:
+  """A LayerNorm over the channel axis with PyTorch's exact variance."""
+  # use_fast_variance=False computes E[(x - mean)^2]; the fast E[x^2]-mean^2
+  # form loses digits against the PyTorch reference on large activations.
+  return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32,
+                      use_fast_variance=False, name=name)
+
+
+def torch_conv_init(key, shape, dtype=jnp.float32):
+  """Kaiming normal fan-out init used by the reference for Conv2d weights."""
+  kh, kw, cin_per_group, cout = shape
+  del cin_per_group
+  std = (2.0 / (kh * kw * cout)) ** 0.5
+  return std * jax.random.normal(key, shape, dtype)
+
+
+def trunc_normal_init(std: float = 0.02):
+  """timm trunc_normal_(std) used by the reference for Linear weights."""
+  return nn.initializers.truncated_normal(stddev=std)
+
+
+class ConvModule(nn.Module):
+  """mmcv ConvModule: conv (+ BatchNorm) (+ ReLU); submodules `conv`, `bn`.
+
+  Attributes:
+    features: output channels.
+    kernel_size: square kernel size.
+    stride: square stride.
+    padding: symmetric zero padding (PyTorch semantics).
+    dilation: kernel dilation.
+    groups: feature groups (= input channels for a depthwise conv).
+    norm: whether a BatchNorm follows (then the conv has no bias, as mmcv's
+      `bias='auto'`).
+    act: whether a ReLU follows.
+    dtype: compute dtype.
+    kernel_init: conv weight init (default: the reference's fan-out normal).
+  """
+  features: int
+  kernel_size: int = 1
+  stride: int = 1
+  padding: int = 0
+  dilation: int = 1
+  groups: int = 1
+  norm: bool = True
+  act: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    k, p = self.kernel_size, self.padding
+    x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride),
+                padding=((p, p), (p, p)),
+                kernel_dilation=(self.dilation, self.dilation),
+                feature_group_count=self.groups, use_bias=not self.norm,
+                dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=self.kernel_init or torch_conv_init,
+                name="conv")(x)
+    if self.norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                       epsilon=BN_EPS, dtype=self.dtype,
+                       param_dtype=jnp.float32, name="bn")(x)
+    if self.act:
+      x = nn.relu(x)
+    return x
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the whole residual branch per sample.
+
+  Uses the `"dropout"` rng collection; identity when `deterministic` or the
+  rate is 0.
+  """
+  rate: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Bilinear resize of NHWC maps, = torch `F.interpolate(align_corners=False)`.
+
+  Antialiasing is off because PyTorch's bilinear mode does not antialias when
+  downsampling; for upsampling both agree (half-pixel centres, edge clamp).
+  """
+  h, w = size
+  if x.shape[1:3] == (h, w):
+    return x
+  out = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear",
+                         antialias=False)
+  return out.astype(x.dtype)
+
+
+def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:
+  """Nearest resize of NHWC maps, = torch `F.interpolate(mode='nearest')`.
+
+  PyTorch's legacy nearest picks source index floor(dst * in / out), which is
+  not the half-pixel rule of `jax.image.resize`; the FPN depends on it when
+  sizes are odd (13 -> 25).
+  """
+  h, w = size
+  in_h, in_w = x.shape[1], x.shape[2]
+  if (in_h, in_w) == (h, w):
+    return x
+  # Integer arithmetic reproduces floor(dst * (in / out)) for these sizes;
+  # PyTorch computes the scale in float, which agrees for all sizes < 2^24.
+  rows = jnp.asarray([min(int(i * (in_h / h)), in_h - 1) for i in range(h)])
+  cols = jnp.asarray([min(int(j * (in_w / w)), in_w - 1) for j in range(w)])
+  return x[:, rows][:, :, cols]
