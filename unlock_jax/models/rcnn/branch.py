@@ -1,0 +1,232 @@
+"""One Mask R-CNN branch (RPN + RoI heads) on FPN features, static shapes.
+
+The network instantiates this module twice (modal and amodal instances).
+Parameters: ``rpn_head/{rpn_conv,rpn_cls,rpn_reg}`` and
+``roi_head/bbox_head/{shared_fcs_0,shared_fcs_1,fc_cls,fc_reg}``,
+``roi_head/mask_head/{convs_0..3,upsample,conv_logits}`` (checkpoint key
+names of ``rpn_head.*`` / ``roi_head.*``; conversion notes in
+``roi_heads.py``). Random sampling draws from the ``"sampling"`` rng stream.
+"""
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from unlock_jax.models.rcnn import anchors as anchor_ops
+from unlock_jax.models.rcnn import boxes as box_ops
+from unlock_jax.models.rcnn import roi_align
+from unlock_jax.models.rcnn import roi_heads
+from unlock_jax.models.rcnn import rpn
+
+LOSS_KEYS = ("rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox", "mask")
+
+
+def default_rcnn_config() -> ml_collections.ConfigDict:
+  """Reference settings (``maskrcnn_sepaspp_amodalpassb5.py`` L47-197)."""
+  c = ml_collections.ConfigDict()
+  c.num_classes = 7
+  c.strides = (4, 8, 16, 32, 64)
+  c.anchor_scales = (8.0,)
+  c.anchor_ratios = (0.5, 1.0, 2.0)
+  c.feat_channels = 256          # RPN conv width
+  # RPN training.
+  c.rpn_samples = 256
+  c.rpn_pos_fraction = 0.5
+  c.rpn_pos_iou = 0.7
+  c.rpn_neg_iou = 0.3
+  c.rpn_min_pos_iou = 0.3
+  # Proposals.
+  c.nms_pre_train = 2000         # per level
+  c.max_proposals_train = 1000
+  c.nms_pre_test = 1000
+  c.max_proposals_test = 1000
+  c.rpn_nms = 0.7
+  # R-CNN training.
+  c.rcnn_samples = 512
+  c.rcnn_pos_fraction = 0.25
+  c.rcnn_iou = 0.5               # pos = neg = min_pos IoU
+  # RoI features.
+  c.roi_size = 7
+  c.mask_roi_size = 14
+  c.mask_size = 28
+  c.roi_sampling_ratio = 2       # static stand-in for mmcv's adaptive 0
+  c.finest_scale = 56
+  c.fc_dim = 1024
+  c.conv_dim = 256
+  # Mask targets / loss.
+  c.reference_mask_ignore_bug = False
+  c.mask_ignore_frac = 0.0       # cell ignored if its ignore fraction > this
+  c.mask_avg_non_ignore = False  # mmdet default: ignored cells in denominator
+  c.box_rule = "positive"        # "positive" | "nonzero" (ref bug) | "given"
+  # Test.
+  c.score_thr = 0.05
+  c.test_nms = 0.5
+  c.max_dets = 100
+  c.mask_thr = 0.5
+  c.paste_chunk = 10
+  c.compute_dtype = "float32"
+  return c
+
+
+def tiny_rcnn_config() -> ml_collections.ConfigDict:
+  """Small widths and budgets for CPU tests."""
+  c = default_rcnn_config()
+  c.feat_channels = 16
+  c.rpn_samples = 32
+  c.nms_pre_train = 64
+  c.max_proposals_train = 48
+  c.nms_pre_test = 64
+  c.max_proposals_test = 48
+  c.rcnn_samples = 32
+  c.fc_dim = 32
+  c.conv_dim = 16
+  c.max_dets = 10
+  c.paste_chunk = 5
+  return c
+
+
+def freeze(cfg: Any) -> ml_collections.FrozenConfigDict:
+  """Hashable config for the module field."""
+  if isinstance(cfg, ml_collections.FrozenConfigDict):
+    return cfg
+  return ml_collections.FrozenConfigDict(cfg)
+
+
+class MaskRCNNBranch(nn.Module):
+  """RPN + R-CNN (box and mask) on five FPN maps; losses or detections."""
+  cfg: Any  # ml_collections.FrozenConfigDict (use ``freeze``)
+
+  def setup(self):
+    c = self.cfg
+    dt = jnp.dtype(c.compute_dtype)
+    self.rpn_head = rpn.RPNHead(len(c.anchor_ratios) * len(c.anchor_scales),
+                                c.feat_channels, dt)
+    self.roi_head = roi_heads.RoIHead(c.num_classes, c.fc_dim, c.conv_dim, dt)
+
+  def _roi_features(self, feats: Sequence[jnp.ndarray], rois: jnp.ndarray,
+                    size: int) -> jnp.ndarray:
+    c = self.cfg
+    fn = lambda f, r: roi_align.multilevel_roi_align(
+        f, jax.lax.stop_gradient(r), size, tuple(c.strides[:len(f)]),
+        c.roi_sampling_ratio, c.finest_scale)
+    return jax.vmap(fn)(list(feats), rois)
+
+  def __call__(self, fpn: Sequence[jnp.ndarray], image_shape: tuple[int, int],
+               *, train: bool, targets: dict | None = None) -> dict:
+    """Losses (``targets`` given) or detections (``targets=None``).
+
+    Args:
+      fpn: five maps ``[B, h_l, w_l, C]`` at strides 4..64.
+      image_shape: static ``(H, W)`` of the input image (box clipping, paste).
+      train: selects the train (else test) proposal budgets.
+      targets: ``masks [B,N,H,W] uint8 (0/1/255)``, ``classes [B,N] int32``,
+        ``boxes [B,N,4] float32``, ``valid [B,N] bool``.
+    Returns:
+      ``{rpn_cls, rpn_bbox, rcnn_cls, rcnn_bbox, mask}`` scalars, or
+      ``{boxes [B,D,4], scores [B,D], classes [B,D], masks [B,D,H,W] bool,
+      valid [B,D]}`` with ``D = max_dets``.
+    """
+    c = self.cfg
+    dt = jnp.dtype(c.compute_dtype)
+    fpn = [f.astype(dt) for f in fpn]
+    image_shape = (int(image_shape[0]), int(image_shape[1]))
+    cls_l, reg_l = self.rpn_head(fpn)
+    anchors = [jnp.asarray(a) for a in anchor_ops.multilevel_anchors(
+        [f.shape[1:3] for f in fpn], tuple(c.strides), tuple(c.anchor_scales),
+        tuple(c.anchor_ratios))]
+    nms_pre = c.nms_pre_train if train else c.nms_pre_test
+    max_props = c.max_proposals_train if train else c.max_proposals_test
+    propose = lambda cl, rg: rpn.rpn_proposals(
+        cl, rg, anchors, image_shape, nms_pre=nms_pre, max_num=max_props,
+        iou_thr=c.rpn_nms)
+    props, _, prop_valid = jax.vmap(propose)(
+        jax.lax.stop_gradient(cls_l), jax.lax.stop_gradient(reg_l))
+    roi_feats = fpn[:len(roi_align.ROI_STRIDES)]
+    if targets is None:
+      return self._detect(roi_feats, props, prop_valid, image_shape)
+    return self._losses(roi_feats, cls_l, reg_l, anchors, props, prop_valid,
+                        targets)
+
+  def _gt(self, targets: dict):
+    c = self.cfg
+    valid = targets["valid"].astype(bool)
+    if c.box_rule == "given":
+      boxes = targets["boxes"].astype(jnp.float32)
+      ok = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    else:
+      boxes, ok = box_ops.boxes_from_masks(targets["masks"], c.box_rule)
+    valid = valid & ok
+    boxes = jnp.where(valid[..., None], boxes, 0.0)
+    classes = jnp.where(valid, targets["classes"].astype(jnp.int32), 0)
+    return boxes, classes, valid
+
+  def _losses(self, roi_feats, cls_l, reg_l, anchors, props, prop_valid,
+              targets) -> dict:
+    c = self.cfg
+    gt_boxes, gt_classes, gt_valid = self._gt(targets)
+    b = gt_boxes.shape[0]
+    has_inst = jnp.any(gt_valid, axis=1)  # images without instances drop out
+    keys = jax.random.split(self.make_rng("sampling"), (b, 2))
+
+    # RPN.
+    all_anchors = jnp.concatenate(anchors, 0)
+    tfn = lambda gb, gv, k: rpn.rpn_targets(
+        all_anchors, gb, gv, k, num=c.rpn_samples,
+        pos_fraction=c.rpn_pos_fraction, pos_iou=c.rpn_pos_iou,
+        neg_iou=c.rpn_neg_iou, min_pos_iou=c.rpn_min_pos_iou)
+    pos, neg, deltas = jax.vmap(tfn)(gt_boxes, gt_valid, keys[:, 0])
+    pos = pos & has_inst[:, None]
+    neg = neg & has_inst[:, None]
+    rpn_cls, rpn_bbox = rpn.rpn_losses(
+        jnp.concatenate(cls_l, 1), jnp.concatenate(reg_l, 1), pos, neg,
+        deltas)
+
+    # R-CNN boxes.
+    sfn = lambda p, pv, gb, gv, gc, k: roi_heads.rcnn_sample(
+        p, pv, gb, gv, gc, k, num=c.rcnn_samples,
+        pos_fraction=c.rcnn_pos_fraction, iou_thr=c.rcnn_iou,
+        num_classes=c.num_classes)
+    s = jax.vmap(sfn)(props, prop_valid, gt_boxes, gt_valid, gt_classes,
+                      keys[:, 1])
+    box_x = self._roi_features(roi_feats, s["rois"], c.roi_size)
+    cls, reg = self.roi_head.box(box_x)
+    roi_w = s["valid"] & has_inst[:, None]
+    rcnn_cls, rcnn_bbox = roi_heads.bbox_losses(
+        cls, reg, s["labels"], s["deltas"], roi_w, s["pos"])
+
+    # Masks: every positive sits in the first int(num * pos_fraction) slots.
+    p = int(c.rcnn_samples * c.rcnn_pos_fraction)
+    m_rois = s["rois"][:, :p]
+    m_pos = s["pos"][:, :p] & has_inst[:, None]
+    mask_x = self._roi_features(roi_feats, m_rois, c.mask_roi_size)
+    logits = self.roi_head.mask(mask_x)
+    mt = lambda m, r, g: roi_heads.mask_targets(
+        m, r, g, size=c.mask_size,
+        reference_bug=c.reference_mask_ignore_bug,
+        ignore_frac=c.mask_ignore_frac)
+    m_t, m_w = jax.vmap(mt)(targets["masks"], m_rois, s["gt_index"][:, :p])
+    loss_mask = roi_heads.mask_loss(logits, s["labels"][:, :p], m_t, m_w,
+                                    m_pos, c.mask_avg_non_ignore)
+    return dict(rpn_cls=rpn_cls, rpn_bbox=rpn_bbox, rcnn_cls=rcnn_cls,
+                rcnn_bbox=rcnn_bbox, mask=loss_mask)
+
+  def _detect(self, roi_feats, props, prop_valid, image_shape) -> dict:
+    c = self.cfg
+    box_x = self._roi_features(roi_feats, props, c.roi_size)
+    cls, reg = self.roi_head.box(box_x)
+    dfn = lambda cl, rg, p, pv: roi_heads.detect(
+        cl, rg, p, pv, image_shape, score_thr=c.score_thr,
+        iou_thr=c.test_nms, max_dets=c.max_dets)
+    boxes, scores, classes, valid = jax.vmap(dfn)(cls, reg, props, prop_valid)
+    mask_x = self._roi_features(roi_feats, boxes, c.mask_roi_size)
+    logits = self.roi_head.mask(mask_x)  # [B, D, S, S, C]
+    picked = jnp.take_along_axis(logits, classes[..., None, None, None],
+                                 -1)[..., 0]
+    probs = jax.nn.sigmoid(picked)
+    paste = lambda pr, bx: roi_heads.paste_masks(
+        pr, bx, image_shape, c.mask_thr, c.paste_chunk)
+    masks = jax.vmap(paste)(probs, boxes) & valid[..., None, None]
+    return dict(boxes=boxes, scores=scores, classes=classes, masks=masks,
+                valid=valid)
