@@ -1,0 +1,285 @@
+"""Writes a synthpass data set in the exact on-disk layouts of KITTI-360 APS and BlendPASS.
+
+Source (pinhole, KITTI-360 APS layout) under ``<out>/KITTI360_APS``:
+  Image/<split>/<name>.png, Panoptic/<split>/<name>_panoptic.png,
+  Panoptic/<split>.json, annotations/<split>.json, Semantic/<split>/<name>.png
+Target (equirectangular, BlendPASS K2B layout) under ``<out>/BlendPASS``:
+  leftImg8bit/train/<city>/<name>.jpg (unlabelled), leftImg8bit/val/<k>_.png,
+  Panoptic/val_trainId_K2B.json, Panoptic/val_trainId_K2B/<k>__panoptic.png,
+  annotations/val.json, Instance/val_K2B/<k>__instanceTrainIds.png (16 bit),
+  Semantic/val_K2B/<k>_.png
+Hidden ground truth of the target *train* images (never read by adaptation;
+for measuring pseudo-label quality) under ``<out>/BlendPASS/_synth_gt``:
+  Panoptic/train_trainId_K2B.json, Panoptic/train_trainId_K2B/<name>_panoptic.png,
+  annotations/train.json (image file_name "<city>/<name>.jpg"),
+  Instance/train_K2B/<name>_instanceTrainIds.png, Semantic/train_K2B/<name>.png
+
+Each scene is seeded from (seed, domain, split, index), its files are written
+atomically and then a per-scene record ``<out>/.synthpass/records/...json``;
+the JSON indexes are written last. A scene whose record and files exist is
+skipped, so re-running on a complete output does nothing.
+"""
+import concurrent.futures
+import io
+import json
+import multiprocessing
+import os
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from unlock_jax.data import labels
+from unlock_jax.data.synthpass import annotate as ann
+from unlock_jax.data.synthpass import appearance
+from unlock_jax.data.synthpass import render
+from unlock_jax.data.synthpass import scene as scn
+
+SOURCE_DIR, TARGET_DIR, HIDDEN_DIR = "KITTI360_APS", "BlendPASS", "_synth_gt"
+SOURCE_SIZE, TARGET_SIZE = (376, 1408), (400, 2048)  # (height, width) at scale 1
+N_CITIES = 4
+JPEG_QUALITY = 92
+_DOMAIN_CODE = {"source": 0, "target": 1}
+_SPLIT_CODE = {"train": 0, "val": 1}
+
+
+def image_sizes(scale: float) -> dict:
+  """(height, width) of source and target images at a scale."""
+  def sz(hw):
+    return (max(8, int(round(hw[0] * scale))), max(8, int(round(hw[1] * scale))))
+  return {"source": sz(SOURCE_SIZE), "target": sz(TARGET_SIZE)}
+
+
+def categories() -> list:
+  """COCO ``categories`` of the 18-class K2B label space."""
+  return [dict(id=i, name=n, isthing=int(labels.is_thing(i)), supercategory="")
+          for i, n in enumerate(labels.CLASS_NAMES)]
+
+
+def _write_bytes(path: str, data: bytes):
+  """Atomic write: temp file in the same folder, then ``os.replace``."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(data)
+  os.replace(tmp, path)
+
+
+def _write_png(path: str, array: np.ndarray):
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="PNG", compress_level=1)
+  _write_bytes(path, buf.getvalue())
+
+
+def _write_jpg(path: str, array: np.ndarray):
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="JPEG", quality=JPEG_QUALITY)
+  _write_bytes(path, buf.getvalue())
+
+
+def write_json(path: str, obj):
+  """Atomic, deterministic JSON write."""
+  _write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def _paths(domain: str, split: str, index: int) -> dict:
+  """File names (relative to the output root) and naming of one scene."""
+  if domain == "source":
+    name = f"synth{split}_{index:06d}"
+    return dict(name=name, image=f"{SOURCE_DIR}/Image/{split}/{name}.png",
+                image_key=f"{name}.png", panoptic_name=f"{name}_panoptic.png",
+                panoptic=f"{SOURCE_DIR}/Panoptic/{split}/{name}_panoptic.png",
+                semantic=f"{SOURCE_DIR}/Semantic/{split}/{name}.png", instance=None)
+  if split == "val":
+    k = f"{index + 1}_"
+    return dict(name=k, image=f"{TARGET_DIR}/leftImg8bit/val/{k}.png", image_key=f"{k}.png",
+                panoptic_name=f"{k}_panoptic.png",
+                panoptic=f"{TARGET_DIR}/Panoptic/val_trainId_K2B/{k}_panoptic.png",
+                semantic=f"{TARGET_DIR}/Semantic/val_K2B/{k}.png",
+                instance=f"{TARGET_DIR}/Instance/val_K2B/{k}_instanceTrainIds.png")
+  city = f"synthcity{index % N_CITIES}"
+  name = f"{city}pano{index:05d}"  # no underscores: ADCL parses names by "_"
+  hid = f"{TARGET_DIR}/{HIDDEN_DIR}"
+  return dict(name=name, image=f"{TARGET_DIR}/leftImg8bit/train/{city}/{name}.jpg",
+              image_key=f"{city}/{name}.jpg", panoptic_name=f"{name}_panoptic.png",
+              panoptic=f"{hid}/Panoptic/train_trainId_K2B/{name}_panoptic.png",
+              semantic=f"{hid}/Semantic/train_K2B/{name}.png",
+              instance=f"{hid}/Instance/train_K2B/{name}_instanceTrainIds.png")
+
+
+def _record_path(out_dir, domain, split, index):
+  return os.path.join(out_dir, ".synthpass", "records", domain, split, f"{index:06d}.json")
+
+
+def render_scene(seed: int, domain: str, split: str, index: int, scale: float,
+                 domain_shift: float) -> dict:
+  """Samples and renders one scene; returns the image, the raw rendering and the annotation."""
+  rng = np.random.default_rng([seed, _DOMAIN_CODE[domain], _SPLIT_CODE[split], index])
+  camera = "pinhole" if domain == "source" else "equirect"
+  h, w = image_sizes(scale)[domain]
+  scene = scn.sample_scene(rng, camera, domain, domain_shift)
+  rendering = render.render(scene, camera, w, h)
+  image = appearance.finish(rendering["image"], scene.light, rng)
+  gt = ann.annotate(rendering, scene.thing_cls, index + 1, ann.crowd_area(scale))
+  return dict(image=image, rendering=rendering, gt=gt, scene=scene)
+
+
+def _scene_files(p: dict) -> list:
+  return [p[k] for k in ("image", "panoptic", "semantic", "instance") if p[k]]
+
+
+def _make_scene(task: tuple) -> dict:
+  """Renders and writes one scene (skipped when already complete); returns its record."""
+  out_dir, seed, domain, split, index, scale, shift = task
+  p = _paths(domain, split, index)
+  rec_path = _record_path(out_dir, domain, split, index)
+  if os.path.exists(rec_path) and all(os.path.exists(os.path.join(out_dir, f))
+                                      for f in _scene_files(p)):
+    with open(rec_path) as f:
+      rec = json.load(f)
+    rec["skipped"] = True
+    return rec
+  r = render_scene(seed, domain, split, index, scale, shift)
+  gt = r["gt"]
+  if domain == "target" and split == "train":
+    _write_jpg(os.path.join(out_dir, p["image"]), r["image"])
+  else:
+    _write_png(os.path.join(out_dir, p["image"]), r["image"])
+  _write_png(os.path.join(out_dir, p["panoptic"]), labels.id2rgb(gt["panoptic"]))
+  _write_png(os.path.join(out_dir, p["semantic"]), gt["semantic"])
+  if p["instance"]:
+    _write_png(os.path.join(out_dir, p["instance"]), gt["instance"])
+  h, w = r["image"].shape[:2]
+  rec = dict(index=index, name=p["name"], image_key=p["image_key"],
+             panoptic_name=p["panoptic_name"], height=h, width=w, segments_info=gt["segments"],
+             amodal=gt["amodal"], stats=gt["stats"])
+  write_json(rec_path, rec)
+  rec["skipped"] = False
+  return rec
+
+
+def _write_indexes(out_dir: str, domain: str, split: str, recs: list):
+  """Panoptic and amodal JSON indexes of one split (atomic; after all scenes exist)."""
+  cats = categories()
+  pan_images, pan_anns, am_images, am_anns = [], [], [], []
+  for rec in recs:
+    img_id = rec["index"] + 1
+    pan_images.append(dict(id=rec["name"], file_name=rec["image_key"], width=rec["width"],
+                           height=rec["height"]))
+    pan_anns.append(dict(image_id=rec["name"], file_name=rec["panoptic_name"],
+                         segments_info=rec["segments_info"]))
+    am_images.append(dict(id=img_id, file_name=rec["image_key"], width=rec["width"],
+                          height=rec["height"]))
+    for a in rec["amodal"]:
+      am_anns.append(dict(a, image_id=img_id))
+  pan = dict(images=pan_images, annotations=pan_anns, categories=cats)
+  am = dict(images=am_images, annotations=am_anns, categories=cats)
+  if domain == "source":
+    base = os.path.join(out_dir, SOURCE_DIR)
+    write_json(os.path.join(base, "annotations", f"{split}.json"), am)
+    write_json(os.path.join(base, "Panoptic", f"{split}.json"), pan)
+  elif split == "val":
+    base = os.path.join(out_dir, TARGET_DIR)
+    write_json(os.path.join(base, "annotations", "val.json"), am)
+    write_json(os.path.join(base, "Panoptic", "val_trainId_K2B.json"), pan)
+  else:
+    base = os.path.join(out_dir, TARGET_DIR, HIDDEN_DIR)
+    write_json(os.path.join(base, "annotations", "train.json"), am)
+    write_json(os.path.join(base, "Panoptic", "train_trainId_K2B.json"), pan)
+
+
+def _check_config(out_dir: str, config: dict):
+  """Refuses to mix scenes generated with different settings in one folder."""
+  path = os.path.join(out_dir, ".synthpass", "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != config:
+      raise ValueError(f"{out_dir} holds a synthpass data set generated with {old}; "
+                       f"expected {config}. Use another out_dir or delete it.")
+  else:
+    write_json(path, config)
+
+
+def generate(out_dir: str, *, scale: float = 0.25, seed: int = 0,
+             num_source: dict[str, int] = {"train": 300, "val": 50},  # pylint: disable=dangerous-default-value
+             num_target: dict[str, int] = {"train": 100, "val": 50},  # pylint: disable=dangerous-default-value
+             domain_shift: float = 1.0, num_workers: int = 0,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+  """Generates (or completes) a synthetic KITTI-360-APS → BlendPASS data set.
+
+  Args:
+    out_dir: output root; gets ``KITTI360_APS/`` and ``BlendPASS/``.
+    scale: image scale w.r.t. the real sizes (1408×376 and 2048×400).
+    seed: base seed; every scene is seeded from (seed, domain, split, index).
+    num_source: scenes per source split, default {"train": 300, "val": 50}.
+    num_target: scenes per target split, default {"train": 100, "val": 50}.
+    domain_shift: strength of the target appearance shift (0 = same palette).
+    num_workers: processes for rendering (0 = in this process).
+    progress: called with (done, total) after each scene.
+
+  Returns:
+    A summary dict (also written to ``<out_dir>/synthpass.json``).
+  """
+  num_source, num_target = dict(num_source), dict(num_target)  # never mutate the defaults
+  if not 0 < scale <= 2:
+    raise ValueError(f"scale must be in (0, 2], got {scale}")
+  for what, counts in (("num_source", num_source), ("num_target", num_target)):
+    for split, n in counts.items():
+      if split not in _SPLIT_CODE or int(n) < 0:
+        raise ValueError(f"{what} must map 'train'/'val' to counts >= 0, got {counts}")
+  os.makedirs(out_dir, exist_ok=True)
+  _check_config(out_dir, dict(scale=scale, seed=seed, domain_shift=domain_shift, version=1))
+  tasks = []
+  for domain, counts in (("source", num_source), ("target", num_target)):
+    for split in ("train", "val"):
+      for i in range(int(counts.get(split, 0))):
+        tasks.append((out_dir, seed, domain, split, i, scale, domain_shift))
+  recs = {}
+  done = 0
+  if num_workers > 0:
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=ctx) as pool:
+      for task, rec in zip(tasks, pool.map(_make_scene, tasks, chunksize=4)):
+        recs[task[2:5]] = rec
+        done += 1
+        if progress:
+          progress(done, len(tasks))
+  else:
+    for task in tasks:
+      recs[task[2:5]] = _make_scene(task)
+      done += 1
+      if progress:
+        progress(done, len(tasks))
+  summary = dict(root=os.path.abspath(out_dir), scale=scale, seed=seed,
+                 domain_shift=domain_shift,
+                 sizes={k: list(v) for k, v in image_sizes(scale).items()},
+                 counts={"source": num_source, "target": num_target},
+                 generated=sum(not r["skipped"] for r in recs.values()),
+                 skipped=sum(r["skipped"] for r in recs.values()), splits={})
+  for domain, counts in (("source", num_source), ("target", num_target)):
+    for split in ("train", "val"):
+      rs = [recs[(domain, split, i)] for i in range(int(counts.get(split, 0)))]
+      if rs:
+        _write_indexes(out_dir, domain, split, rs)
+      summary["splits"][f"{domain}/{split}"] = _split_stats(rs)
+  write_json(os.path.join(out_dir, "synthpass.json"), summary)
+  return summary
+
+
+def _split_stats(recs: list) -> dict:
+  """Instance and occlusion statistics over the scenes of one split."""
+  per_class = {labels.CLASS_NAMES[c]: 0 for c in labels.THING_IDS}
+  out = dict(images=len(recs), instances=0, crowd=0, occluded=0, occluded_by_thing=0,
+             occluded_by_stuff=0)
+  vis = []
+  for r in recs:
+    s = r["stats"]
+    for k in ("instances", "crowd", "occluded", "occluded_by_thing", "occluded_by_stuff"):
+      out[k] += s[k]
+    for k, v in s["per_class"].items():
+      per_class[k] += v
+    vis.extend(s["visible_fraction"])
+  out["per_class"] = per_class
+  out["mean_visible_fraction"] = float(np.mean(vis)) if vis else 1.0
+  return out
