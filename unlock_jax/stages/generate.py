@@ -7,6 +7,7 @@ nothing.
 import os
 
 import jax
+from jax.experimental import multihost_utils
 
 from unlock_jax import fileio
 from unlock_jax import progress as progress_lib
@@ -18,8 +19,15 @@ def run(config, workdir: str) -> dict:
   provenance.record(workdir, "generate", config)
   cfg = config.synthpass
   out_dir = fileio.resolve(cfg.out_dir, workdir)
-  if jax.process_index() != 0:
-    return {}  # one writer; other hosts read the shared folder
+  summary = {}
+  if jax.process_index() == 0:  # one writer; other hosts read the shared folder
+    summary = _generate(cfg, out_dir, workdir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("synthpass generated")
+  return summary
+
+
+def _generate(cfg, out_dir: str, workdir: str) -> dict:
   total = sum(cfg.num_source.values()) + sum(cfg.num_target.values())
   prog = progress_lib.Progress(total, "generate", unit="scene")
   summary = synthpass.generate(

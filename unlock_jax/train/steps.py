@@ -73,7 +73,7 @@ def make_source_step(model, tx, schedule, mesh, state, *, loss_cfg):
     (loss, (terms, new_bs)), grads = grad_fn(state["params"], state["batch_stats"],
                                              batch, rng)
     updates, new_opt = tx.update(grads, state["opt"], state["params"])
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     bad = jnp.where((state["first_bad_step"] < 0) & ~finite, step,
                     state["first_bad_step"])
@@ -81,7 +81,7 @@ def make_source_step(model, tx, schedule, mesh, state, *, loss_cfg):
                  "batch_stats": new_bs, "opt": new_opt, "step": step + 1,
                  "first_bad_step": bad}
     measurements = {"loss": loss, "grad_norm": grad_norm,
-                    "param_norm": optax.global_norm(state["params"]),
+                    "param_norm": optax.tree.norm(state["params"]),
                     "lr": schedule(step)} | {f"loss/{k}": v for k, v in terms.items()}
     return new_state, measurements
 
