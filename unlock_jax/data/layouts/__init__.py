@@ -1,1 +1,18 @@
-"""unlock_jax."""
+"""Readers of the real data sets' on-disk layouts (KITTI-360 APS, BlendPASS), one structure.
+
+``Reader(root, split, image_size=(H, W) | None)`` has ``len``, ``names``,
+``load_image(i)`` and ``load(i)``, which returns a numpy dict:
+  name str; image uint8 [H,W,3] RGB; semantic uint8 [H,W] (255 ignore);
+  panoptic int32 [H,W]; segments [{id, category_id, iscrowd, area, amodal_id}];
+  categories (from the JSON); instance_ids int32 [H,W];
+  modal [{mask uint8 0/1, category_id 11..17, seg_id}];
+  amodal [{mask, category_id, seg_id, amodal_id}] (aligned with modal).
+BlendPASS train (unlabelled) gives only name and image.
+"""
+from unlock_jax.data.layouts import blendpass
+from unlock_jax.data.layouts import kitti360aps
+from unlock_jax.data.layouts.common import boxes_from_masks
+from unlock_jax.data.layouts.common import DataError
+from unlock_jax.data.layouts.common import to_padded
+
+__all__ = ["blendpass", "kitti360aps", "boxes_from_masks", "DataError", "to_padded"]
