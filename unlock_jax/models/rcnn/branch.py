@@ -51,7 +51,8 @@ def default_rcnn_config() -> ml_collections.ConfigDict:
   c.roi_size = 7
   c.mask_roi_size = 14
   c.mask_size = 28
-  c.roi_sampling_ratio = 2       # static stand-in for mmcv's adaptive 0
+  c.roi_sampling_ratio = 0       # mmcv adaptive count ...
+  c.roi_max_samples = 2          # ... on this many static slots per axis
   c.finest_scale = 56
   c.fc_dim = 1024
   c.conv_dim = 256
@@ -110,7 +111,7 @@ class MaskRCNNBranch(nn.Module):
     c = self.cfg
     fn = lambda f, r: roi_align.multilevel_roi_align(
         f, jax.lax.stop_gradient(r), size, tuple(c.strides[:len(f)]),
-        c.roi_sampling_ratio, c.finest_scale)
+        c.roi_sampling_ratio, c.finest_scale, c.roi_max_samples)
     return jax.vmap(fn)(list(feats), rois)
 
   def __call__(self, fpn: Sequence[jnp.ndarray], image_shape: tuple[int, int],

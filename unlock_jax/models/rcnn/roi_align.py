@@ -6,11 +6,16 @@ size = (x2 - x1) * scale, bin = size / out; sample points
 zero outside ``[-1, L]`` and clamping to ``[0, L-1]`` inside; average of the
 S×S samples of each bin.
 
-``S`` (``sampling_ratio``) is static here. mmdet uses ``sampling_ratio=0``,
-i.e. ``S = ceil(size / out)`` per RoI, which is data dependent. For the 7×7 box
-and 14×14 mask features we fix ``S = 2`` (the adaptive count on the mapped
-level is 1..4 for RoIs below 448 px: a 56-px RoI lands on stride 4 as 14
-cells); ``tests/test_rcnn_roi_align.py`` quantifies the gap. The bilinear
+mmdet uses ``sampling_ratio=0``: ``S = ceil(size / out)`` per RoI, which is
+data dependent. We evaluate that adaptive rule on a static number of sample
+slots per axis (``max_samples``, default 2) and mask the unused ones: exact
+whenever the adaptive count fits, capped otherwise. Level mapping puts a
+square RoI of 56..448 px at 14..28 cells on its level (smaller ones on level
+0 at fewer cells), so its adaptive count is 1..2 for the 14×14 mask features
+(exact with 2 slots) and 1..4 for the 7×7 box features (capped at 2 by
+default; ``max_samples=4`` is exact at 4× the gathers). Elongated RoIs (the
+level uses sqrt(w·h)) and RoIs above 448 px need more samples along their
+long axis and are capped. ``tests/test_rcnn_roi_align.py`` quantifies the gap. The bilinear
 kernel is separable, so for the 28×28 mask *targets* (one channel) we build
 per-RoI weight matrices ``[out, L]`` with the exact adaptive count (capped at
 a static maximum) and contract them with the mask: no gather, exact mmcv
@@ -35,34 +40,57 @@ def map_roi_levels(boxes: jnp.ndarray, num_levels: int = 4,
   return jnp.clip(lvl, 0, num_levels - 1).astype(jnp.int32)
 
 
-def _axis_samples(start, size, out: int, samples: int, length):
-  """Sample coordinates ``[..., out*samples]`` along one axis and their
-  bilinear (low, high, w_low, w_high) with mmcv's border rules."""
+def _axis_samples(start, size, out: int, sampling_ratio: int,
+                  max_samples: int, length):
+  """Sample coordinates ``[R, out*K]`` along one axis with their bilinear
+  ``(low, high, w_low, w_high)`` (mmcv border rules). The weights include
+  the sample mask and the ``1 / count`` of the bin average, so summing over
+  the K samples of a bin gives mmcv's value.
+
+  ``sampling_ratio > 0``: K = count = sampling_ratio. ``0``: mmcv's adaptive
+  ``count = ceil(size / out)`` per RoI, evaluated on K = ``max_samples``
+  static slots (exact whenever count <= max_samples, else capped).
+  """
   bin_size = size / out
+  if sampling_ratio > 0:
+    k_slots = sampling_ratio
+    count = jnp.full_like(size, float(sampling_ratio))
+  else:
+    k_slots = max_samples
+    count = jnp.clip(jnp.ceil(bin_size), 1.0, float(max_samples))
   o = jnp.arange(out, dtype=jnp.float32)[:, None]
-  s = (jnp.arange(samples, dtype=jnp.float32)[None, :] + 0.5) / samples
-  pos = (o + s).reshape(-1)  # [out*samples]
-  v = start[..., None] + pos * bin_size[..., None]
-  length = jnp.asarray(length, jnp.float32)[..., None]
+  k = jnp.arange(k_slots, dtype=jnp.float32)[None, :]
+  cnt = count[:, None, None]
+  v = (start[:, None, None] + o * bin_size[:, None, None]
+       + (k + 0.5) * bin_size[:, None, None] / cnt)  # [R, out, K]
+  used = (k < cnt) & (size > 0)[:, None, None]  # mmcv: 0 samples if size 0
+  v = v.reshape(v.shape[0], -1)
+  used = jnp.broadcast_to(used, (v.shape[0], out, k_slots)).reshape(
+      v.shape[0], -1)
+  scale = jnp.where(used, 1.0 / jnp.repeat(count, out * k_slots).reshape(
+      v.shape), 0.0)
+  length = jnp.asarray(length, jnp.float32)[:, None]
   inside = (v >= -1.0) & (v <= length)
   v = jnp.clip(v, 0.0, length - 1.0)
   low = jnp.floor(v)
   high = jnp.minimum(low + 1.0, length - 1.0)
   frac = v - low
-  w_low = jnp.where(inside, 1.0 - frac, 0.0)
-  w_high = jnp.where(inside, frac, 0.0)
-  return low.astype(jnp.int32), high.astype(jnp.int32), w_low, w_high
+  w_low = jnp.where(inside, 1.0 - frac, 0.0) * scale
+  w_high = jnp.where(inside, frac, 0.0) * scale
+  return low.astype(jnp.int32), high.astype(jnp.int32), w_low, w_high, k_slots
 
 
 def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
                          output_size: int,
                          strides: Sequence[int] = ROI_STRIDES,
-                         sampling_ratio: int = 2,
-                         finest_scale: float = FINEST_SCALE) -> jnp.ndarray:
+                         sampling_ratio: int = 0,
+                         finest_scale: float = FINEST_SCALE,
+                         max_samples: int = 2) -> jnp.ndarray:
   """RoIAlign of ``boxes [R, 4]`` on one image's levels ``[H_l, W_l, C]``.
 
   All levels are flattened into one ``[sum H_l W_l, C]`` table so each bin
-  corner is one row gather, whatever the RoI's level. Returns
+  corner is one row gather, whatever the RoI's level. ``sampling_ratio=0``
+  is mmcv's adaptive count capped at ``max_samples`` per axis. Returns
   ``[R, out, out, C]`` in the features' dtype.
   """
   num_levels = len(feats)
@@ -80,13 +108,12 @@ def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
   wl = pick([float(w) for _, w in sizes])
   off = jnp.asarray(offsets, jnp.int32)[lvl]
   boxes = boxes.astype(jnp.float32)
-  s = sampling_ratio
-  y0, y1, wy0, wy1 = _axis_samples(boxes[:, 1] * scale - 0.5,
-                                   (boxes[:, 3] - boxes[:, 1]) * scale,
-                                   output_size, s, hl)
-  x0, x1, wx0, wx1 = _axis_samples(boxes[:, 0] * scale - 0.5,
-                                   (boxes[:, 2] - boxes[:, 0]) * scale,
-                                   output_size, s, wl)
+  y0, y1, wy0, wy1, ks = _axis_samples(
+      boxes[:, 1] * scale - 0.5, (boxes[:, 3] - boxes[:, 1]) * scale,
+      output_size, sampling_ratio, max_samples, hl)
+  x0, x1, wx0, wx1, _ = _axis_samples(
+      boxes[:, 0] * scale - 0.5, (boxes[:, 2] - boxes[:, 0]) * scale,
+      output_size, sampling_ratio, max_samples, wl)
   wl_i = wl.astype(jnp.int32)[:, None, None]
   base = off[:, None, None]
   out = 0.0
@@ -96,8 +123,8 @@ def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
       w = (wy[:, :, None] * wx[:, None, :]).astype(dtype)
       out = out + table[idx] * w[..., None]
   r = boxes.shape[0]
-  out = out.reshape(r, output_size, s, output_size, s, c)
-  return jnp.mean(out.astype(jnp.float32), axis=(2, 4)).astype(dtype)
+  out = out.reshape(r, output_size, ks, output_size, ks, c)
+  return jnp.sum(out.astype(jnp.float32), axis=(2, 4)).astype(dtype)
 
 
 def adaptive_axis_weights(start: jnp.ndarray, size: jnp.ndarray, out: int,
