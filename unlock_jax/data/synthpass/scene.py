@@ -312,13 +312,17 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
         b.pole(x, y, h, r)
         occluders.append((x, y, side))
         u = rng.uniform()
-        if u < 0.18:
-          hx = x - side * 0.5
-          b.add(geo.BOX, (hx, y, h - 0.6), (0.18, 0.18, 0.5), LIGHT, pal["light_body"], "lamps",
-                (float(rng.uniform()),))
-        elif u < 0.42:
+        if u < 0.3:
+          # A mast arm over the road carrying the light head, like real signal masts.
+          arm = rng.uniform(1.0, 3.0)
+          hz = min(h, 6.0)
+          b.add(geo.BOX, (x - side * arm / 2, y, hz - 0.1), (arm / 2, 0.05, 0.05), POLE,
+                pal["pole"], "plain")
+          b.add(geo.BOX, (x - side * arm, y, hz - 0.7), (0.22, 0.22, 0.6), LIGHT,
+                pal["light_body"], "lamps", (float(rng.uniform()),))
+        elif u < 0.62:
           z = rng.uniform(2.2, 3.0)
-          w = rng.uniform(0.3, 0.45)
+          w = rng.uniform(0.35, 0.55)
           b.add(geo.BOX, (x, y - 0.1 * np.sign(y + 1e-3), z), (w, 0.03, w), SIGN,
                 appearance.jitter(rng, pal["sign"], 0.05), "sign")
       y += rng.uniform(7, 20)
@@ -370,7 +374,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
         cls = [CAR, VAN, TRUCK, BUS][int(np.searchsorted([0.55, 0.72, 0.86], u))]
         b.vehicle(cls, lx + rng.uniform(-0.3, 0.3), y, yaw)
   # Cyclists near the curbs.
-  for _ in range(int(rng.integers(1, 3))):
+  for _ in range(int(rng.integers(1, 4))):
     side = 1 if rng.uniform() < 0.5 else -1
     b.cyclist(curb[side > 0] - side * rng.uniform(0.6, 1.0), rng.uniform(ty0 + 2, ty1 * 0.6),
               0.0 if side > 0 else np.pi)
@@ -386,7 +390,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
     b.person(xc + rng.uniform(-rw, rw), rng.uniform(ty0 + 3, 25) * (1 if pinhole or rng.uniform()
                                                                      < 0.5 else -1))
   # Parked two-wheelers on the sidewalk.
-  for _ in range(int(rng.integers(0, 3))):
+  for _ in range(int(rng.integers(1, 5))):
     side = 1 if rng.uniform() < 0.5 else -1
     b.two_wheeler(curb[side > 0] + side * rng.uniform(0.8, 1.4), rng.uniform(ty0, ty1 * 0.6),
                   rng.uniform(0, 2 * np.pi))
@@ -399,8 +403,8 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
 
   if not pinhole:
     # The ego vehicle's roof below the roof-mounted panoramic camera: labelled void.
-    roof = cam_h - 0.6
-    b.add(geo.BOX, (0.0, -0.3, roof / 2), (0.9, 2.2, roof / 2), VOID, pal["void"], "vehicle",
+    roof = cam_h - 1.0
+    b.add(geo.BOX, (0.0, -0.3, roof / 2), (0.9, 2.0, roof / 2), VOID, pal["void"], "vehicle",
           (-1.0, -1.0))
   light = appearance.lighting(rng, domain, shift)
   return Scene(b.prims, b.thing_cls, ground, cam_h, light, pal)
