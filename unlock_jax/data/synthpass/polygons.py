@@ -21,7 +21,13 @@ def mask_to_polygons(mask: np.ndarray) -> list:
   Each 4-connected component gives one polygon (holes filled); only corner
   vertices are kept. Coordinates are ints (pixel corners). Empty mask → [].
   """
-  m = np.pad(np.asarray(mask, bool), 1)
+  mask = np.asarray(mask, bool)
+  rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+  if rows.size == 0:
+    return []
+  # Trace inside the tight box only (masks are small compared with the image).
+  y0, x0 = rows[0], cols[0]
+  m = np.pad(mask[y0:rows[-1] + 1, x0:cols[-1] + 1], 1)
   h1 = m.shape[1] + 1  # vertices per row of the padded corner grid
   # Boundary edges walk clockwise in the image (foreground on the right-hand side).
   starts, dirs = [], []
@@ -66,8 +72,8 @@ def mask_to_polygons(mask: np.ndarray) -> list:
     ld = d[loop]
     corner = ld != np.roll(ld, 1)
     v = start[loop[corner]]
-    x = v % h1 - 1
-    y = v // h1 - 1
+    x = v % h1 - 1 + x0
+    y = v // h1 - 1 + y0
     area2 = np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)
     if area2 <= 0 or x.size < 4:  # holes run the other way round
       continue

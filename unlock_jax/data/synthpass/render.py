@@ -122,17 +122,77 @@ def _pixel_range(lo: float, hi: float, n: int) -> tuple:
   return max(int(np.floor(lo)) - 1, 0), min(int(np.ceil(hi)) + 2, n)
 
 
-def _candidates(camera: str, width: int, height: int, rel: np.ndarray, radius: float,
-                rays: np.ndarray):
-  """Flat indices of the pixels whose rays may hit a bounding sphere (None: none can).
+_SIGNS = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
 
-  The sphere (centre ``rel`` relative to the camera) is bounded in image
-  coordinates: tangent-plane coordinates for the pinhole camera, azimuth and
-  elevation for the equirectangular one (with wrap-around at ±180°).
+
+def _rect(r0: int, r1: int, cols: np.ndarray, width: int):
+  """Flat pixel indices of rows [r0, r1) × ``cols`` (None when empty)."""
+  if r1 <= r0 or cols.size == 0:
+    return None
+  return (np.arange(r0, r1)[:, None] * width + cols[None, :]).ravel()
+
+
+def _pinhole_rect(us, vs, width: int, height: int):
+  """Pixels covering tangent-plane bounds (u = x/y, v = -z/y) of a pinhole camera."""
+  f = KITTI_FOCAL * width / 1408.0
+  c0, c1 = _pixel_range(min(us) * f + width / 2, max(us) * f + width / 2, width)
+  r0, r1 = _pixel_range(min(vs) * f + height / 2, max(vs) * f + height / 2, height)
+  return _rect(r0, r1, np.arange(c0, c1), width)
+
+
+def _equirect_rect(az_lo, az_hi, el_lo, el_hi, width: int, height: int):
+  """Pixels covering an azimuth × elevation box of an equirectangular camera (wrapping)."""
+  step = 2 * np.pi / width
+  r0, r1 = _pixel_range(height / 2 - el_hi / step - 0.5, height / 2 - el_lo / step - 0.5, height)
+  c_lo = int(np.floor((az_lo + np.pi) / step - 0.5)) - 1
+  c_hi = int(np.ceil((az_hi + np.pi) / step - 0.5)) + 2
+  cols = np.arange(width) if c_hi - c_lo >= width else np.arange(c_lo, c_hi) % width
+  return _rect(r0, r1, cols, width)
+
+
+def _candidates(camera: str, width: int, height: int, pr: scn.Prim, origin: np.ndarray,
+                rays: np.ndarray):
+  """Flat indices of the pixels whose rays may hit a solid (None: none can).
+
+  Upright solids are bounded by the corners of their local box (the image of
+  a convex solid lies within its vertices' bounds, in tangent-plane
+  coordinates for the pinhole camera and in azimuth for the equirectangular
+  one; elevation uses the footprint's nearest and farthest distances).
+  Others (tilted wheels) use their bounding sphere.
   """
+  rel = pr.center - origin
+  if pr.rot[2, 2] == 1.0:  # upright: bound the solid by its local box (cylinders: r, r, h/2)
+    half = pr.size
+    if camera == "pinhole":
+      corners = rel + (_SIGNS * half) @ pr.rot.T
+      if corners[:, 1].max() <= 0.05:
+        return None
+      if corners[:, 1].min() <= 0.05 and pr.rot[0, 0] == 1.0:
+        # Axis-aligned and crossing the image plane: clip its box to the visible side.
+        lo, hi = rel - half, rel + half
+        lo[1] = 0.05
+        corners = np.where(_SIGNS > 0, hi, lo)
+      if corners[:, 1].min() > 0.0:
+        return _pinhole_rect(corners[:, 0] / corners[:, 1], -corners[:, 2] / corners[:, 1],
+                             width, height)
+    else:
+      corners = rel + (_SIGNS * half) @ pr.rot.T
+      o_l = pr.rot.T @ -rel
+      q = np.clip(o_l[:2], -half[:2], half[:2])
+      d_min = float(np.hypot(*(o_l[:2] - q)))
+      d_max = float(np.hypot(corners[:, 0], corners[:, 1]).max())
+      z_lo, z_hi = corners[:, 2].min(), corners[:, 2].max()
+      if d_min > 1e-3:
+        az_c = np.arctan2(rel[0], rel[1])
+        daz = (np.arctan2(corners[:, 0], corners[:, 1]) - az_c + np.pi) % (2 * np.pi) - np.pi
+        el_hi = np.arctan2(z_hi, d_min if z_hi >= 0 else d_max)
+        el_lo = np.arctan2(z_lo, d_min if z_lo < 0 else d_max)
+        return _equirect_rect(az_c + daz.min(), az_c + daz.max(), el_lo, el_hi, width, height)
+      if z_hi < 0:  # right below the camera (the ego vehicle): bottom rows only
+        return _equirect_rect(-np.pi, np.pi, -np.pi / 2, np.arctan2(z_hi, d_max), width, height)
+  radius = pr.radius
   x, y, z = rel
   if camera == "pinhole":
-    f = KITTI_FOCAL * width / 1408.0
     if y + radius <= 0:
       return None
     if y - radius < 0.05:
@@ -142,35 +202,19 @@ def _candidates(camera: str, width: int, height: int, rel: np.ndarray, radius: f
         return np.arange(rays.shape[0])
       cos_lim = np.sqrt(1.0 - (radius / dist) ** 2) - 1e-3
       return np.flatnonzero(rays @ (rel / dist) >= cos_lim)
-    else:
-      us = [(x - radius) / (y - radius), (x - radius) / (y + radius),
-            (x + radius) / (y - radius), (x + radius) / (y + radius)]
-      vs = [(-z - radius) / (y - radius), (-z - radius) / (y + radius),
-            (-z + radius) / (y - radius), (-z + radius) / (y + radius)]
-      c0, c1 = _pixel_range(min(us) * f + width / 2, max(us) * f + width / 2, width)
-      r0, r1 = _pixel_range(min(vs) * f + height / 2, max(vs) * f + height / 2, height)
-    cols = np.arange(c0, c1)
-  else:
-    step = 2 * np.pi / width
-    dh = float(np.hypot(x, y))
-    dist = float(np.sqrt(dh * dh + z * z))
-    if dist <= radius * 1.01 or dh <= radius * 1.01:
-      cols, r0, r1 = np.arange(width), 0, height
-    else:
-      az = np.arctan2(x, y)
-      half = np.arcsin(radius / dh)
-      ang = np.arcsin(radius / dist)
-      el = np.arctan2(z, dh)
-      r0, r1 = _pixel_range(height / 2 - (el + ang) / step - 0.5,
-                            height / 2 - (el - ang) / step - 0.5, height)
-      c_lo = int(np.floor((az - half + np.pi) / step - 0.5)) - 1
-      c_hi = int(np.ceil((az + half + np.pi) / step - 0.5)) + 2
-      cols = np.arange(c_lo, c_hi) % width
-      if c_hi - c_lo >= width:
-        cols = np.arange(width)
-  if r1 <= r0 or cols.size == 0:
-    return None
-  return (np.arange(r0, r1)[:, None] * width + cols[None, :]).ravel()
+    ys = (y - radius, y + radius)
+    us = [(x + sx * radius) / yy for sx in (-1, 1) for yy in ys]
+    vs = [(-z + sz * radius) / yy for sz in (-1, 1) for yy in ys]
+    return _pinhole_rect(us, vs, width, height)
+  dh = float(np.hypot(x, y))
+  dist = float(np.sqrt(dh * dh + z * z))
+  if dist <= radius * 1.01 or dh <= radius * 1.01:
+    return _rect(0, height, np.arange(width), width)
+  az = np.arctan2(x, y)
+  half = np.arcsin(radius / dh)
+  ang = np.arcsin(radius / dist)
+  el = np.arctan2(z, dh)
+  return _equirect_rect(az - half, az + half, el - ang, el + ang, width, height)
 
 
 def render(scene: scn.Scene, camera: str, width: int, height: int) -> dict:
@@ -186,54 +230,47 @@ def render(scene: scn.Scene, camera: str, width: int, height: int) -> dict:
   npx = rays.shape[0]
   origin = np.array([0.0, 0.0, scene.cam_h])
   prims = scene.prims
-  nprim = len(prims)
-  kinds = np.array([p.kind for p in prims], np.int32)
-  centers = np.array([p.center for p in prims]).reshape(nprim, 3)
-  rots = np.array([p.rot for p in prims]).reshape(nprim, 3, 3)
-  sizes = np.array([p.size for p in prims]).reshape(nprim, 3)
   prim_thing = np.array([p.thing for p in prims] + [-1], np.int32)
-  # Candidate (solid, pixel) pairs from each solid's bounding sphere, then one vectorised
-  # intersection per solid kind (per-call numpy overhead dominates otherwise).
-  pix, pid = [], []
+  # Candidate (solid, pixel) pairs from each solid's image bounds, moved into the solid's
+  # frame, then one vectorised intersection per solid kind (per-call overhead dominates
+  # otherwise).
+  groups = {geo.BOX: [], geo.CYLINDER: [], geo.ELLIPSOID: []}
   for k, pr in enumerate(prims):
-    sel = _candidates(camera, width, height, pr.center - origin, pr.radius, rays)
+    sel = _candidates(camera, width, height, pr, origin, rays)
     if sel is not None and sel.size:
-      pix.append(sel)
-      pid.append(np.full(sel.size, k, np.int32))
+      groups[pr.kind].append((sel, k, rays[sel] @ pr.rot, pr.rot.T @ (origin - pr.center),
+                              pr.size))
   depth = np.full(npx, np.inf)
   owner = np.full(npx, SKY, np.int32)
-  normal = np.zeros((npx, 3))
+  normal = np.zeros((npx, 3))  # local frame of the owning solid until shading
   local = np.zeros((npx, 3))
   masks = np.zeros((len(scene.thing_cls), npx), bool)
-  if pix:
-    pix = np.concatenate(pix)
-    pid = np.concatenate(pid)
-    hits = []
-    for kind in (geo.BOX, geo.CYLINDER, geo.ELLIPSOID):
-      m = kinds[pid] == kind
-      if not m.any():
-        continue
-      px_k, pid_k = pix[m], pid[m]
-      rot = rots[pid_k]
-      d_local = np.einsum("ni,nij->nj", rays[px_k], rot)
-      o_local = np.einsum("ni,nij->nj", origin - centers[pid_k], rot)
-      t, n_local, p_local = geo.intersect(kind, sizes[pid_k], o_local, d_local)
-      ok = np.isfinite(t)
-      n_world = np.einsum("nj,nij->ni", n_local[ok], rot[ok])
-      hits.append((t[ok], px_k[ok], pid_k[ok], n_world, p_local[ok]))
-    if hits:
-      t, hp, hk, hn, hl = (np.concatenate(a) for a in zip(*hits))
-      th = prim_thing[hk]
-      masks[th[th >= 0], hp[th >= 0]] = True
-      order = np.lexsort((t, hp))
-      first = np.ones(order.size, bool)
-      first[1:] = hp[order][1:] != hp[order][:-1]
-      win = order[first]
-      idx = hp[win]
-      depth[idx] = t[win]
-      owner[idx] = hk[win]
-      normal[idx] = hn[win]
-      local[idx] = hl[win]
+  hits = []
+  for kind, grp in groups.items():
+    if not grp:
+      continue
+    counts = [g[0].size for g in grp]
+    px_k = np.concatenate([g[0] for g in grp])
+    pid_k = np.repeat(np.array([g[1] for g in grp], np.int32), counts)
+    d_local = np.concatenate([g[2] for g in grp])
+    o_local = np.repeat(np.array([g[3] for g in grp]), counts, axis=0)
+    size = np.repeat(np.array([g[4] for g in grp]), counts, axis=0)
+    t, n_local, p_local = geo.intersect(kind, size, o_local, d_local)
+    ok = np.isfinite(t)
+    hits.append((t[ok], px_k[ok], pid_k[ok], n_local[ok], p_local[ok]))
+  if hits:
+    t, hp, hk, hn, hl = (np.concatenate(a) for a in zip(*hits))
+    th = prim_thing[hk]
+    masks[th[th >= 0], hp[th >= 0]] = True
+    order = np.lexsort((t, hp))
+    first = np.ones(order.size, bool)
+    first[1:] = hp[order][1:] != hp[order][:-1]
+    win = order[first]
+    idx = hp[win]
+    depth[idx] = t[win]
+    owner[idx] = hk[win]
+    normal[idx] = hn[win]
+    local[idx] = hl[win]
   dz = rays[:, 2]
   with np.errstate(divide="ignore"):
     tg = np.where(dz < -1e-6, -scene.cam_h / np.where(dz < -1e-6, dz, -1.0), np.inf)
@@ -273,7 +310,8 @@ def render(scene: scn.Scene, camera: str, width: int, height: int) -> dict:
       emissive[idx] = True
     else:
       pr = scene.prims[k]
-      n_local = normal[idx] @ pr.rot
+      n_local = normal[idx]
+      normal[idx] = n_local @ pr.rot.T
       col, emi = _material(pr, local[idx], n_local, pal)
       color[idx] = col
       emissive[idx] = emi
