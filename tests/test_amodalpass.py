@@ -1,4 +1,10 @@
-"""Tests for the assembled AmodalPASS network (tiny config, CPU)."""
+"""Tests for the assembled AmodalPASS network (tiny config, CPU).
+
+Variables come from `jax.eval_shape` filled with numpy randoms: compiling the
+RNG-heavy `init` costs tens of seconds on CPU and is not what is under test.
+"""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -8,24 +14,51 @@ import pytest
 from unlock_jax.models import amodalpass
 
 
-def _init(cfg, shape=(2, 64, 64, 3)):
+def _variables(cfg, shape=(2, 64, 64, 3), seed=0):
   model = amodalpass.build(cfg)
-  x = jax.random.normal(jax.random.key(0), shape)
-  variables = model.init({"params": jax.random.key(1),
-                          "dropout": jax.random.key(2)}, x, train=False)
-  return model, variables, x
+  x = jnp.zeros(shape)
+  shapes = jax.eval_shape(
+      lambda: model.init({"params": jax.random.key(0),
+                          "dropout": jax.random.key(1)}, x, train=False))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path)
+    if "'var'" in name:
+      return jnp.asarray(rng.uniform(0.5, 1.5, s.shape), s.dtype)
+    return jnp.asarray(rng.normal(0, 0.2, s.shape), s.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+@functools.cache
+def _eval_fn(dtype_name):
+  cfg = amodalpass.tiny_model_config()
+  cfg.compute_dtype = dtype_name
+  model = amodalpass.build(cfg)
+  return jax.jit(lambda v, x: model.apply(v, x, train=False))
+
+
+@functools.cache
+def _train_fn():
+  model = amodalpass.build(amodalpass.tiny_model_config())
+  return jax.jit(lambda v, x, k: model.apply(
+      v, x, train=True, rngs={"dropout": k}, mutable=["batch_stats"]))
+
+
+def _image(shape, seed=0):
+  return jax.random.normal(jax.random.key(seed), shape)
 
 
 @pytest.mark.parametrize("shape", [(2, 64, 64, 3), (1, 96, 160, 3)])
 def test_output_shapes(shape):
   cfg = amodalpass.tiny_model_config()
-  model, variables, x = _init(cfg, shape)
-  out = model.apply(variables, x, train=False)
+  variables = _variables(cfg, shape)
+  out = _eval_fn("float32")(variables, _image(shape))
   b, h, w, _ = shape
   assert out["sem_logits"].shape == (b, h // 4, w // 4, cfg.num_classes)
   assert out["sem_logits"].dtype == jnp.float32
-  dims = cfg.mit.dims
-  for s, (f, c) in enumerate(zip(out["features"], dims)):
+  for s, (f, c) in enumerate(zip(out["features"], cfg.mit.dims)):
     stride = 4 * 2**s
     assert f.shape == (b, h // stride, w // stride, c)
   assert len(out["fpn"]) == 5
@@ -38,61 +71,50 @@ def test_output_shapes(shape):
 def test_bfloat16_compute_keeps_float32_params():
   cfg = amodalpass.tiny_model_config()
   cfg.compute_dtype = "bfloat16"
-  model, variables, x = _init(cfg)
-  dtypes = {a.dtype for a in jax.tree.leaves(variables)}
-  assert dtypes == {jnp.dtype(jnp.float32)}
-  out, _ = model.apply(variables, x, train=True,
-                       rngs={"dropout": jax.random.key(3)},
-                       mutable=["batch_stats"])
+  variables = _variables(cfg)
+  assert {a.dtype for a in jax.tree.leaves(variables)} == {
+      jnp.dtype(jnp.float32)}
+  x = _image((2, 64, 64, 3))
+  out = _eval_fn("bfloat16")(variables, x)
   assert out["features"][0].dtype == jnp.bfloat16
   assert out["sem_logits"].dtype == jnp.float32
-  ref = model.apply(variables, x, train=False)
-  cfg32 = amodalpass.tiny_model_config()
-  ref32 = amodalpass.build(cfg32).apply(variables, x, train=False)
-  # bf16 keeps ~3 significant digits; the logits must still agree roughly.
-  np.testing.assert_allclose(np.asarray(ref["sem_logits"]),
-                             np.asarray(ref32["sem_logits"]), atol=0.15,
-                             rtol=0.1)
+  ref = _eval_fn("float32")(variables, x)
+  # bfloat16 keeps ~3 significant digits: close, not equal.
+  err = np.abs(np.asarray(out["sem_logits"]) - np.asarray(ref["sem_logits"]))
+  scale = np.abs(np.asarray(ref["sem_logits"])).mean()
+  assert err.mean() < 0.1 * scale
 
 
-def test_batch_stats_update_only_in_train_mode():
+def test_train_mode_updates_batch_stats_and_is_stochastic():
   cfg = amodalpass.tiny_model_config()
-  model, variables, x = _init(cfg)
-  _, upd = model.apply(variables, x, train=True,
-                       rngs={"dropout": jax.random.key(3)},
-                       mutable=["batch_stats"])
+  variables = _variables(cfg)
+  x = _image((2, 64, 64, 3))
+  out1, upd1 = _train_fn()(variables, x, jax.random.key(3))
+  out2, _ = _train_fn()(variables, x, jax.random.key(4))
   before = jax.tree.leaves(variables["batch_stats"])
-  after = jax.tree.leaves(upd["batch_stats"])
+  after = jax.tree.leaves(upd1["batch_stats"])
   assert len(before) == len(after) > 0
-  assert any(not np.allclose(a, b) for a, b in zip(before, after))
-  _, upd_eval = model.apply(variables, x, train=False,
-                            mutable=["batch_stats"])
-  for a, b in zip(before, jax.tree.leaves(upd_eval["batch_stats"])):
-    np.testing.assert_array_equal(a, b)
-
-
-def test_train_mode_is_stochastic_and_eval_is_not():
-  cfg = amodalpass.tiny_model_config()
-  cfg.drop_path_rate = 0.5
-  model, variables, x = _init(cfg)
-  run = lambda k: model.apply(variables, x, train=True,  # noqa: E731
-                              rngs={"dropout": jax.random.key(k)},
-                              mutable=["batch_stats"])[0]["sem_logits"]
-  assert not np.allclose(run(4), run(5))
-  e1 = model.apply(variables, x, train=False)["sem_logits"]
-  e2 = model.apply(variables, x, train=False)["sem_logits"]
+  assert all(not np.allclose(a, b) for a, b in zip(before, after))
+  # Dropout and drop-path draw from the "dropout" stream.
+  assert not np.allclose(out1["sem_logits"], out2["sem_logits"])
+  # Eval mode runs with batch_stats immutable: flax would raise on any
+  # attempted update, so a successful call proves the stats are untouched.
+  e1 = _eval_fn("float32")(variables, x)["sem_logits"]
+  e2 = _eval_fn("float32")(variables, x)["sem_logits"]
   np.testing.assert_array_equal(e1, e2)
 
 
 def test_flags_change_param_tree():
   cfg = amodalpass.tiny_model_config()
-  _, full, _ = _init(cfg)
+  full = _variables(cfg)
   cfg.deformable = False
   cfg.simpool = False
-  _, plain, _ = _init(cfg)
+  plain = _variables(cfg)
   bb_full, bb_plain = full["params"]["backbone"], plain["params"]["backbone"]
   for s in ("patch_embed2", "patch_embed4"):
     assert set(bb_full[s]) == {"offset_conv", "modulator_conv", "proj", "norm"}
+    assert bb_full[s]["offset_conv"]["kernel"].shape[-1] == 18
+    assert bb_full[s]["modulator_conv"]["kernel"].shape[-1] == 9
     assert set(bb_plain[s]) == {"proj", "norm"}
   assert set(bb_plain["patch_embed1"]) == set(bb_full["patch_embed1"])
   for s in range(1, 5):
@@ -100,20 +122,23 @@ def test_flags_change_param_tree():
     assert "image_pool" not in bb_plain[f"block{s}_0"]["attn"]
   assert set(bb_full["block1_0"]["attn"]["image_pool"]) == {
       "norm_patches", "wq", "wk"}
+  assert "bias" not in bb_full["block1_0"]["attn"]["image_pool"]["wq"]
   # The last stage has sr_ratio 1: no reduction conv/norm.
   assert "sr" not in bb_full["block4_0"]["attn"]
-  assert "sr" in bb_full["block1_0"]["attn"]
+  assert bb_full["block1_0"]["attn"]["sr"]["kernel"].shape == (8, 8, 8, 8)
 
 
 def test_head_and_neck_param_names_follow_reference():
   cfg = amodalpass.tiny_model_config()
-  _, v, _ = _init(cfg)
+  v = _variables(cfg)
   head = v["params"]["decode_head"]
   assert set(head) == {"embed_layers_0", "embed_layers_1", "embed_layers_2",
                        "embed_layers_3", "fuse_layer", "conv_seg"}
   fuse = head["fuse_layer"]
   assert set(fuse["image_pool_0"]) == {"norm_patches", "wq", "wk"}
   assert set(fuse["aspp_modules_1"]) == {"depthwise_conv", "pointwise_conv"}
+  assert fuse["aspp_modules_1"]["depthwise_conv"]["conv"]["kernel"].shape == (
+      3, 3, 1, 64)
   assert "bias" not in fuse["bottleneck"]["conv"]
   assert fuse["bottleneck"]["conv"]["kernel"].shape == (3, 3, 5 * 16, 16)
   assert set(v["batch_stats"]["decode_head"]["fuse_layer"]["bottleneck"][
@@ -121,6 +146,7 @@ def test_head_and_neck_param_names_follow_reference():
   neck = v["params"]["neck"]
   assert set(neck) == {f"{k}_{i}" for k in ("lateral_convs", "fpn_convs")
                        for i in range(4)}
+  assert "bias" in neck["fpn_convs_0"]["conv"]
 
 
 def test_bad_config_errors():
