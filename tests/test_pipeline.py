@@ -126,11 +126,11 @@ def test_boxes_and_flip_against_loops():
   masks[0, 2:5, 3:9] = 1
   masks[1, 7, 0] = 1
   masks[1, 0, 11] = 255  # ignore pixel: counted only by the reference rule
-  boxes = transforms.boxes_from_masks(masks)
-  np.testing.assert_array_equal(boxes[0], [3, 2, 9, 5])
-  np.testing.assert_array_equal(boxes[1], [0, 7, 1, 8])
+  boxes = transforms.boxes_from_masks(masks)  # inclusive, as get_bbox_coord
+  np.testing.assert_array_equal(boxes[0], [3, 2, 8, 4])
+  np.testing.assert_array_equal(boxes[1], [0, 7, 0, 7])
   np.testing.assert_array_equal(boxes[2], [0, 0, 0, 0])
-  np.testing.assert_array_equal(transforms.boxes_from_masks(masks, "nonzero")[1], [0, 0, 12, 8])
+  np.testing.assert_array_equal(transforms.boxes_from_masks(masks, "nonzero")[1], [0, 0, 11, 7])
   ex = {keys.IMAGE: rng.integers(0, 255, (10, 12, 3)).astype(np.uint8),
         keys.SEMANTIC: rng.integers(0, 18, (10, 12)).astype(np.uint8),
         keys.MODAL_MASKS: masks, keys.MODAL_BOXES: boxes,
@@ -141,4 +141,4 @@ def test_boxes_and_flip_against_loops():
   np.testing.assert_array_equal(f[keys.MODAL_BOXES][2], [0, 0, 0, 0])
   c = transforms.crop(ex, (0, 10, 4, 12))
   assert c[keys.MODAL_VALID].tolist() == [True, False, False]  # instance 1 cropped away
-  np.testing.assert_array_equal(c[keys.MODAL_BOXES][0], [0, 2, 5, 5])
+  np.testing.assert_array_equal(c[keys.MODAL_BOXES][0], [0, 2, 4, 4])

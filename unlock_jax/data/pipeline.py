@@ -54,17 +54,13 @@ class TrainTransform:
       padded = layouts_common.to_padded(ex, self.max_instances)
       ex = {k: padded[k] for k in keys.INSTANCE_KEYS} | {
           keys.IMAGE: ex["image"], keys.SEMANTIC: ex["semantic"]}
-      if self.box_rule != "positive":
-        for p in ("modal", "amodal"):
-          ex[f"{p}_boxes"] = transforms.boxes_from_masks(ex[f"{p}_masks"],
-                                                         self.box_rule)
     else:
       ex = {keys.IMAGE: ex["image"], keys.SEMANTIC: ex["semantic"]}
     box = transforms.random_crop_box(ex[keys.SEMANTIC], self.crop_size, rng,
                                      self.cat_max_ratio)
     ex = transforms.crop(ex, box, self.box_rule)
     if self.flip and rng.random() < 0.5:
-      ex = transforms.hflip(ex)
+      ex = transforms.hflip(ex, self.box_rule)
     return transforms.finalize(ex)
 
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from unlock_jax.data import keys
 from unlock_jax.data import labels
+from unlock_jax.data.layouts.common import boxes_from_masks
 
 # ImageNet statistics in RGB order (mmseg Normalize with to_rgb=True).
 MEAN = np.array([123.675, 116.28, 103.53], np.float32)
@@ -53,33 +54,14 @@ def random_crop_box(semantic: np.ndarray, crop_size: tuple[int, int],
   return box
 
 
-def boxes_from_masks(masks: np.ndarray, rule: str = "positive") -> np.ndarray:
-  """Tight boxes ``x1,y1,x2,y2`` (x2/y2 exclusive) of [N,H,W] masks.
-
-  ``rule="positive"`` uses the pixels equal to 1 (intended behaviour);
-  ``"nonzero"`` also counts ignore pixels (255), which reproduces reference
-  bug §10.1 (inflated boxes). Empty masks get an all-zero box.
-  """
-  fg = masks == 1 if rule == "positive" else masks != 0
-  if rule not in ("positive", "nonzero"):
-    raise ValueError(f"box rule must be 'positive' or 'nonzero', got {rule!r}")
-  rows = fg.any(axis=2)
-  cols = fg.any(axis=1)
-  n, h, w = masks.shape
-  boxes = np.zeros((n, 4), np.float32)
-  has = rows.any(axis=1)
-  if has.any():
-    y1 = rows.argmax(axis=1)
-    y2 = h - rows[:, ::-1].argmax(axis=1)
-    x1 = cols.argmax(axis=1)
-    x2 = w - cols[:, ::-1].argmax(axis=1)
-    boxes[has] = np.stack([x1, y1, x2, y2], 1)[has]
-  return boxes
-
-
 def crop(example: dict, box: tuple[int, int, int, int],
          box_rule: str = "positive") -> dict:
-  """Crops image, semantic and instance masks; refreshes boxes and validity."""
+  """Crops image, semantic and instance masks; refreshes boxes and validity.
+
+  Boxes are recomputed from the cropped masks (inclusive x2/y2 as the
+  reference's ``get_bbox_coord``), with ``box_rule`` as in
+  :func:`~unlock_jax.data.layouts.common.boxes_from_masks`.
+  """
   y1, y2, x1, x2 = box
   out = dict(example)
   out[keys.IMAGE] = example[keys.IMAGE][y1:y2, x1:x2]
@@ -95,21 +77,16 @@ def crop(example: dict, box: tuple[int, int, int, int],
   return out
 
 
-def hflip(example: dict) -> dict:
-  """Horizontal flip of image, semantic, masks and boxes."""
+def hflip(example: dict, box_rule: str = "positive") -> dict:
+  """Horizontal flip of image, semantic and masks; boxes recomputed from masks."""
   out = dict(example)
   out[keys.IMAGE] = example[keys.IMAGE][:, ::-1]
   out[keys.SEMANTIC] = example[keys.SEMANTIC][:, ::-1]
-  w = example[keys.SEMANTIC].shape[1]
   for prefix in ("modal", "amodal"):
     mk = f"{prefix}_masks"
-    if mk not in example:
-      continue
-    out[mk] = example[mk][:, :, ::-1]
-    b = example[f"{prefix}_boxes"]
-    flipped = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1)
-    out[f"{prefix}_boxes"] = np.where(example[f"{prefix}_valid"][:, None],
-                                      flipped, 0).astype(np.float32)
+    if mk in example:
+      out[mk] = example[mk][:, :, ::-1]
+      out[f"{prefix}_boxes"] = boxes_from_masks(out[mk], box_rule)
   return out
 
 
