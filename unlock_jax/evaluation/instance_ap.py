@@ -3,8 +3,9 @@
 Reference: ``blendpassscripts/evaluation/evalInstanceLevelSemanticLabeling.py``
 (``assignGt2Preds`` L333-430, ``evaluateMatches`` L432-652) and its amodal twin
 ``evalInstanceAmodalLevelSemanticLabeling.py``. Per image only the matching outcome is
-kept (scores of positives and negatives per overlap threshold, hard false negatives),
-never masks, so memory grows by a few kilobytes per image.
+kept: prediction scores and classes, how often each prediction is a negative at each
+overlap threshold, which prediction is the positive of each valid GT, and hard false
+negatives; never masks, so memory grows by about 2-3 KB per image.
 """
 import numpy as np
 
@@ -59,8 +60,9 @@ class InstanceAPAccumulator:
     self.hard_fn = np.zeros((n_t, n_c), np.int64)
     self.have_gt = np.zeros(n_c, bool)
     self.have_pred = np.zeros(n_c, bool)
-    # Per image: (t index, class index, score) rows of positives and negatives.
-    self._pos, self._neg = [], []
+    # Per image: prediction scores/classes, per-threshold negative counts and the index
+    # of the positive prediction of each valid GT (see ``add``).
+    self._images = []
 
   # --- per image ------------------------------------------------------------------
 
@@ -78,13 +80,13 @@ class InstanceAPAccumulator:
   def _gt_amodal(self, instance_ids, amodal_gt, crops):
     """Amodal GT instances (instID = panoptic segment id) and intersections; the void
     mask comes from the *modal* instance PNG, as in the reference."""
-    gt_crops = [masks_lib.crop_mask(a["mask"]) for a in amodal_gt]
+    gt_crops = masks_lib.crop_masks([a["mask"] for a in amodal_gt])
     inst_id = np.array([int(a["seg_id"]) for a in amodal_gt], np.int64)
     label = np.array([int(a["category_id"]) for a in amodal_gt], np.int64)
     area = np.array([c.area for c in gt_crops], np.int64)
     inter = masks_lib.pairwise_intersections(crops, gt_crops)
-    void_map = (np.asarray(instance_ids) == labels.IGNORE).astype(np.int32)
-    void = np.array([masks_lib.histogram_in_crop(void_map, c, 2)[1] for c in crops],
+    void_map = np.asarray(instance_ids) == labels.IGNORE
+    void = np.array([np.count_nonzero(void_map[c.window] & c.mask) for c in crops],
                     np.int64)
     return inst_id, label, area, inter, void
 
@@ -111,18 +113,16 @@ class InstanceAPAccumulator:
     with np.errstate(divide="ignore", invalid="ignore"):
       iou = np.where(inter > 0, inter / (g_area[None, :] + p_area[:, None] - inter), 0.0)
     match = iou[None] > self.overlaps[:, None, None]  # [T,P,G]
-    # Valid GT: positive with the best matching score; other matches are negatives.
+    # Valid GT: positive with the best matching score; every other match of it is a
+    # negative (the reference's max/min swap keeps exactly the maximum as positive).
     mv = match & valid_gt[None, None, :]
     scored = np.where(mv, p_score[None, :, None], -np.inf)
     best = (np.argmax(scored, axis=1) if p_score.size
             else np.zeros((self.overlaps.size, g_id.size), np.int64))  # [T,G]
     has = mv.any(axis=1)
+    neg_count = mv.sum(axis=2).astype(np.int64)  # [T,P], minus one per positive below
     t_i, g_i = np.nonzero(has)
-    self._pos.append(np.stack([t_i, g_cls[g_i], p_score[best[t_i, g_i]]], 1))
-    dup = mv.copy()
-    dup[t_i, best[t_i, g_i], g_i] = False
-    t_d, p_d, _ = np.nonzero(dup)
-    neg = [np.stack([t_d, p_cls[p_d], p_score[p_d]], 1)]
+    np.subtract.at(neg_count, (t_i, best[t_i, g_i]), 1)
     miss = ~has & valid_gt[None, :]
     np.add.at(self.hard_fn, (np.nonzero(miss)[0], g_cls[np.nonzero(miss)[1]]), 1)
     # Predictions without any same-class GT above the overlap: false positive unless
@@ -131,34 +131,49 @@ class InstanceAPAccumulator:
     ignore_w = (g_id < 1000).astype(np.int64) + (g_area < self.min_region_size)
     ignored = void + inter @ ignore_w
     ratio = ignored / np.maximum(p_area, 1)
-    fp = ~match.any(axis=2) & (ratio[None, :] <= self.overlaps[:, None])
-    t_f, p_f = np.nonzero(fp)
-    neg.append(np.stack([t_f, p_cls[p_f], p_score[p_f]], 1))
-    self._neg.append(np.concatenate(neg, 0))
+    neg_count += ~match.any(axis=2) & (ratio[None, :] <= self.overlaps[:, None])
+    pos_pred = np.where(has, best, -1)[:, valid_gt]
+    self._images.append({
+        "score": p_score, "cls": p_cls.astype(np.int8),
+        "neg_count": neg_count.astype(np.uint8),  # [T,P]: times p is a negative at t
+        "pos_pred": pos_pred.astype(np.int16),    # [T,G valid]: the positive's pred
+        "gt_cls": g_cls[valid_gt].astype(np.int8)})
 
   def merge(self, other: "InstanceAPAccumulator") -> None:
     self.hard_fn += other.hard_fn
     self.have_gt |= other.have_gt
     self.have_pred |= other.have_pred
-    self._pos.extend(other._pos)
-    self._neg.extend(other._neg)
+    self._images.extend(other._images)
+
+  def state_bytes(self) -> int:
+    """Memory held by the per-image match records."""
+    return sum(a.nbytes for rec in self._images for a in rec.values())
 
   # --- totals -----------------------------------------------------------------------
 
   def ap_table(self) -> np.ndarray:
     """AP [num classes, num overlaps]: NaN without valid GT, 0 with GT but no preds."""
-    pos = np.concatenate(self._pos, 0) if self._pos else np.zeros((0, 3))
-    neg = np.concatenate(self._neg, 0) if self._neg else np.zeros((0, 3))
-    ap = np.full((self.thing_ids.size, self.overlaps.size), np.nan)
-    for c in range(self.thing_ids.size):
+    n_t, n_c = self.overlaps.size, self.thing_ids.size
+    recs = self._images
+    offsets = np.cumsum([0] + [r["score"].size for r in recs])
+    score = np.concatenate([r["score"] for r in recs] + [np.zeros(0)])
+    cls = np.concatenate([r["cls"] for r in recs] + [np.zeros(0, np.int8)])
+    neg = np.concatenate([r["neg_count"] for r in recs] + [np.zeros((n_t, 0), np.uint8)], 1)
+    pos = np.concatenate([np.where(r["pos_pred"] >= 0, r["pos_pred"] + o, -1)
+                          for r, o in zip(recs, offsets)] + [np.zeros((n_t, 0), np.int64)], 1)
+    gt_cls = np.concatenate([r["gt_cls"] for r in recs] + [np.zeros(0, np.int8)])
+    ap = np.full((n_c, n_t), np.nan)
+    for c in range(n_c):
       if not self.have_gt[c]:
         continue
       if not self.have_pred[c]:
         ap[c] = 0.0
         continue
-      for t in range(self.overlaps.size):
-        ps = pos[(pos[:, 0] == t) & (pos[:, 1] == c), 2]
-        ns = neg[(neg[:, 0] == t) & (neg[:, 1] == c), 2]
+      in_c = cls == c
+      for t in range(n_t):
+        idx = pos[t, gt_cls == c]
+        ps = score[idx[idx >= 0]]
+        ns = np.repeat(score[in_c], neg[t, in_c])
         ap[c, t] = cityscapes_ap(ps, ns, int(self.hard_fn[t, c]))
     return ap
 

@@ -27,10 +27,27 @@ class Crop:
     return (slice(self.y0, self.y1), slice(self.x0, self.x1))
 
 
-def crop_mask(mask: np.ndarray) -> Crop:
-  """Tight crop of one HxW mask (non-zero = inside); an empty mask gets area 0."""
-  mask = np.asarray(mask) != 0
-  rows = np.flatnonzero(mask.any(axis=1))
+def row_occupancy(masks: np.ndarray) -> np.ndarray:
+  """[..., H] bool: which rows of each HxW mask contain a pixel (one pass over memory)."""
+  masks = np.asarray(masks)
+  if masks.dtype != bool:
+    masks = masks != 0
+  if masks.flags.c_contiguous and masks.shape[-1] % 8 == 0:
+    # Scan 8 pixels per machine word: this full-frame pass dominates for small objects.
+    words = masks.view(np.uint64).reshape(masks.shape[:-1] + (-1,))
+    return np.bitwise_or.reduce(words, axis=-1) != 0
+  return masks.any(axis=-1)
+
+
+def crop_mask(mask: np.ndarray, rows: np.ndarray = None) -> Crop:
+  """Tight crop of one HxW mask (non-zero = inside); an empty mask gets area 0.
+
+  ``rows`` (optional) is the mask's precomputed :func:`row_occupancy`.
+  """
+  mask = np.asarray(mask)
+  if mask.dtype != bool:
+    mask = mask != 0
+  rows = np.flatnonzero(row_occupancy(mask) if rows is None else rows)
   if rows.size == 0:
     return Crop(0, 0, 0, 0, np.zeros((0, 0), bool), 0)
   cols = np.flatnonzero(mask[rows[0]:rows[-1] + 1].any(axis=0))
@@ -40,7 +57,11 @@ def crop_mask(mask: np.ndarray) -> Crop:
 
 
 def crop_masks(masks) -> list:
-  """Crops of a stack or list of HxW masks."""
+  """Crops of a [N,H,W] stack (or list) of masks."""
+  if isinstance(masks, np.ndarray) and masks.ndim == 3:
+    masks = masks if masks.dtype == bool else masks != 0
+    occupancy = row_occupancy(masks)
+    return [crop_mask(m, r) for m, r in zip(masks, occupancy)]
   return [crop_mask(m) for m in masks]
 
 
@@ -82,7 +103,8 @@ def histogram_in_crop(index_map: np.ndarray, crop: Crop, length: int) -> np.ndar
 def compact_ids(ids: np.ndarray):
   """Maps an id image to indices 0..K-1 of its sorted unique ids.
 
-  Returns ``(unique_ids int64 [K], index_map int32 like ids, counts int64 [K])``.
+  Returns ``(unique_ids int64 [K], index_map like ids, counts int64 [K])``; the index
+  map has the narrowest unsigned dtype that holds K (less memory traffic in gathers).
   Uses a lookup table for small non-negative ids (a bincount instead of a sort).
   """
   ids = np.asarray(ids)
@@ -90,12 +112,17 @@ def compact_ids(ids: np.ndarray):
   if flat.size and flat.min() >= 0 and flat.max() < _DENSE_ID_LIMIT:
     counts = np.bincount(flat)
     uniq = np.flatnonzero(counts)
-    lut = np.zeros(counts.size, np.int32)
-    lut[uniq] = np.arange(uniq.size, dtype=np.int32)
+    dtype = _index_dtype(uniq.size)
+    lut = np.zeros(counts.size, dtype)
+    lut[uniq] = np.arange(uniq.size, dtype=dtype)
     return uniq.astype(np.int64), lut[ids], counts[uniq].astype(np.int64)
   uniq, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
-  return (uniq.astype(np.int64), inverse.reshape(ids.shape).astype(np.int32),
+  return (uniq.astype(np.int64), inverse.reshape(ids.shape).astype(_index_dtype(uniq.size)),
           counts.astype(np.int64))
+
+
+def _index_dtype(k: int):
+  return np.uint8 if k <= 256 else np.uint16 if k <= 65536 else np.int32
 
 
 def lookup(uniq: np.ndarray, values) -> np.ndarray:

@@ -42,8 +42,12 @@ def prepare_detections(dets: dict) -> Detections:
   order = np.lexsort((-scores.astype(np.float64), classes))
   idx = idx[order]
   masks = np.asarray(dets["masks"])
+  if masks.dtype != bool:
+    masks = masks != 0
+  # One pass over all rows of the stack (padding rows included: cheaper than a gather).
+  occupancy = masks_lib.row_occupancy(masks) if idx.size else None
   return Detections(classes=classes[order], scores=scores[order],
-                    crops=[masks_lib.crop_mask(masks[i]) for i in idx],
+                    crops=[masks_lib.crop_mask(masks[i], occupancy[i]) for i in idx],
                     shape=tuple(masks.shape[1:]))
 
 

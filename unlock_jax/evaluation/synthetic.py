@@ -118,8 +118,12 @@ def _pack(rng, masks, classes, h, w, num_rows):
           "masks": out_masks[perm], "valid": valid[perm]}
 
 
-def make_prediction(rng, gt, num_rows=16, n_false=3, max_shift=2, sem_noise=4):
-  """Perturbed prediction for ``gt``: sem, modal and amodal detection dicts."""
+def make_prediction(rng, gt, num_rows=16, n_false=3, max_shift=2, sem_noise=4,
+                    fill_rows=False):
+  """Perturbed prediction for ``gt``: sem, modal and amodal detection dicts.
+
+  With ``fill_rows`` false positives are added until all ``num_rows`` rows are valid.
+  """
   h, w = gt["semantic"].shape
   sem = gt["semantic"].astype(np.int64).copy()
   sem[sem == labels.IGNORE] = rng.integers(0, labels.NUM_CLASSES)
@@ -140,6 +144,8 @@ def make_prediction(rng, gt, num_rows=16, n_false=3, max_shift=2, sem_noise=4):
       if rng.random() < 0.2:  # a duplicate detection
         masks.append(_perturb(rng, src, max_shift + 1))
         classes.append(classes[-1])
+    if fill_rows:
+      n_false = max(n_false, num_rows - len(masks))
     for _ in range(n_false):
       masks.append(_ellipse(h, w, rng.uniform(0, h), rng.uniform(0, w),
                             rng.uniform(2, h / 4), rng.uniform(2, h / 2)))
