@@ -1,0 +1,403 @@
+r"""Converts a reference PyTorch checkpoint into an Orbax `{params, batch_stats}`.
+
+    python -m unlock_jax.tools.convert_torch --checkpoint model.pth --out DIR \
+        [--strict] [--config configs/x.py[:arg]]
+
+The reference (mmdet/mmseg, NVlabs SegFormer naming) state dict maps onto our
+flax tree mechanically: split the key on ".", glue a list index to the module
+before it (`block1.0` -> `block1_0`, `shared_fcs.0` -> `shared_fcs_0`), and
+convert the leaf: Linear `weight (out,in)` -> `kernel (in,out)`; Conv
+`(O,I,kh,kw)` -> `(kh,kw,I,O)` (depthwise `(C,1,3,3)` -> `(3,3,1,C)`);
+ConvTranspose `(in,out,2,2)` -> `(2,2,in,out)`; LayerNorm/BatchNorm `weight` ->
+`scale`; BN `running_mean/var` -> `batch_stats` `mean/var`. `shared_fcs_0`
+additionally reorders its input from PyTorch's (C,H,W) flatten to NHWC (H,W,C).
+
+Checkpoint prefixes: `module.` is stripped; if keys start with `model.` only
+those are kept (the adapted student) and the prefix is stripped; `ema_model.`,
+`source_model.`, `imnet_model.` and `num_batches_tracked` are dropped.
+
+HF transformers SegFormer state dicts (both the v5 `stages.*` naming and the
+v4 `encoder.*` naming) are first renamed to the reference naming by
+`hf_segformer_to_reference`, with separate key/value projections fused into
+`attn.kv`.
+
+Only `read_pth` needs torch; everything else works on numpy arrays.
+"""
+
+from collections.abc import Callable, Mapping
+import dataclasses
+import importlib.util
+import os
+import re
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+import numpy as np
+
+IGNORED_PREFIXES = ("ema_model.", "source_model.", "imnet_model.")
+_BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
+
+
+@dataclasses.dataclass
+class Report:
+  """What did not convert cleanly.
+
+  Attributes:
+    unmatched: torch keys with no flax leaf.
+    missing: flax leaves ("params/a/b/kernel") no torch key filled.
+    mis_shaped: (torch key, torch shape, converted shape, expected shape).
+    converted: number of leaves converted.
+  """
+  unmatched: list[str] = dataclasses.field(default_factory=list)
+  missing: list[str] = dataclasses.field(default_factory=list)
+  mis_shaped: list[tuple[str, tuple, tuple, tuple]] = dataclasses.field(
+      default_factory=list)
+  converted: int = 0
+
+  @property
+  def clean(self) -> bool:
+    return not (self.unmatched or self.missing or self.mis_shaped)
+
+  def format(self) -> str:
+    lines = [f"converted {self.converted} leaves"]
+    if self.unmatched:
+      lines.append(f"{len(self.unmatched)} unmatched torch keys:")
+      lines += [f"  {k}" for k in self.unmatched]
+    if self.missing:
+      lines.append(f"{len(self.missing)} flax leaves not in the checkpoint:")
+      lines += [f"  {k}" for k in self.missing]
+    if self.mis_shaped:
+      lines.append(f"{len(self.mis_shaped)} mis-shaped keys:")
+      lines += [f"  {k}: torch {t} -> {c}, expected {e}"
+                for k, t, c, e in self.mis_shaped]
+    return "\n".join(lines)
+
+
+def select_model_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+  """Applies the prefix rules (module./model./ema_model./...) of the module doc."""
+  sd = {}
+  for k, v in state_dict.items():
+    if k.startswith("module."):
+      k = k[len("module."):]
+    sd[k] = v
+  if any(k.startswith("model.") for k in sd):
+    sd = {k[len("model."):]: v for k, v in sd.items()
+          if k.startswith("model.")}
+  return {k: v for k, v in sd.items()
+          if not k.startswith(IGNORED_PREFIXES)
+          and not k.endswith("num_batches_tracked")}
+
+
+def key_to_path(key: str,
+                renames: Mapping[str, str] | None = None
+                ) -> tuple[tuple[str, ...], str]:
+  """`backbone.block1.0.attn.q.weight` -> (("backbone","block1_0","attn","q"), "weight").
+
+  `renames` maps a reference module prefix ("rpn_head_amodal") to the flax
+  path prefix it lives under ("amodal/rpn_head"); the longest match wins.
+  """
+  parts = key.split(".")
+  leaf = parts[-1]
+  mods: list[str] = []
+  for p in parts[:-1]:
+    if p.isdigit() and mods:
+      mods[-1] = f"{mods[-1]}_{p}"
+    else:
+      mods.append(p)
+  path = "/".join(mods)
+  for src in sorted(renames or {}, key=len, reverse=True):
+    if path == src or path.startswith(src + "/"):
+      path = renames[src] + path[len(src):]
+      break
+  return tuple(path.split("/")), leaf
+
+
+def convert_weight(path: tuple[str, ...], array: np.ndarray,
+                   roi_size: int = 7) -> np.ndarray:
+  """Torch weight layout -> flax kernel layout (see module doc)."""
+  a = np.asarray(array)
+  if a.ndim == 2:
+    if path[-1] == "shared_fcs_0":
+      out_dim, in_dim = a.shape
+      c = in_dim // (roi_size * roi_size)
+      if c * roi_size * roi_size != in_dim:
+        raise ValueError(f"{'/'.join(path)}: input dim {in_dim} is not "
+                         f"C*{roi_size}*{roi_size}")
+      return (a.reshape(out_dim, c, roi_size, roi_size)
+              .transpose(2, 3, 1, 0).reshape(in_dim, out_dim))
+    return a.T
+  if a.ndim == 4:
+    if path[-1] == "upsample":  # ConvTranspose2d (in, out, kh, kw)
+      return a.transpose(2, 3, 0, 1)
+    return a.transpose(2, 3, 1, 0)
+  return a
+
+
+def _flatten(tree: Mapping, prefix: tuple = ()) -> dict[tuple, Any]:
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict:
+  out: dict = {}
+  for path, v in flat.items():
+    node = out
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = v
+  return out
+
+
+def torch_to_flax(state_dict: Mapping[str, Any], template: Mapping[str, Any],
+                  *, renames: Mapping[str, str] | None = None,
+                  roi_size: int = 7) -> tuple[dict, dict, Report]:
+  """Maps a reference state dict onto a flax variables template.
+
+  Args:
+    state_dict: torch key -> numpy array (prefix rules applied here).
+    template: `{"params": ..., "batch_stats": ...}` with arrays or
+      ShapeDtypeStructs as leaves (e.g. from `jax.eval_shape(model.init...)`).
+    renames: reference prefix -> flax path prefix (see `key_to_path`).
+    roi_size: RoI feature size behind `shared_fcs_0`.
+
+  Returns:
+    (params, batch_stats, report). Leaves the checkpoint does not provide are
+    taken from the template when it holds arrays and omitted otherwise (the
+    report lists them either way).
+  """
+  sd = select_model_state(state_dict)
+  tp = _flatten(template.get("params", {}))
+  tb = _flatten(template.get("batch_stats", {}))
+  report = Report()
+  out_p: dict[tuple, Any] = {}
+  out_b: dict[tuple, Any] = {}
+  for key in sorted(sd):
+    path, leaf = key_to_path(key, renames)
+    if leaf in _BN_LEAVES:
+      table, dest, name = tb, out_b, _BN_LEAVES[leaf]
+    elif leaf == "weight":
+      table, dest = tp, out_p
+      name = "kernel" if path + ("kernel",) in tp else "scale"
+    elif leaf == "bias":
+      table, dest, name = tp, out_p, "bias"
+    else:
+      table, dest, name = {}, out_p, leaf
+    target = table.get(path + (name,))
+    if target is None:
+      report.unmatched.append(key)
+      continue
+    arr = np.asarray(sd[key])
+    conv = convert_weight(path, arr, roi_size) if name == "kernel" else arr
+    if tuple(conv.shape) != tuple(target.shape):
+      report.mis_shaped.append((key, tuple(arr.shape), tuple(conv.shape),
+                                tuple(target.shape)))
+      continue
+    dest[path + (name,)] = np.asarray(conv, dtype=target.dtype)
+    report.converted += 1
+  for coll, table, dest in (("params", tp, out_p),
+                            ("batch_stats", tb, out_b)):
+    for path, leaf in table.items():
+      if path not in dest:
+        report.missing.append("/".join((coll,) + path))
+        if isinstance(leaf, np.ndarray) or hasattr(leaf, "__array__"):
+          dest[path] = np.asarray(leaf)
+  return _unflatten(out_p), _unflatten(out_b), report
+
+
+# HF transformers SegFormer -> reference (NVlabs) names. `{s}` is the 0-based
+# HF stage, written back 1-based.
+_HF_RULES: list[tuple[str, Callable[[re.Match], str]]] = [
+    # transformers >= 5: stages.{s}.*
+    (r"stages\.(\d+)\.patch_embeddings\.proj\.(\w+)",
+     lambda m: f"patch_embed{int(m[1]) + 1}.proj.{m[2]}"),
+    (r"stages\.(\d+)\.patch_embeddings\.layer_norm\.(\w+)",
+     lambda m: f"patch_embed{int(m[1]) + 1}.norm.{m[2]}"),
+    (r"stages\.(\d+)\.layer_norm\.(\w+)",
+     lambda m: f"norm{int(m[1]) + 1}.{m[2]}"),
+    (r"stages\.(\d+)\.blocks\.(\d+)\.(.*)",
+     lambda m: f"block{int(m[1]) + 1}.{m[2]}.{_hf_block(m[3])}"),
+    # transformers 4.x: encoder.*
+    (r"encoder\.patch_embeddings\.(\d+)\.proj\.(\w+)",
+     lambda m: f"patch_embed{int(m[1]) + 1}.proj.{m[2]}"),
+    (r"encoder\.patch_embeddings\.(\d+)\.layer_norm\.(\w+)",
+     lambda m: f"patch_embed{int(m[1]) + 1}.norm.{m[2]}"),
+    (r"encoder\.layer_norm\.(\d+)\.(\w+)",
+     lambda m: f"norm{int(m[1]) + 1}.{m[2]}"),
+    (r"encoder\.block\.(\d+)\.(\d+)\.(.*)",
+     lambda m: f"block{int(m[1]) + 1}.{m[2]}.{_hf_block(m[3])}"),
+]
+
+_HF_BLOCK = {
+    "layernorm_before": "norm1", "layernorm_after": "norm2",
+    "attention.q_proj": "attn.q", "attention.k_proj": "attn.k",
+    "attention.v_proj": "attn.v", "attention.o_proj": "attn.proj",
+    "attention.sequence_reduction.sequence_reduction": "attn.sr",
+    "attention.sequence_reduction.layer_norm": "attn.norm",
+    "layer_norm_1": "norm1", "layer_norm_2": "norm2",
+    "attention.self.query": "attn.q", "attention.self.key": "attn.k",
+    "attention.self.value": "attn.v", "attention.output.dense": "attn.proj",
+    "attention.self.sr": "attn.sr", "attention.self.layer_norm": "attn.norm",
+    "mlp.dense1": "mlp.fc1", "mlp.dense2": "mlp.fc2",
+    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
+    "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
+}
+
+
+def _hf_block(rest: str) -> str:
+  module, leaf = rest.rsplit(".", 1)
+  if module not in _HF_BLOCK:
+    raise KeyError(module)
+  return f"{_HF_BLOCK[module]}.{leaf}"
+
+
+def hf_segformer_to_reference(state_dict: Mapping[str, Any],
+                              prefix: str = "backbone."
+                              ) -> tuple[dict[str, np.ndarray], list[str]]:
+  """Renames an HF SegFormer encoder state dict to reference keys.
+
+  Accepts `SegformerModel` keys and `segformer.`-prefixed ones (the decode
+  head of `SegformerForSemanticSegmentation` is not part of UNLOCK and is
+  returned as unmatched). Key and value projections are fused into `attn.kv`
+  as [key; value] along the output dimension.
+
+  Returns:
+    (reference state dict with `prefix` prepended, unmatched HF keys).
+  """
+  out: dict[str, np.ndarray] = {}
+  unmatched = []
+  for key, value in state_dict.items():
+    k = key[len("segformer."):] if key.startswith("segformer.") else key
+    new = None
+    for pattern, rule in _HF_RULES:
+      m = re.fullmatch(pattern, k)
+      if m:
+        try:
+          new = rule(m)
+        except KeyError:
+          new = None
+        break
+    if new is None:
+      unmatched.append(key)
+      continue
+    out[prefix + new] = np.asarray(value)
+  for k in [k for k in out if ".attn.k." in k]:
+    v = k.replace(".attn.k.", ".attn.v.")
+    kv = k.replace(".attn.k.", ".attn.kv.")
+    out[kv] = np.concatenate([out.pop(k), out.pop(v)], axis=0)
+  return out, unmatched
+
+
+def read_pth(path: str) -> dict[str, np.ndarray]:
+  """Reads a `.pth` (mmcv dict with `state_dict`, or a bare state dict)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"checkpoint {path} does not exist")
+  ckpt = torch.load(path, map_location="cpu", weights_only=False)
+  if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
+    ckpt = ckpt["state_dict"]
+  elif isinstance(ckpt, Mapping) and "model" in ckpt and isinstance(
+      ckpt["model"], Mapping):
+    ckpt = ckpt["model"]
+  if not isinstance(ckpt, Mapping):
+    raise ValueError(f"{path}: expected a state dict, got {type(ckpt)}")
+  out = {}
+  for k, v in ckpt.items():
+    if hasattr(v, "detach"):
+      v = v.detach().cpu()
+      if v.dtype == torch.bfloat16 or v.dtype == torch.float16:
+        v = v.float()
+      out[k] = v.numpy()
+  return out
+
+
+def load_model_config(spec: str | None):
+  """`configs/x.py[:arg]` -> its `get_config(arg).model`; None -> defaults."""
+  from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
+
+  if not spec:
+    return amodalpass.default_model_config()
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config file {path} does not exist")
+  mod_spec = importlib.util.spec_from_file_location("_convert_cfg", path)
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  cfg = module.get_config(arg) if arg else module.get_config()
+  if "model" not in cfg:
+    raise ValueError(f"{path}: get_config() has no `model` section")
+  return cfg.model
+
+
+def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
+            strict: bool = False,
+            renames: Mapping[str, str] | None = None) -> Report:
+  """Reads `checkpoint`, converts it for the configured model, saves Orbax."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
+
+  model = amodalpass.build(load_model_config(config))
+  x = jnp.zeros((1, 64, 64, 3), jnp.float32)
+  init = lambda: model.init({"params": jax.random.key(0),  # noqa: E731
+                             "dropout": jax.random.key(1)}, x, train=False)
+  template = dict(jax.eval_shape(init))
+  params, stats, report = torch_to_flax(read_pth(checkpoint), template,
+                                        renames=renames)
+  if strict and not report.clean:
+    raise ValueError(f"{checkpoint}: strict conversion failed\n"
+                     f"{report.format()}")
+  if report.missing:
+    # Fill what the checkpoint lacks from a real initialisation.
+    fresh = jax.jit(init)()
+    params = _fill(params, fresh["params"])
+    stats = _fill(stats, fresh.get("batch_stats", {}))
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir):
+    raise FileExistsError(f"output {out_dir} already exists")
+  ckptr = ocp.StandardCheckpointer()
+  # Orbax writes into a temporary folder and renames it when complete.
+  ckptr.save(out_dir, {"params": params, "batch_stats": stats})
+  ckptr.wait_until_finished()
+  return report
+
+
+def _fill(tree: dict, fresh: Mapping) -> dict:
+  flat = _flatten(tree)
+  for path, leaf in _flatten(fresh).items():
+    flat.setdefault(path, np.asarray(leaf))
+  return _unflatten(flat)
+
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "reference .pth file")
+_OUT = flags.DEFINE_string("out", None, "output Orbax checkpoint folder")
+_STRICT = flags.DEFINE_bool("strict", False,
+                            "fail on unmatched, missing or mis-shaped keys")
+_CONFIG = flags.DEFINE_string("config", None,
+                              "experiment config file[:arg] whose `model` "
+                              "section describes the network")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  if not _CHECKPOINT.value or not _OUT.value:
+    raise app.UsageError("--checkpoint and --out are required")
+  report = convert(_CHECKPOINT.value, _OUT.value, config=_CONFIG.value,
+                   strict=_STRICT.value)
+  print(report.format())
+  print(f"wrote {os.path.abspath(_OUT.value)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(app.run(main))
