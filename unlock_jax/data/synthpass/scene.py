@@ -312,7 +312,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
         b.pole(x, y, h, r)
         occluders.append((x, y, side))
         u = rng.uniform()
-        if u < 0.3:
+        if u < 0.4:
           # A mast arm over the road carrying the light head, like real signal masts.
           arm = rng.uniform(1.0, 3.0)
           hz = min(h, 6.0)
@@ -320,7 +320,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
                 pal["pole"], "plain")
           b.add(geo.BOX, (x - side * arm, y, hz - 0.7), (0.22, 0.22, 0.6), LIGHT,
                 pal["light_body"], "lamps", (float(rng.uniform()),))
-        elif u < 0.62:
+        elif u < 0.72:
           z = rng.uniform(2.2, 3.0)
           w = rng.uniform(0.35, 0.55)
           b.add(geo.BOX, (x, y - 0.1 * np.sign(y + 1e-3), z), (w, 0.03, w), SIGN,
@@ -374,10 +374,15 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
         cls = [CAR, VAN, TRUCK, BUS][int(np.searchsorted([0.55, 0.72, 0.86], u))]
         b.vehicle(cls, lx + rng.uniform(-0.3, 0.3), y, yaw)
   # Cyclists near the curbs.
-  for _ in range(int(rng.integers(1, 4))):
-    side = 1 if rng.uniform() < 0.5 else -1
-    b.cyclist(curb[side > 0] - side * rng.uniform(0.6, 1.0), rng.uniform(ty0 + 2, ty1 * 0.6),
-              0.0 if side > 0 else np.pi)
+  for _ in range(int(rng.integers(2, 5))):
+    for _ in range(5):  # retry: the curb lane is often taken by parked vehicles
+      side = 1 if rng.uniform() < 0.5 else -1
+      x = curb[side > 0] - side * rng.uniform(0.6, 2.5)
+      y = rng.uniform(ty0 + 2, ty1 * 0.45)
+      if not pinhole and rng.uniform() < 0.5:
+        y = -y
+      if b.cyclist(x, y, 0.0 if side > 0 else np.pi):
+        break
   # Pedestrians on the sidewalks, partly in groups; a few crossing the road.
   for side in (-1, 1):
     for _ in range(int(rng.integers(1, 4))):
