@@ -78,8 +78,13 @@ def _write_jpg(path: str, array: np.ndarray):
 
 
 def write_json(path: str, obj):
-  """Atomic, deterministic JSON write."""
-  _write_bytes(path, json.dumps(obj, separators=(",", ":")).encode())
+  """Atomic, deterministic JSON write; an identical existing file is left untouched."""
+  data = json.dumps(obj, separators=(",", ":")).encode()
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      if f.read() == data:
+        return
+  _write_bytes(path, data)
 
 
 def _paths(domain: str, split: str, index: int) -> dict:
@@ -219,7 +224,10 @@ def generate(out_dir: str, *, scale: float = 0.25, seed: int = 0,
     progress: called with (done, total) after each scene.
 
   Returns:
-    A summary dict (also written to ``<out_dir>/synthpass.json``).
+    A summary dict: scale, seed, domain_shift, sizes ((height, width) per
+    domain), counts, per-split instance/occlusion statistics (also written to
+    ``<out_dir>/synthpass.json``), plus root and how many scenes this call
+    generated and skipped.
   """
   num_source, num_target = dict(num_source), dict(num_target)  # never mutate the defaults
   if not 0 < scale <= 2:
@@ -251,20 +259,21 @@ def generate(out_dir: str, *, scale: float = 0.25, seed: int = 0,
       done += 1
       if progress:
         progress(done, len(tasks))
-  summary = dict(root=os.path.abspath(out_dir), scale=scale, seed=seed,
-                 domain_shift=domain_shift,
+  summary = dict(scale=scale, seed=seed, domain_shift=domain_shift,
                  sizes={k: list(v) for k, v in image_sizes(scale).items()},
-                 counts={"source": num_source, "target": num_target},
-                 generated=sum(not r["skipped"] for r in recs.values()),
-                 skipped=sum(r["skipped"] for r in recs.values()), splits={})
+                 counts={"source": num_source, "target": num_target}, splits={})
   for domain, counts in (("source", num_source), ("target", num_target)):
     for split in ("train", "val"):
       rs = [recs[(domain, split, i)] for i in range(int(counts.get(split, 0)))]
       if rs:
         _write_indexes(out_dir, domain, split, rs)
       summary["splits"][f"{domain}/{split}"] = _split_stats(rs)
+  # The file holds only what the data set is (so a re-run leaves it unchanged); the
+  # returned dict adds what this call did.
   write_json(os.path.join(out_dir, "synthpass.json"), summary)
-  return summary
+  return dict(summary, root=os.path.abspath(out_dir),
+              generated=sum(not r["skipped"] for r in recs.values()),
+              skipped=sum(r["skipped"] for r in recs.values()))
 
 
 def _split_stats(recs: list) -> dict:
