@@ -42,9 +42,15 @@ def _hue_matrix(deg: float) -> np.ndarray:
 
 
 def palette(domain: str, shift: float) -> dict:
-  """Material colours of a domain: the source uses BASE; the target transforms it."""
+  """Material colours and texture scales of a domain (source: BASE; target: transformed).
+
+  Keys ``tex`` (noise/tile frequency factor) and ``win`` (window spacing
+  factor) are floats; all others are RGB arrays (``building`` is [4,3]).
+  """
   if domain == "source" or shift <= 0:
-    return {k: np.asarray(v, np.float64) for k, v in BASE.items()}
+    out = {k: np.asarray(v, np.float64) for k, v in BASE.items()}
+    out["tex"], out["win"] = 1.0, 1.0
+    return out
   m = _hue_matrix(22.0 * shift)
   sat = 1.0 - 0.2 * min(shift, 2.0)  # desaturate, never below 0.6
   out = {}
@@ -53,6 +59,8 @@ def palette(domain: str, shift: float) -> dict:
     c = np.clip(c @ m.T, 0, 1)
     grey = c.mean(-1, keepdims=True)
     out[k] = np.clip(grey + sat * (c - grey), 0, 1) * (1.0 - 0.08 * shift)
+  # Texture shift: finer noise and tiles, wider window spacing.
+  out["tex"], out["win"] = 1.0 + 0.6 * shift, 1.0 + 0.35 * shift
   return out
 
 

@@ -44,8 +44,8 @@ def _ground_color(ground: dict, cls: np.ndarray, p: np.ndarray) -> np.ndarray:
   """Asphalt with dashed lane markings, tiled sidewalk, mottled terrain."""
   x, y = p[:, 0], p[:, 1]
   col = np.empty((len(x), 3))
-  n1 = appearance.hash_noise(p, 3.0)[:, None]
-  n2 = appearance.hash_noise(p, 0.7, 5.0)[:, None]
+  n1 = appearance.hash_noise(p, 3.0 * ground["tex"])[:, None]
+  n2 = appearance.hash_noise(p, 0.7 * ground["tex"], 5.0)[:, None]
   road = cls == scn.ROAD
   col[road] = ground["road"] * (0.9 + 0.12 * n1[road] + 0.06 * n2[road])
   rel = (x - ground["curb"][0]) / ground["lane_w"]
@@ -71,15 +71,16 @@ def _material(pr: scn.Prim, p: np.ndarray, n: np.ndarray, pal: dict) -> tuple:
   vertical = np.abs(n[:, 2]) < 0.5
   u = np.where(np.abs(n[:, 0]) > 0.5, p[:, 1], p[:, 0])  # coordinate along a vertical face
   tex = pr.tex
+  fq = float(pal["tex"])  # texture frequency: part of the domain's appearance
   if tex == "plain":
-    col *= 0.94 + 0.12 * appearance.hash_noise(p, 4.0)[:, None]
+    col *= 0.94 + 0.12 * appearance.hash_noise(p, 4.0 * fq)[:, None]
   elif tex == "facade":
     sx, sz, style = pr.param
     win = vertical & ((u / sx) % 1 > 0.22) & ((u / sx) % 1 < 0.78) & ((zg / sz) % 1 > 0.3) & (
         (zg / sz) % 1 < 0.8) & (zg > 1.2)
     glass = pal["window"] * (0.8 + 0.5 * style)
     col[win] = glass * (0.8 + 0.4 * appearance.hash_noise(p[win], 1.0 / sx)[:, None])
-    col[~win] *= 0.93 + 0.1 * appearance.hash_noise(p[~win], 2.0)[:, None]
+    col[~win] *= 0.93 + 0.1 * appearance.hash_noise(p[~win], 2.0 * fq)[:, None]
   elif tex == "blocks":
     row = np.floor(zg / 0.4)
     mortar = ((zg / 0.4) % 1 < 0.1) | (((u + 0.4 * (row % 2)) / 0.8) % 1 < 0.06)
@@ -89,11 +90,11 @@ def _material(pr: scn.Prim, p: np.ndarray, n: np.ndarray, pal: dict) -> tuple:
     gap = ((u / pitch) % 1 < 0.35) & (zg < 2 * pr.size[2] - 0.12)
     col *= (1.0 - 0.45 * gap)[:, None]
   elif tex == "foliage":
-    f = appearance.hash_noise(p, 5.0)[:, None]
+    f = appearance.hash_noise(p, 5.0 * fq)[:, None]
     col *= 0.65 + 0.6 * f
-    col[:, 1] *= 1.0 + 0.15 * appearance.hash_noise(p, 2.0, 7.0)
+    col[:, 1] *= 1.0 + 0.15 * appearance.hash_noise(p, 2.0 * fq, 7.0)
   elif tex == "bark":
-    col *= 0.8 + 0.3 * appearance.hash_noise(p * np.array([6.0, 6.0, 1.0]), 4.0)[:, None]
+    col *= 0.8 + 0.3 * appearance.hash_noise(p * np.array([6.0, 6.0, 1.0]), 4.0 * fq)[:, None]
   elif tex == "cloth":
     col *= 0.85 + 0.2 * ((p[:, 2] * 8) % 1 < 0.5)[:, None]
   elif tex == "vehicle":

@@ -55,10 +55,17 @@ class _Builder:
   def __init__(self, rng, pal, cam):
     self.rng, self.pal, self.cam = rng, pal, cam
     self.prims, self.thing_cls, self.boxes = [], [], []
+    self.near_thing = 0.0 if cam == "pinhole" else 5.0
 
-  def free(self, x0, x1, y0, y1, margin=0.15):
-    """True when the footprint [x0,x1]×[y0,y1] overlaps nothing placed and not the ego car."""
+  def free(self, x0, x1, y0, y1, margin=0.15, thing=False):
+    """True when the footprint [x0,x1]×[y0,y1] overlaps nothing placed and not the ego car.
+
+    Things also keep ``near_thing`` metres from the camera: a car parked right
+    beside a 360° camera would fill a quarter of the panorama.
+    """
     if x1 > -1.4 and x0 < 1.4 and y1 > -3.0 and y0 < 3.0:
+      return False
+    if thing and np.hypot(max(x0, 0.0, -x1), max(y0, 0.0, -y1)) < self.near_thing:
       return False
     for a0, a1, b0, b1 in self.boxes:
       if x0 < a1 + margin and x1 > a0 - margin and y0 < b1 + margin and y1 > b0 - margin:
@@ -91,7 +98,7 @@ class _Builder:
       length, width = rng.uniform(10.0, 12.5), rng.uniform(2.45, 2.55)
     c, s = abs(np.cos(yaw)), abs(np.sin(yaw))
     hx, hy = (c * width + s * length) / 2, (s * width + c * length) / 2
-    if not self.free(x - hx, x + hx, y - hy, y + hy):
+    if not self.free(x - hx, x + hx, y - hy, y + hy, thing=True):
       return False
     self.claim(x, y, hx, hy)
     t = self.new_thing(cls)
@@ -139,7 +146,7 @@ class _Builder:
     length = rng.uniform(1.6, 2.0)
     c, s = abs(np.cos(yaw)), abs(np.sin(yaw))
     hx, hy = (c * 0.3 + s * length) / 2, (s * 0.3 + c * length) / 2
-    if check and not self.free(x - hx, x + hx, y - hy, y + hy, margin=0.05):
+    if check and not self.free(x - hx, x + hx, y - hy, y + hy, margin=0.05, thing=True):
       return -1
     if check:
       self.claim(x, y, hx, hy)
@@ -161,7 +168,7 @@ class _Builder:
   def person(self, x, y, cls=PEDESTRIAN, base_z=0.0, check=True):
     """A pedestrian (standing) or a cyclist rider (``base_z`` = saddle offset). False if blocked."""
     rng, pal = self.rng, self.pal
-    if check and not self.free(x - 0.25, x + 0.25, y - 0.25, y + 0.25, margin=0.05):
+    if check and not self.free(x - 0.25, x + 0.25, y - 0.25, y + 0.25, margin=0.05, thing=True):
       return False
     if check:
       self.claim(x, y, 0.25, 0.25)
@@ -185,7 +192,7 @@ class _Builder:
 
   def cyclist(self, x, y, yaw):
     """A rider (class 12) on a two-wheeler (class 17): two things, the rider in front of the bike."""
-    if not self.free(x - 0.5, x + 0.5, y - 1.0, y + 1.0, margin=0.05):
+    if not self.free(x - 0.5, x + 0.5, y - 1.0, y + 1.0, margin=0.05, thing=True):
       return False
     self.claim(x, y, 0.5, 1.0)
     self.two_wheeler(x, y, yaw, check=False)
@@ -258,7 +265,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
                 road=appearance.jitter(rng, pal["road"], 0.02),
                 sidewalk=appearance.jitter(rng, pal["sidewalk"], 0.04),
                 terrain=appearance.jitter(rng, pal["terrain"], 0.04), marking=pal["marking"],
-                tile=rng.uniform(0.4, 0.8))
+                tile=rng.uniform(0.4, 0.8) / float(pal["tex"]), tex=float(pal["tex"]))
 
   def in_cross(ya, yb, m=0.0):
     return cross is not None and yb > cross[0] - m and ya < cross[1] + m
@@ -280,7 +287,8 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
         fam = pal["building"][int(rng.integers(0, len(pal["building"])))]
         b.add(geo.BOX, (x, y + length / 2, h / 2), (depth / 2, length / 2, h / 2), BUILDING,
               appearance.jitter(rng, fam, 0.04), "facade",
-              (rng.uniform(1.6, 3.2), rng.uniform(2.8, 3.6), float(rng.uniform())))
+              (rng.uniform(1.6, 3.2) * float(pal["win"]), rng.uniform(2.8, 3.6),
+               float(rng.uniform())))
       y += length + rng.uniform(0, 1.0)
 
   # Walls and fences along the outer edge of the sidewalk (they enclose terrain/gardens).
