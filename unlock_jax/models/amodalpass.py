@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from unlock_jax.models import daformer_head
+from unlock_jax.models import deform
 from unlock_jax.models import fpn as fpn_lib
 from unlock_jax.models import mit as mit_lib
 
@@ -40,7 +41,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.simpool = True
   cfg.drop_path_rate = 0.1
   cfg.norm_eps = 1e-6
-  cfg.deform_impl = "gather"
+  cfg.deform_impl = "auto"
   cfg.remat = False
   cfg.head_embed_dims = 256
   cfg.head_channels = 256
@@ -143,9 +144,7 @@ def build(model_cfg: ml_collections.ConfigDict) -> AmodalPASS:
   compute_dtype(model_cfg)
   if model_cfg.backbone != "custom":
     mit_lib.mit_size(model_cfg.backbone)
-  if model_cfg.deform_impl not in ("gather", "dense"):
-    raise ValueError(f"model_cfg.deform_impl must be 'gather' or 'dense', got "
-                     f"{model_cfg.deform_impl!r}")
+  deform.resolve_impl(model_cfg.deform_impl, 1, 1)
   if int(model_cfg.num_classes) <= 0:
     raise ValueError(f"model_cfg.num_classes must be > 0, got "
                      f"{model_cfg.num_classes}")

@@ -13,9 +13,11 @@ Two equivalent samplers are provided:
   * "dense": tent-function interpolation matrices relu(1 − |p − h|) ·
     relu(1 − |p − w|) contracted with the map by einsum, one kernel tap at a
     time (O(Ho·Wo·H·W·C) work, no gathers).
-`benchmarks/deform.py` measures both; on CPU the gather sampler is an order of
-magnitude faster at the UNLOCK sizes (stage-2 input 100×100×64), so it is the
-default.
+`benchmarks/deform.py` measures both (forward+backward, CPU, batch 1): at the
+stage-2 input of a 400×400 crop (100×100×64) gather is ~17× faster, at the
+stage-4 input (25×25×320) dense is ~1.8× faster, because its cost grows with
+the input area while gather's does not. The default "auto" therefore picks
+dense for inputs of at most `DENSE_MAX_PIXELS` pixels and gather above.
 """
 
 from typing import Any
@@ -28,12 +30,17 @@ from unlock_jax.models import layers
 
 Dtype = Any
 IMPLS = ("gather", "dense")
+DENSE_MAX_PIXELS = 1024  # measured cross-over region, see module doc
 
 
-def _check_impl(impl: str) -> None:
+def resolve_impl(impl: str, height: int, width: int) -> str:
+  """Maps "auto" to a sampler by input area; validates explicit names."""
+  if impl == "auto":
+    return "dense" if height * width <= DENSE_MAX_PIXELS else "gather"
   if impl not in IMPLS:
-    raise ValueError(f"deformable conv impl must be one of {IMPLS}, got "
-                     f"{impl!r}")
+    raise ValueError(f"deformable conv impl must be 'auto' or one of {IMPLS},"
+                     f" got {impl!r}")
+  return impl
 
 
 def sample_positions(offset: jax.Array, kernel_size: int, stride: int,
@@ -110,7 +117,7 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array,
                           kernel: jax.Array, bias: jax.Array | None, *,
                           stride: int = 1, padding: int = 0,
                           dilation: int = 1,
-                          impl: str = "gather") -> jax.Array:
+                          impl: str = "auto") -> jax.Array:
   """DCNv2 on NHWC maps (one deformable group, one conv group).
 
   Args:
@@ -120,12 +127,12 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array,
     kernel: [kh, kw, Cin, Cout] (kh == kw).
     bias: [Cout] or None.
     stride, padding, dilation: as in PyTorch.
-    impl: "gather" or "dense" sampler.
+    impl: "gather", "dense" or "auto" (by input area) sampler.
 
   Returns:
     [B, Ho, Wo, Cout].
   """
-  _check_impl(impl)
+  impl = resolve_impl(impl, x.shape[1], x.shape[2])
   kh, kw, cin, cout = kernel.shape
   if kh != kw or x.shape[-1] != cin:
     raise ValueError(f"kernel {kernel.shape} does not fit input channels "
@@ -158,7 +165,7 @@ class ModulatedDeformConv(nn.Module):
   kernel_size: int = 3
   stride: int = 1
   padding: int = 1
-  impl: str = "gather"
+  impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -184,7 +191,7 @@ class DeformablePatchEmbed(nn.Module):
   features: int
   kernel_size: int = 3
   stride: int = 2
-  impl: str = "gather"
+  impl: str = "auto"
   dtype: Dtype = jnp.float32
 
   @nn.compact

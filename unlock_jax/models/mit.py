@@ -177,7 +177,7 @@ class MiT(nn.Module):
     norm_eps: LayerNorm eps of the blocks and stage norms (1e-6 in the
       reference; HF transformers uses 1e-5). Patch-embed and sr norms are
       always 1e-5 as in the reference.
-    deform_impl: "gather" or "dense" DCNv2 sampler.
+    deform_impl: "auto", "gather" or "dense" DCNv2 sampler.
     remat: rematerialise each block in the backward pass (saves memory).
     dtype: compute dtype (params stay float32).
   """
@@ -190,7 +190,7 @@ class MiT(nn.Module):
   simpool: bool = False
   drop_path_rate: float = 0.1
   norm_eps: float = 1e-6
-  deform_impl: str = "gather"
+  deform_impl: str = "auto"
   remat: bool = False
   dtype: Dtype = jnp.float32
 
