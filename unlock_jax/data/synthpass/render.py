@@ -1,7 +1,9 @@
 """Ray-cast rendering of a synthpass scene: depth buffer, exact labels, amodal masks, shading.
 
-All work is vectorised over pixels; the Python loops run over solids (tens per
-scene). Each solid is only tested against the rays inside its bounding cone.
+All work is vectorised over pixels; the Python loops run over solids (a few
+hundred per scene) only to find each solid's candidate pixels (its exact
+image-space bounds), then one intersection call per solid kind tests all
+(solid, pixel) pairs and a sort resolves the depth buffer.
 """
 import functools
 
@@ -106,10 +108,10 @@ def _material(pr: scn.Prim, p: np.ndarray, n: np.ndarray, pal: dict) -> tuple:
   elif tex == "glass":
     col *= 0.8 + 0.4 * (n[:, 2:3] > 0.5)
   elif tex == "lamps":
-    front = vertical
+    # Red, amber and green discs from top to bottom; the lit one is brighter.
     for k, lamp in enumerate(((1.0, 0.1, 0.05), (1.0, 0.75, 0.05), (0.1, 1.0, 0.3))):
-      zc = pr.size[2] * (0.5 - k * 0.5) * 1.0
-      on = front & ((u - 0.0) ** 2 + (p[:, 2] - zc) ** 2 < 0.12 ** 2)
+      zc = pr.size[2] * (0.5 - k * 0.5)
+      on = vertical & (u ** 2 + (p[:, 2] - zc) ** 2 < 0.12 ** 2)
       col[on] = np.asarray(lamp) * (0.5 + 0.5 * (k == int(pr.param[0] * 3)))
       emissive |= on
   elif tex == "sign":

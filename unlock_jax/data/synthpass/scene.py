@@ -219,7 +219,7 @@ class _Builder:
     return True
 
 
-def _occlude_behind(b: _Builder, rng, x, y, cam_h, band, pinhole):
+def _occlude_behind(b: _Builder, rng, x, y, band, pinhole):
   """Places a person or two-wheeler 1-3 m behind the point (x, y) along the camera ray."""
   d = np.hypot(x, y)
   if d < 2:
@@ -270,8 +270,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
   def in_cross(ya, yb, m=0.0):
     return cross is not None and yb > cross[0] - m and ya < cross[1] + m
 
-  # Buildings line both sides, with gaps filled by terrain and trees.
-  gaps = []
+  # Buildings line both sides, with gaps (terrain shows through) between some.
   for side in (-1, 1):
     y = y0
     while y < y1:
@@ -279,9 +278,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
       if in_cross(y, y + length):
         y = cross[1] + 0.5
         continue
-      if rng.uniform() < 0.22:
-        gaps.append((side, y, y + length))
-      else:
+      if rng.uniform() >= 0.22:
         depth, h = rng.uniform(8, 14), rng.uniform(6, 24)
         x = front[side > 0] + side * (depth / 2 + rng.uniform(0, 0.8))
         fam = pal["building"][int(rng.integers(0, len(pal["building"])))]
@@ -400,8 +397,9 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
       for _ in range(int(rng.integers(1, 4))):
         b.person(gx + rng.uniform(-0.8, 0.8), gy + rng.uniform(-1.5, 1.5))
   for _ in range(int(rng.integers(0, 3))):
-    b.person(xc + rng.uniform(-rw, rw), rng.uniform(ty0 + 3, 25) * (1 if pinhole or rng.uniform()
-                                                                     < 0.5 else -1))
+    y = rng.uniform(max(ty0, 0.0) + 3, 25)
+    behind = not pinhole and rng.uniform() < 0.5
+    b.person(xc + rng.uniform(-rw, rw), -y if behind else y)
   # Parked two-wheelers on the sidewalk.
   for _ in range(int(rng.integers(1, 5))):
     side = 1 if rng.uniform() < 0.5 else -1
@@ -412,7 +410,7 @@ def sample_scene(rng: np.random.Generator, camera: str, domain: str, shift: floa
   rng.shuffle(visible)
   for x, y, side in visible[:int(rng.integers(2, 5))]:
     band = (min(curb[side > 0], front[side > 0]), max(curb[side > 0], front[side > 0]))
-    _occlude_behind(b, rng, x, y, cam_h, band, pinhole)
+    _occlude_behind(b, rng, x, y, band, pinhole)
 
   if not pinhole:
     # The ego vehicle's roof below the roof-mounted panoramic camera: labelled void.
