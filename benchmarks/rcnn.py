@@ -1,0 +1,137 @@
+"""Mask R-CNN branch cost on the local backend: compile time, step time and
+XLA's peak-memory estimate for mask pasting, inference and the train loss.
+
+Usage: python benchmarks/rcnn.py [paste|infer|loss ...] [--batch B]
+Sizes follow the reference: panoramas 400×2048 for paste/inference, crops
+400×400 for the loss, default (reference) budgets unless --tiny.
+"""
+import argparse
+import resource
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlock_jax.models.rcnn import branch
+from unlock_jax.models.rcnn import roi_heads
+
+STRIDES = (4, 8, 16, 32, 64)
+
+
+def _mem(compiled) -> str:
+  m = compiled.memory_analysis()
+  if m is None:
+    return "memory analysis unavailable"
+  mib = lambda b: b / 2**20
+  return (f"args {mib(m.argument_size_in_bytes):.1f} MiB, out "
+          f"{mib(m.output_size_in_bytes):.1f} MiB, temp "
+          f"{mib(m.temp_size_in_bytes):.1f} MiB")
+
+
+def _time(fn, *args, reps=3):
+  t0 = time.perf_counter()
+  compiled = jax.jit(fn).lower(*args).compile()
+  t_compile = time.perf_counter() - t0
+  jax.block_until_ready(compiled(*args))
+  t0 = time.perf_counter()
+  for _ in range(reps):
+    jax.block_until_ready(compiled(*args))
+  return compiled, t_compile, (time.perf_counter() - t0) / reps
+
+
+def _fpn(b, h, w, c):
+  rs = np.random.RandomState(0)
+  return [jnp.asarray(rs.normal(size=(b, -(-h // s), -(-w // s), c)),
+                      jnp.float32) for s in STRIDES]
+
+
+def bench_paste(args):
+  h, w, d = 400, 2048, 100
+  rs = np.random.RandomState(0)
+  probs = jnp.asarray(rs.uniform(size=(args.batch, d, 28, 28)), jnp.float32)
+  xy = rs.uniform(0, 300, (args.batch, d, 2))
+  wh = rs.uniform(10, 200, (args.batch, d, 2))
+  boxes = jnp.asarray(np.concatenate([xy, xy + wh], -1), jnp.float32)
+  for chunk in (1, 10, 100):
+    fn = lambda p, b, chunk=chunk: jax.vmap(
+        lambda pp, bb: roi_heads.paste_masks(pp, bb, (h, w), 0.5, chunk))(
+            p, b)
+    compiled, tc, ts = _time(fn, probs, boxes)
+    print(f"paste {args.batch}x{d} masks into {h}x{w}, chunk {chunk}: "
+          f"compile {tc:.1f}s, run {ts * 1e3:.0f} ms, {_mem(compiled)}")
+
+
+def _model(args):
+  cfg = branch.tiny_rcnn_config() if args.tiny else (
+      branch.default_rcnn_config())
+  cfg.compute_dtype = args.dtype
+  model = branch.MaskRCNNBranch(branch.freeze(cfg))
+  return model, cfg
+
+
+def bench_infer(args):
+  model, cfg = _model(args)
+  h, w = 400, 2048
+  fpn = _fpn(args.batch, h, w, args.channels)
+  v = jax.jit(lambda k: model.init({"params": k}, fpn,
+                                   method=branch.MaskRCNNBranch.init_heads))(
+                                       jax.random.key(0))
+  fn = lambda v, f: model.apply(v, f, (h, w), train=False)
+  compiled, tc, ts = _time(fn, v, fpn, reps=1)
+  print(f"inference B={args.batch} {h}x{w} ({args.dtype}): compile "
+        f"{tc:.1f}s, run {ts:.2f}s, {_mem(compiled)}")
+
+
+def bench_loss(args):
+  model, cfg = _model(args)
+  h = w = 400
+  n = 16
+  fpn = _fpn(args.batch, h, w, args.channels)
+  rs = np.random.RandomState(1)
+  masks = np.zeros((args.batch, n, h, w), np.uint8)
+  for b in range(args.batch):
+    for i in range(8):
+      y, x = rs.randint(0, 300, 2)
+      hh, ww = rs.randint(10, 100, 2)
+      masks[b, i, y:y + hh, x:x + ww] = 1
+      masks[b, i, y:y + 2, x:x + ww] = 255
+  targets = dict(masks=jnp.asarray(masks),
+                 classes=jnp.asarray(rs.randint(0, 7, (args.batch, n)),
+                                     jnp.int32),
+                 boxes=jnp.zeros((args.batch, n, 4)),
+                 valid=jnp.asarray(np.arange(n)[None].repeat(args.batch, 0)
+                                   < 8))
+  v = jax.jit(lambda k: model.init({"params": k}, fpn,
+                                   method=branch.MaskRCNNBranch.init_heads))(
+                                       jax.random.key(0))
+
+  def fn(p, f):
+    def total(p):
+      out = model.apply({"params": p}, f, (h, w), train=True,
+                        targets=targets, rngs={"sampling": jax.random.key(1)})
+      return sum(out.values())
+    return jax.value_and_grad(total)(p)
+
+  compiled, tc, ts = _time(fn, v["params"], fpn, reps=1)
+  print(f"loss+grad B={args.batch} {h}x{w} N={n} ({args.dtype}): compile "
+        f"{tc:.1f}s, run {ts:.2f}s, {_mem(compiled)}")
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("what", nargs="*", default=["paste"])
+  p.add_argument("--batch", type=int, default=1)
+  p.add_argument("--channels", type=int, default=256)
+  p.add_argument("--dtype", default="float32")
+  p.add_argument("--tiny", action="store_true")
+  args = p.parse_args()
+  print(jax.devices()[0].platform, jax.__version__)
+  for w in args.what:
+    {"paste": bench_paste, "infer": bench_infer, "loss": bench_loss}[w](args)
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print(f"process peak RSS {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+  main()
