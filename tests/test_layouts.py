@@ -103,7 +103,7 @@ def test_reader_matches_reference_gt(root, which):
   by_id = {a["id"]: a for a in aj["annotations"]}
   by_file = {a["file_name"][:-len("_panoptic.png")]: a for a in pj["annotations"]}
   h, w = size
-  n_inst = 0
+  n_inst = n_cand = n_crowd = 0
   for i in range(len(r)):
     ex = r.load(i)
     a = by_file[ex["name"]]
@@ -130,7 +130,11 @@ def test_reader_matches_reference_gt(root, which):
     assert ex["categories"] == pj["categories"]
     assert [s["id"] for s in ex["segments"]] == [s["id"] for s in a["segments_info"]]
     n_inst += len(ex["modal"])
+    n_cand += sum(1 for s in ex["segments"] if s["category_id"] >= 11 and not s["iscrowd"])
+    n_crowd += sum(s["iscrowd"] for s in ex["segments"])
   assert n_inst > 0
+  # The filter and crowd rules are exercised: tiny things are crowd or dropped.
+  assert n_crowd > 0 and n_cand > n_inst
 
 
 def test_kitti_instance_ids_derived_from_panoptic(root):
