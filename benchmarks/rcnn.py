@@ -106,14 +106,15 @@ def bench_loss(args):
                                    method=branch.MaskRCNNBranch.init_heads))(
                                        jax.random.key(0))
 
-  def fn(p, f):
+  # Targets are arguments (as in training), not folded-in constants.
+  def fn(p, f, t):
     def total(p):
       out = model.apply({"params": p}, f, (h, w), train=True,
-                        targets=targets, rngs={"sampling": jax.random.key(1)})
+                        targets=t, rngs={"sampling": jax.random.key(1)})
       return sum(out.values())
     return jax.value_and_grad(total)(p)
 
-  compiled, tc, ts = _time(fn, v["params"], fpn, reps=1)
+  compiled, tc, ts = _time(fn, v["params"], fpn, targets, reps=1)
   print(f"loss+grad B={args.batch} {h}x{w} N={n} ({args.dtype}): compile "
         f"{tc:.1f}s, run {ts:.2f}s, {_mem(compiled)}")
 

@@ -97,7 +97,12 @@ def freeze(cfg: Any) -> ml_collections.FrozenConfigDict:
 
 class MaskRCNNBranch(nn.Module):
   """RPN + R-CNN (box and mask) on five FPN maps; losses or detections."""
-  cfg: Any  # ml_collections.FrozenConfigDict (use ``freeze``)
+  cfg: Any  # ConfigDict or FrozenConfigDict; frozen on construction
+
+  def __post_init__(self):
+    # A frozen config is hashable, as flax module fields should be.
+    object.__setattr__(self, "cfg", freeze(self.cfg))
+    super().__post_init__()
 
   def setup(self):
     c = self.cfg

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from unlock_jax.models.rcnn import assign
 from unlock_jax.models.rcnn import boxes as box_ops
+from unlock_jax.models.rcnn import losses
 from unlock_jax.models.rcnn import nms as nms_ops
 from unlock_jax.models.rcnn import roi_align
 from unlock_jax.models.rcnn import sampling
@@ -193,8 +194,7 @@ def mask_loss(logits: jnp.ndarray, labels: jnp.ndarray, targets: jnp.ndarray,
   cls_idx = jnp.clip(labels, 0, logits.shape[-1] - 1)
   picked = jnp.take_along_axis(logits, cls_idx[..., None, None, None],
                                -1)[..., 0]
-  z = picked.astype(jnp.float32)
-  bce = jnp.maximum(z, 0) - z * targets + jnp.log1p(jnp.exp(-jnp.abs(z)))
+  bce = losses.sigmoid_bce(picked, targets)
   rw = roi_weight.astype(jnp.float32)[..., None, None]
   cell_w = weights * rw
   if avg_non_ignore:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from unlock_jax.models.rcnn import assign
 from unlock_jax.models.rcnn import boxes as box_ops
+from unlock_jax.models.rcnn import losses
 from unlock_jax.models.rcnn import nms as nms_ops
 from unlock_jax.models.rcnn import sampling
 
@@ -78,19 +79,11 @@ def rpn_losses(cls_logits: jnp.ndarray, reg: jnp.ndarray, pos: jnp.ndarray,
   w = (pos | neg).astype(jnp.float32)
   denom = jnp.maximum(jnp.sum(w), 1.0)
   target = pos.astype(jnp.float32)
-  bce = optax_sigmoid_bce(cls_logits, target)
+  bce = losses.sigmoid_bce(cls_logits, target)
   loss_cls = jnp.sum(bce * w) / denom
   l1 = jnp.abs(reg - deltas) * pos[..., None].astype(jnp.float32)
   loss_bbox = jnp.sum(l1) / denom
   return loss_cls, loss_bbox
-
-
-def optax_sigmoid_bce(logits: jnp.ndarray, labels: jnp.ndarray
-                      ) -> jnp.ndarray:
-  """Numerically stable ``BCE-with-logits`` (same formula as PyTorch)."""
-  logits = logits.astype(jnp.float32)
-  return (jnp.maximum(logits, 0) - logits * labels
-          + jnp.log1p(jnp.exp(-jnp.abs(logits))))
 
 
 def rpn_proposals(cls_logits: Sequence[jnp.ndarray],
