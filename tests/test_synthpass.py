@@ -43,8 +43,10 @@ def test_layout_files_exist(root):
             "KITTI360_APS/Panoptic/train/synthtrain_000000_panoptic.png",
             "KITTI360_APS/Semantic/val/synthval_000002.png",
             "BlendPASS/Panoptic/val_trainId_K2B.json", "BlendPASS/annotations/val.json",
-            "BlendPASS/leftImg8bit/val/1_.png", "BlendPASS/Panoptic/val_trainId_K2B/3__panoptic.png",
-            "BlendPASS/Instance/val_K2B/2__instanceTrainIds.png", "BlendPASS/Semantic/val_K2B/1_.png",
+            "BlendPASS/leftImg8bit/val/1_.png",
+            "BlendPASS/Panoptic/val_trainId_K2B/3__panoptic.png",
+            "BlendPASS/Instance/val_K2B/2__instanceTrainIds.png",
+            "BlendPASS/Semantic/val_K2B/1_.png",
             "BlendPASS/leftImg8bit/train/synthcity0/synthcity0pano00000.jpg",
             "BlendPASS/_synth_gt/Panoptic/train_trainId_K2B.json",
             "BlendPASS/_synth_gt/annotations/train.json", "synthpass.json"):
@@ -123,7 +125,8 @@ def test_amodal_contains_modal_and_occlusions(domain):
   classes = set()
   for i in range(3):
     r = synthpass.render_scene(0, domain, "val", i, SCALE, 1.0)
-    thing, amodal, sem = r["rendering"]["thing"], r["rendering"]["amodal"], r["rendering"]["semantic"]
+    rend = r["rendering"]
+    thing, amodal, sem = rend["thing"], rend["amodal"], rend["semantic"]
     assert len(amodal) == len(r["scene"].thing_cls)
     for t, am in enumerate(amodal):
       modal = thing == t

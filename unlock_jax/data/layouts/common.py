@@ -115,7 +115,7 @@ def amodal_index(amodal_json: dict, path: str) -> dict:
 
 
 def decode_polygons(segmentation, height: int, width: int) -> np.ndarray:
-  """Polygon list → uint8 0/1 mask, as the reference (pycocotools frPyObjects → merge → decode)."""
+  """Polygons → uint8 0/1 mask, like the reference (pycocotools frPyObjects, merge, decode)."""
   import pycocotools.mask as mask_utils  # pylint: disable=g-import-not-at-top
   if not segmentation:
     return np.zeros((height, width), np.uint8)

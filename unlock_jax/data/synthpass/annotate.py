@@ -82,7 +82,8 @@ def annotate(rendering: dict, thing_cls: list, image_id: int, min_area: int) -> 
     if hidden.any():
       stats["occluded"] += 1
       stats["occluded_by_thing"] += int((thing[hidden] >= 0).any())
-      stats["occluded_by_stuff"] += int(((thing[hidden] < 0) & (sem[hidden] != labels.IGNORE)).any())
+      by_stuff = (thing[hidden] < 0) & (sem[hidden] != labels.IGNORE)
+      stats["occluded_by_stuff"] += int(by_stuff.any())
   for cls in sorted(crowd):
     m = crowd[cls]
     panoptic[m] = cls

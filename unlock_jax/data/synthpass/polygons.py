@@ -82,7 +82,7 @@ def mask_to_polygons(mask: np.ndarray) -> list:
 
 
 def polygons_to_mask(polygons: list, height: int, width: int) -> np.ndarray:
-  """Decodes polygons exactly as the reference does (pycocotools frPyObjects → merge → decode)."""
+  """Decodes polygons as the reference does (pycocotools frPyObjects → merge → decode)."""
   import pycocotools.mask as mask_utils  # pylint: disable=g-import-not-at-top
   if not polygons:
     return np.zeros((height, width), np.uint8)

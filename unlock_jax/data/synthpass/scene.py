@@ -191,7 +191,7 @@ class _Builder:
     return True
 
   def cyclist(self, x, y, yaw):
-    """A rider (class 12) on a two-wheeler (class 17): two things, the rider in front of the bike."""
+    """A rider (class 12) on a two-wheeler (class 17): two things, the rider in front."""
     if not self.free(x - 0.5, x + 0.5, y - 1.0, y + 1.0, margin=0.05, thing=True):
       return False
     self.claim(x, y, 0.5, 1.0)
