@@ -114,6 +114,17 @@ def test_deterministic_and_seed_dependent(root, tmp_path):
   assert _read(fa[img]) != _read(fc[img])
 
 
+def test_fewer_target_train_scenes_drop_the_extra_images(tmp_path):
+  """The target train split is a glob over images: a smaller re-run must not keep extras."""
+  out = str(tmp_path / "s")
+  synthpass.generate(out, scale=SCALE, seed=0, num_source={}, num_target={"train": 3})
+  synthpass.generate(out, scale=SCALE, seed=0, num_source={}, num_target={"train": 2})
+  jpgs = sorted(os.path.basename(p) for p in glob.glob(
+      os.path.join(out, "BlendPASS/leftImg8bit/train/*/*.jpg")))
+  assert jpgs == ["synthcity0pano00000.jpg", "synthcity1pano00001.jpg"]
+  assert not glob.glob(os.path.join(out, "BlendPASS/_synth_gt/**/*00002*"), recursive=True)
+
+
 def test_config_mismatch_is_an_error(root):
   with pytest.raises(ValueError, match="generated with"):
     synthpass.generate(root, scale=SCALE, seed=5, num_source={"train": 1}, num_target={})

@@ -20,10 +20,12 @@ the JSON indexes are written last. A scene whose record and files exist is
 skipped, so re-running on a complete output does nothing.
 """
 import concurrent.futures
+import glob
 import io
 import json
 import multiprocessing
 import os
+import re
 from typing import Callable
 
 import numpy as np
@@ -193,6 +195,28 @@ def _write_indexes(out_dir: str, domain: str, split: str, recs: list):
     write_json(os.path.join(base, "Panoptic", "train_trainId_K2B.json"), pan)
 
 
+def _drop_stale_target_train(out_dir: str, count: int):
+  """Removes target-train scenes with index >= count left by an earlier, larger run.
+
+  That split is listed by globbing its images (as the reference does), so
+  leftover files would silently join it. Only files of this generator's own
+  naming in a folder holding its config are touched.
+  """
+  img_dir = os.path.join(out_dir, TARGET_DIR, "leftImg8bit", "train")
+  stale = set()
+  for path in glob.glob(os.path.join(img_dir, "*", "*.jpg")):
+    m = re.fullmatch(r"synthcity\d+pano(\d+)\.jpg", os.path.basename(path))
+    if m and int(m.group(1)) >= count:
+      stale.add(int(m.group(1)))
+  for index in sorted(stale):
+    p = _paths("target", "train", index)
+    for f in _scene_files(p) + [os.path.relpath(_record_path(out_dir, "target", "train", index),
+                                                out_dir)]:
+      path = os.path.join(out_dir, f)
+      if os.path.exists(path):
+        os.remove(path)
+
+
 def _check_config(out_dir: str, config: dict):
   """Refuses to mix scenes generated with different settings in one folder."""
   path = os.path.join(out_dir, ".synthpass", "config.json")
@@ -240,6 +264,7 @@ def generate(out_dir: str, *, scale: float = 0.25, seed: int = 0,
         raise ValueError(f"{what} must map 'train'/'val' to counts >= 0, got {counts}")
   os.makedirs(out_dir, exist_ok=True)
   _check_config(out_dir, dict(scale=scale, seed=seed, domain_shift=domain_shift, version=1))
+  _drop_stale_target_train(out_dir, int(num_target.get("train", 0)))
   tasks = []
   for domain, counts in (("source", num_source), ("target", num_target)):
     for split in ("train", "val"):
