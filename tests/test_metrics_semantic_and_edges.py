@@ -7,6 +7,7 @@ import pytest
 
 from unlock_jax.data import labels
 from unlock_jax.evaluation import instance_ap
+from unlock_jax.evaluation import panoptic_fusion
 from unlock_jax.evaluation import report
 from unlock_jax.evaluation import semantic
 from unlock_jax.evaluation import synthetic
@@ -116,3 +117,13 @@ def test_cityscapes_ap_integration_known_values():
   # One of two GTs found, no FP: AP = max recall.
   assert instance_ap.cityscapes_ap([0.7], [], 1) == pytest.approx(0.5)
   assert instance_ap.cityscapes_ap([], [0.3], 2) == 0.0
+
+
+def test_ap_accepts_raw_detection_dicts():
+  rng = np.random.default_rng(4)
+  gt = synthetic.make_gt(rng)
+  pred = synthetic.make_prediction(rng, gt)
+  a, b = instance_ap.InstanceAPAccumulator(True), instance_ap.InstanceAPAccumulator(True)
+  a.add(gt, pred["amodal"])
+  b.add(gt, panoptic_fusion.prepare_detections(pred["amodal"]))
+  np.testing.assert_array_equal(a.ap_table(), b.ap_table())

@@ -11,6 +11,7 @@ import numpy as np
 
 from unlock_jax.data import labels
 from unlock_jax.evaluation import masks as masks_lib
+from unlock_jax.evaluation import panoptic_fusion
 
 OVERLAPS = np.arange(0.5, 1.0, 0.05)  # the reference's exact float values
 MIN_REGION_SIZE = 100
@@ -47,7 +48,8 @@ class InstanceAPAccumulator:
 
   ``add(gt, dets)``: ``gt`` holds ``instance_ids`` [H,W] (instanceTrainIds; 255 = void)
   and, for amodal, ``amodal`` (list of {mask, category_id, seg_id}); ``dets`` is a
-  :class:`panoptic_fusion.Detections` (all valid detections, no score threshold).
+  :class:`panoptic_fusion.Detections` or a padded detection dict (all valid
+  detections count, no score threshold).
   """
 
   def __init__(self, amodal: bool = False, min_region_size: int = MIN_REGION_SIZE,
@@ -92,6 +94,8 @@ class InstanceAPAccumulator:
 
   def add(self, gt: dict, dets) -> None:
     """Matches one image's detections against its GT at every overlap threshold."""
+    if isinstance(dets, dict):
+      dets = panoptic_fusion.prepare_detections(dets)
     keep = [i for i, c in enumerate(dets.crops) if c.area > 0]  # empty masks skipped
     crops = [dets.crops[i] for i in keep]
     p_label = labels.FIRST_THING + dets.classes[keep].astype(np.int64)
