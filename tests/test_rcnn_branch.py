@@ -250,9 +250,9 @@ def test_bf16_compute_with_f32_params_and_losses(setup):
   model = branch.MaskRCNNBranch(branch.freeze(cfg))
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   key = jax.random.key(0)
-  out = jax.jit(lambda v, f: model.apply(
-      v, f, (H, W), train=True, targets=_targets(0),
-      rngs={"sampling": key}))(variables, _fpn(1))
+  out = jax.jit(lambda v, f, t: model.apply(
+      v, f, (H, W), train=True, targets=t, rngs={"sampling": key}))(
+          variables, _fpn(1), _targets(0))
   ref = loss_fn(variables, _fpn(1), _targets(0), key)
   for k, x in out.items():
     assert x.dtype == jnp.float32 and np.isfinite(float(x)), k

@@ -108,8 +108,8 @@ def test_capped_adaptive_vs_exact_adaptive_gap():
 
   Feature: bilinearly upsampled noise (correlation ~2 cells, rougher than
   typical FPN maps). 7×7 RoIAlign of near-square RoIs of 20..250 px: mean
-  |diff| ≈ 2.5 % of the feature std with cap 2 (≈ 19 % with 1 fixed sample);
-  14×14 mask features ≈ 0.14 % (only the few RoIs whose long side needs 3
+  |diff| ≈ 3 % of the feature std with cap 2 (≈ 18 % with 1 fixed sample);
+  14×14 mask features ≈ 0.4 % (only the few RoIs whose long side needs 3
   samples differ).
   """
   rs = np.random.RandomState(2)
@@ -120,9 +120,10 @@ def test_capped_adaptive_vs_exact_adaptive_gap():
     coarse = rs.normal(size=(h // 2 + 2, w // 2 + 2, 2))
     fine = np.asarray(jax.image.resize(coarse, (h, w, 2), "bilinear"))
     feats.append(fine.astype(np.float32))
-  xy = rs.uniform(0, 120, (24, 2))
-  wh = np.exp(rs.uniform(np.log(20), np.log(250), (24, 1)))
-  wh = wh * np.exp(rs.uniform(-0.3, 0.3, (24, 2)))
+  n = 16
+  xy = rs.uniform(0, 120, (n, 2))
+  wh = np.exp(rs.uniform(np.log(20), np.log(250), (n, 1)))
+  wh = wh * np.exp(rs.uniform(-0.3, 0.3, (n, 2)))
   boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
   jf = [jnp.asarray(f) for f in feats]
   rel = {}
