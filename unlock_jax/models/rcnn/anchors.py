@@ -49,6 +49,7 @@ def multilevel_anchors(feat_sizes: Sequence[tuple[int, int]],
                        ) -> list[np.ndarray]:
   """One ``grid_anchors`` array per level (host numpy, static shapes)."""
   if len(feat_sizes) != len(strides):
-    raise ValueError(f"{len(feat_sizes)} feature maps vs {len(strides)} strides")
+    raise ValueError(
+        f"{len(feat_sizes)} feature maps vs {len(strides)} strides")
   return [grid_anchors(tuple(s), st, scales, ratios)
           for s, st in zip(feat_sizes, strides)]

@@ -39,7 +39,7 @@ def decode(rois: jnp.ndarray, deltas: jnp.ndarray,
            stds: Sequence[float] = RPN_STDS,
            max_shape: tuple[int, int] | None = None,
            wh_ratio_clip: float = WH_RATIO_CLIP) -> jnp.ndarray:
-  """mmdet ``delta2bbox`` with means 0; clips to ``max_shape=(H, W)`` if given."""
+  """mmdet ``delta2bbox`` (means 0); clips to ``max_shape=(H, W)`` if given."""
   rois = rois.astype(jnp.float32)
   d = deltas.astype(jnp.float32) * jnp.asarray(stds, jnp.float32)
   max_ratio = abs(math.log(wh_ratio_clip))

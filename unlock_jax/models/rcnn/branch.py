@@ -6,6 +6,18 @@ Parameters: ``rpn_head/{rpn_conv,rpn_cls,rpn_reg}`` and
 ``roi_head/mask_head/{convs_0..3,upsample,conv_logits}`` (checkpoint key
 names of ``rpn_head.*`` / ``roi_head.*``; conversion notes in
 ``roi_heads.py``). Random sampling draws from the ``"sampling"`` rng stream.
+
+Usage::
+
+  model = MaskRCNNBranch(default_rcnn_config())
+  params = model.init({"params": key}, fpn,
+                      method=MaskRCNNBranch.init_heads)["params"]
+  losses = model.apply({"params": params}, fpn, (H, W), train=True,
+                       targets=targets, rngs={"sampling": key})
+  dets = model.apply({"params": params}, fpn, (H, W), train=False)
+
+Ground-truth boxes come from the masks (``box_rule`` "positive" or the
+reference's "nonzero"), or from ``targets["boxes"]`` with ``box_rule="given"``.
 """
 from typing import Any, Sequence
 

@@ -15,11 +15,12 @@ square RoI of 56..448 px at 14..28 cells on its level (smaller ones on level
 (exact with 2 slots) and 1..4 for the 7×7 box features (capped at 2 by
 default; ``max_samples=4`` is exact at 4× the gathers). Elongated RoIs (the
 level uses sqrt(w·h)) and RoIs above 448 px need more samples along their
-long axis and are capped. ``tests/test_rcnn_roi_align.py`` quantifies the gap. The bilinear
-kernel is separable, so for the 28×28 mask *targets* (one channel) we build
-per-RoI weight matrices ``[out, L]`` with the exact adaptive count (capped at
-a static maximum) and contract them with the mask: no gather, exact mmcv
-numbers.
+long axis and are capped. ``tests/test_rcnn_roi_align.py`` quantifies the gap.
+The bilinear kernel is separable, so for the 28×28 mask *targets* (one
+channel) we build per-RoI weight matrices ``[out, L]`` with the adaptive count
+and contract them with the mask: no gather. Its default cap
+``ceil(max(H, W) / out)`` bounds the count of any RoI clipped to the image, so
+these targets are exact mmcv numbers.
 """
 import math
 from typing import Sequence
