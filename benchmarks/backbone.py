@@ -1,0 +1,119 @@
+"""Plain MiT backbone: ours (jax.jit) vs HF transformers' PyTorch SegformerModel.
+
+Forward+backward of the scalar loss = sum over the 4 feature maps of their
+means, on a [2, 3, 400, 400] input (NHWC for ours), with the same MiT config
+(b0, then b2) on both sides, the same number of CPU threads, warm-up runs, and
+the median of N timed runs interleaved (torch, ours, torch, ...); prints both times and torch/ours (target >= 1.5).
+
+    python benchmarks/backbone.py [--quick] [--runs 5] [--sizes mit_b0,mit_b2]
+        [--threads N]
+
+`--quick` times b0 only, batch 1, 3 runs (< 1 min on a 2-core CPU).
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from unlock_jax.models import mit as mit_lib  # noqa: E402
+
+
+def ours_step(name: str, batch: int, size: int):
+  """A zero-argument callable running one jitted forward+backward of ours."""
+  model = mit_lib.mit(name, drop_path_rate=0.0, norm_eps=1e-5)
+  x = jnp.asarray(np.random.default_rng(0).normal(
+      size=(batch, size, size, 3)), jnp.float32)
+  params = jax.jit(lambda k: model.init(k, x, train=False))(
+      jax.random.key(0))["params"]
+
+  def loss(p, x):
+    feats = model.apply({"params": p}, x, train=False)
+    return sum(jnp.mean(f) for f in feats)
+
+  step_fn = jax.jit(jax.value_and_grad(loss))
+  return lambda: jax.block_until_ready(step_fn(params, x))
+
+
+def torch_step(name: str, batch: int, size: int, threads: int):
+  """The same for HF transformers' PyTorch SegformerModel."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(threads)
+  s = mit_lib.mit_size(name)
+  cfg = transformers.SegformerConfig(
+      depths=list(s.depths), hidden_sizes=list(s.dims),
+      num_attention_heads=list(s.heads), sr_ratios=list(s.sr_ratios),
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+      drop_path_rate=0.0)
+  model = transformers.SegformerModel(cfg).train()
+  x = torch.from_numpy(np.random.default_rng(0).normal(
+      size=(batch, 3, size, size)).astype(np.float32))
+
+  def step():
+    model.zero_grad(set_to_none=True)
+    out = model(x, output_hidden_states=True)
+    loss = sum(h.mean() for h in out.hidden_states)
+    loss.backward()
+
+  return step
+
+
+def compare(name: str, batch: int, size: int, runs: int, threads: int,
+            warmup: int = 2) -> dict:
+  """Interleaves torch and ours run by run, so load changes hit both."""
+  steps = {"torch": torch_step(name, batch, size, threads),
+           "ours": ours_step(name, batch, size)}
+  for step in steps.values():
+    for _ in range(warmup):
+      step()
+  times = {k: [] for k in steps}
+  for _ in range(runs):
+    for k, step in steps.items():
+      t0 = time.perf_counter()
+      step()
+      times[k].append(time.perf_counter() - t0)
+  ratios = [t / o for t, o in zip(times["torch"], times["ours"])]
+  return {"torch": statistics.median(times["torch"]),
+          "ours": statistics.median(times["ours"]),
+          "ratio": statistics.median(ratios)}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--runs", type=int, default=5)
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--size", type=int, default=400)
+  parser.add_argument("--sizes", default="mit_b0,mit_b2")
+  parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                      help="CPU threads for both; 1 also makes XLA "
+                      "single-threaded (steadier on a shared machine)")
+  args = parser.parse_args()
+  if args.threads == 1:
+    # Must precede the first JAX computation (backends start lazily).
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
+                               "--xla_cpu_multi_thread_eigen=false "
+                               "intra_op_parallelism_threads=1")
+  sizes = args.sizes.split(",")
+  batch, runs = args.batch, args.runs
+  if args.quick:
+    sizes, batch, runs = ["mit_b0"], 1, 3
+  threads = args.threads
+  print(f"CPU threads {threads}, input [{batch}, 3, {args.size}, "
+        f"{args.size}], forward+backward, median of {runs}")
+  for name in sizes:
+    r = compare(name, batch, args.size, runs, threads)
+    print(f"{name}: torch {r['torch'] * 1e3:.0f} ms, ours {r['ours'] * 1e3:.0f}"
+          f" ms (medians), torch/ours {r['ratio']:.2f} (median of per-run "
+          "ratios)", flush=True)
+
+if __name__ == "__main__":
+  main()
