@@ -1,0 +1,203 @@
+"""convert_torch: key mapping, layouts, prefixes, strict mode, Orbax output.
+
+The synthetic checkpoints are built here from our own template by the inverse
+rules (PyTorch layouts written out explicitly), so the converter must undo
+them exactly.
+"""
+
+import re
+
+import jax
+import numpy as np
+import pytest
+
+from unlock_jax.models import amodalpass
+from unlock_jax.tools import convert_torch
+
+
+def _template():
+  model = amodalpass.build(amodalpass.tiny_model_config())
+  x = np.zeros((1, 64, 64, 3), np.float32)
+  shapes = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
+      train=False))
+  rng = np.random.default_rng(0)
+  return jax.tree.map(
+      lambda s: rng.normal(size=s.shape).astype(np.float32), dict(shapes))
+
+
+def _flat(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flat(v, prefix + (k,))
+    else:
+      yield prefix + (k,), v
+
+
+def _torch_key(path, leaf):
+  mods = [re.sub(r"_(\d+)$", r".\1", p) for p in path]
+  return ".".join(mods + [leaf])
+
+
+def _to_torch_layout(leaf, a):
+  """Our kernel layouts -> PyTorch's, written independently of the tool."""
+  if leaf != "kernel":
+    return a
+  if a.ndim == 2:  # Dense (in, out) -> Linear (out, in)
+    return np.ascontiguousarray(a.T)
+  # Conv (kh, kw, in, out) -> (out, in, kh, kw)
+  return np.ascontiguousarray(np.moveaxis(a, (0, 1, 2, 3), (2, 3, 1, 0)))
+
+
+def _synthetic_state_dict(variables):
+  sd = {}
+  names = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+  for path, a in _flat(variables["params"]):
+    sd[_torch_key(path[:-1], names[path[-1]])] = _to_torch_layout(path[-1], a)
+  for path, a in _flat(variables["batch_stats"]):
+    leaf = {"mean": "running_mean", "var": "running_var"}[path[-1]]
+    sd[_torch_key(path[:-1], leaf)] = a
+    sd[_torch_key(path[:-1], "num_batches_tracked")] = np.array(7)
+  return sd
+
+
+def _assert_trees_equal(a, b):
+  fa, fb = dict(_flat(a)), dict(_flat(b))
+  assert fa.keys() == fb.keys()
+  for k in fa:
+    np.testing.assert_array_equal(fa[k], fb[k], err_msg="/".join(k))
+
+
+def test_round_trip_reference_naming():
+  variables = _template()
+  sd = _synthetic_state_dict(variables)
+  assert "backbone.block1.0.attn.kv.weight" in sd
+  assert "decode_head.fuse_layer.aspp_modules.1.depthwise_conv.bn.running_var" in sd
+  assert sd["backbone.patch_embed2.offset_conv.weight"].shape == (18, 8, 3, 3)
+  assert sd["backbone.block1.0.mlp.dwconv.dwconv.weight"].shape == (32, 1, 3, 3)
+  params, stats, report = convert_torch.torch_to_flax(sd, variables)
+  assert report.clean, report.format()
+  _assert_trees_equal(params, variables["params"])
+  _assert_trees_equal(stats, variables["batch_stats"])
+
+
+def test_prefixes_model_ema_source_module():
+  variables = _template()
+  sd = _synthetic_state_dict(variables)
+  wrapped = {}
+  for k, v in sd.items():
+    wrapped["module.model." + k] = v
+    wrapped["module.ema_model." + k] = v + 1  # must be ignored
+    wrapped["module.source_model." + k] = v - 1
+  wrapped["module.imnet_model.backbone.norm1.weight"] = np.zeros(8)
+  params, _, report = convert_torch.torch_to_flax(wrapped, variables)
+  assert report.clean, report.format()
+  _assert_trees_equal(params, variables["params"])
+  # Without a `model.` prefix the bare keys are used and the others dropped.
+  bare = dict(sd)
+  bare["ema_model.backbone.norm1.weight"] = np.zeros(8)
+  _, _, report = convert_torch.torch_to_flax(bare, variables)
+  assert report.clean, report.format()
+
+
+def test_report_lists_unmatched_missing_and_misshaped():
+  variables = _template()
+  sd = _synthetic_state_dict(variables)
+  sd["backbone.block9.0.attn.q.weight"] = np.zeros((8, 8))
+  del sd["neck.fpn_convs.2.conv.bias"]
+  sd["decode_head.conv_seg.weight"] = np.zeros((19, 16, 1, 1))
+  params, _, report = convert_torch.torch_to_flax(sd, variables)
+  assert report.unmatched == ["backbone.block9.0.attn.q.weight"]
+  assert sorted(report.missing) == ["params/decode_head/conv_seg/kernel",
+                                    "params/neck/fpn_convs_2/conv/bias"]
+  assert report.mis_shaped == [("decode_head.conv_seg.weight", (19, 16, 1, 1),
+                                (1, 1, 16, 19), (1, 1, 16, 18))]
+  text = report.format()
+  for key in ("block9.0.attn.q.weight", "fpn_convs_2/conv/bias",
+              "conv_seg.weight"):
+    assert key in text
+  # Missing leaves fall back to the template's arrays.
+  np.testing.assert_array_equal(
+      params["neck"]["fpn_convs_2"]["conv"]["bias"],
+      variables["params"]["neck"]["fpn_convs_2"]["conv"]["bias"])
+
+
+def test_shared_fcs_flatten_order_and_transposed_conv():
+  rng = np.random.default_rng(1)
+  c, s, out = 3, 7, 5
+  kernel = rng.normal(size=(s * s * c, out)).astype(np.float32)  # NHWC order
+  # torch weight[o, c*49 + h*7 + w] = kernel[(h*7 + w)*C + c, o]
+  torch_w = np.zeros((out, c * s * s), np.float32)
+  for ch in range(c):
+    for h in range(s):
+      for w in range(s):
+        torch_w[:, ch * s * s + h * s + w] = kernel[(h * s + w) * c + ch]
+  up = rng.normal(size=(2, 2, 4, 6)).astype(np.float32)  # (kh, kw, in, out)
+  torch_up = np.ascontiguousarray(up.transpose(2, 3, 0, 1))  # (in, out, kh, kw)
+  template = {"params": {"roi_head": {
+      "bbox_head": {"shared_fcs_0": {"kernel": np.zeros_like(kernel)}},
+      "mask_head": {"upsample": {"kernel": np.zeros_like(up)}}}}}
+  sd = {"roi_head.bbox_head.shared_fcs.0.weight": torch_w,
+        "roi_head.mask_head.upsample.weight": torch_up}
+  params, _, report = convert_torch.torch_to_flax(sd, template)
+  assert report.clean, report.format()
+  np.testing.assert_array_equal(
+      params["roi_head"]["bbox_head"]["shared_fcs_0"]["kernel"], kernel)
+  np.testing.assert_array_equal(
+      params["roi_head"]["mask_head"]["upsample"]["kernel"], up)
+  # Functional check: same features, both flatten orders, same output.
+  feat = rng.normal(size=(s, s, c)).astype(np.float32)
+  np.testing.assert_allclose(feat.reshape(-1) @ kernel,
+                             torch_w @ feat.transpose(2, 0, 1).reshape(-1),
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_renames_map_reference_prefixes():
+  path, leaf = convert_torch.key_to_path(
+      "roi_head_amodal.bbox_head.shared_fcs.1.bias",
+      {"roi_head_amodal": "amodal/roi_head", "roi_head": "modal/roi_head"})
+  assert path == ("amodal", "roi_head", "bbox_head", "shared_fcs_1")
+  assert leaf == "bias"
+  path, _ = convert_torch.key_to_path(
+      "roi_head.bbox_head.fc_cls.weight",
+      {"roi_head_amodal": "amodal/roi_head", "roi_head": "modal/roi_head"})
+  assert path == ("modal", "roi_head", "bbox_head", "fc_cls")
+
+
+def test_convert_writes_orbax_and_strict_fails(tmp_path):
+  torch = pytest.importorskip("torch")
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  cfg_file = tmp_path / "tiny_cfg.py"
+  cfg_file.write_text(
+      "import ml_collections\n"
+      "from unlock_jax.models import amodalpass\n"
+      "def get_config(arg=None):\n"
+      "  return ml_collections.ConfigDict(\n"
+      "      dict(model=amodalpass.tiny_model_config()))\n")
+  variables = _template()
+  sd = _synthetic_state_dict(variables)
+  pth = tmp_path / "model.pth"
+  torch.save({"state_dict": {k: torch.from_numpy(np.asarray(v))
+                             for k, v in sd.items()}, "meta": {}}, pth)
+  out = tmp_path / "converted"
+  report = convert_torch.convert(str(pth), str(out), config=str(cfg_file),
+                                 strict=True)
+  assert report.clean
+  restored = ocp.StandardCheckpointer().restore(str(out))
+  _assert_trees_equal(restored["params"], variables["params"])
+  _assert_trees_equal(restored["batch_stats"], variables["batch_stats"])
+
+  bad = dict(sd)
+  bad["decode_head.extra.weight"] = np.zeros(3)
+  bad["neck.lateral_convs.0.conv.weight"] = np.zeros((16, 9, 1, 1))
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in bad.items()},
+             tmp_path / "bad.pth")
+  with pytest.raises(ValueError) as err:
+    convert_torch.convert(str(tmp_path / "bad.pth"), str(tmp_path / "o2"),
+                          config=str(cfg_file), strict=True)
+  assert "decode_head.extra.weight" in str(err.value)
+  assert "neck.lateral_convs.0.conv.weight" in str(err.value)
+  assert not (tmp_path / "o2").exists()
+  with pytest.raises(FileExistsError):
+    convert_torch.convert(str(pth), str(out), config=str(cfg_file))
