@@ -78,22 +78,24 @@ def test_attention_simpool_gating():
   np.testing.assert_allclose(gated.apply(v, x), ref, atol=1e-4, rtol=1e-4)
 
 
-def test_depthwise3x3_value_and_grads_match_grouped_conv():
+@pytest.mark.parametrize("dilation", [1, 2, 6])
+def test_depthwise3x3_value_and_grads_match_grouped_conv(dilation):
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(2, 7, 9, 5)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(3, 3, 5)), jnp.float32)
   probe = jnp.asarray(rng.normal(size=(2, 7, 9, 5)), jnp.float32)
+  d = dilation
 
   def grouped(x, k):
     return jax.lax.conv_general_dilated(
-        x, k[:, :, None, :], (1, 1), ((1, 1), (1, 1)),
+        x, k[:, :, None, :], (1, 1), ((d, d), (d, d)), rhs_dilation=(d, d),
         dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5,
         precision=jax.lax.Precision.HIGHEST)
 
-  np.testing.assert_allclose(mit.depthwise3x3(x, k), grouped(x, k),
-                             atol=1e-5, rtol=1e-5)
+  ours = lambda x, k: layers.depthwise3x3(x, k, d)  # noqa: E731
+  np.testing.assert_allclose(ours(x, k), grouped(x, k), atol=1e-5, rtol=1e-5)
   loss = lambda f: lambda x, k: jnp.sum(f(x, k) * probe)  # noqa: E731
-  got = jax.grad(loss(mit.depthwise3x3), argnums=(0, 1))(x, k)
+  got = jax.grad(loss(ours), argnums=(0, 1))(x, k)
   ref = jax.grad(loss(grouped), argnums=(0, 1))(x, k)
   for a, b in zip(got, ref):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
@@ -111,7 +113,7 @@ def test_resize_bilinear_matches_torch(src, dst):
 
 
 @pytest.mark.parametrize("src,dst", [((13, 64), (25, 128)), ((7, 4), (13, 7)),
-                                     ((25, 13), (50, 25))])
+                                     ((25, 13), (50, 25)), ((14, 3), (20, 7))])
 def test_resize_nearest_matches_torch(src, dst):
   x = np.random.default_rng(4).normal(size=(1, *src, 2)).astype(np.float32)
   ref = F.interpolate(torch.from_numpy(x.transpose(0, 3, 1, 2)), size=dst,

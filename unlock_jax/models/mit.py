@@ -98,73 +98,13 @@ class Attention(nn.Module):
     return y
 
 
-def _shift_add3x3(x: jax.Array, k: jax.Array) -> jax.Array:
-  """Σ_ij pad(x)[h+i, w+j] · k[i, j]: a 3×3 depthwise correlation, padding 1."""
-  h, w = x.shape[1], x.shape[2]
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  out = xp[:, 0:h, 0:w] * k[0, 0]
-  for i in range(3):
-    for j in range(3):
-      if i or j:
-        out = out + xp[:, i:i + h, j:j + w] * k[i, j]
-  return out
-
-
-@jax.custom_vjp
-def depthwise3x3(x: jax.Array, k: jax.Array) -> jax.Array:
-  """3×3 depthwise conv (padding 1) of x [B, H, W, C] with k [3, 3, C].
-
-  Nine shifted multiply-adds with a hand-written backward pass: XLA:CPU runs
-  grouped convolutions (`feature_group_count=C`) and their autodiff an order
-  of magnitude slower than this (measured for benchmarks/backbone.py), while
-  GPU/TPU fuse the elementwise form just as well.
-  """
-  return _shift_add3x3(x, k)
-
-
-def _depthwise3x3_fwd(x, k):
-  return _shift_add3x3(x, k), (x, k)
-
-
-def _depthwise3x3_bwd(res, g):
-  x, k = res
-  h, w = x.shape[1], x.shape[2]
-  # The transpose of a correlation is the correlation with the flipped kernel.
-  dx = _shift_add3x3(g, k[::-1, ::-1])
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  dk = jnp.stack([
-      jnp.stack([jnp.sum((xp[:, i:i + h, j:j + w] * g).astype(jnp.float32),
-                         axis=(0, 1, 2)) for j in range(3)])
-      for i in range(3)
-  ]).astype(k.dtype)
-  return dx, dk
-
-
-depthwise3x3.defvjp(_depthwise3x3_fwd, _depthwise3x3_bwd)
-
-
-class _DepthwiseConv3x3(nn.Module):
-  """Parameters `kernel` [3, 3, 1, C] and `bias` [C] of a depthwise Conv2d."""
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    c = x.shape[-1]
-    kernel = self.param("kernel", layers.torch_conv_init, (3, 3, 1, c),
-                        jnp.float32)
-    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-    x = x.astype(self.dtype)
-    y = depthwise3x3(x, kernel[:, :, 0, :].astype(self.dtype))
-    return y + bias.astype(self.dtype)
-
-
 class DWConv(nn.Module):
   """3×3 depthwise conv of the Mix-FFN; wrapper named as the reference."""
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return _DepthwiseConv3x3(self.dtype, name="dwconv")(x)
+    return layers.DepthwiseConv3x3(1, True, self.dtype, name="dwconv")(x)
 
 
 class MixFFN(nn.Module):
