@@ -18,6 +18,8 @@ from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import pipeline
+from unlock_jax.evaluation import pictures as pictures_lib
+from unlock_jax.evaluation import report
 from unlock_jax.evaluation import semantic
 from unlock_jax.train import losses
 
@@ -36,6 +38,34 @@ def semantic_predict_fn(model, mesh):
     _PREDICT_CACHE[key] = (model, jax.jit(
         predict, out_shardings=shd.data_sharding(mesh)))
   return _PREDICT_CACHE[key][1]
+
+
+def oass_predict_fn(model, mesh):
+  """Jitted ``(variables, image) -> {"sem", "modal"?, "amodal"?}``, batch-sharded.
+
+  ``modal``/``amodal`` are the padded detection dicts of the two R-CNN
+  branches (present only when the model has instance heads).
+  """
+  key = (id(model), "oass", id(mesh))
+  if key not in _PREDICT_CACHE:
+    def predict(variables, image):
+      out = model.apply(variables, image, train=False)
+      logits = losses.resize_logits(out["sem_logits"].astype(jnp.float32),
+                                    image.shape[1:3])
+      pred = {"sem": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
+      for branch in ("modal", "amodal"):
+        if branch in out:
+          pred[branch] = out[branch]
+      return pred
+    _PREDICT_CACHE[key] = (model, jax.jit(
+        predict, out_shardings=shd.data_sharding(mesh)))
+  return _PREDICT_CACHE[key][1]
+
+
+def _no_detections(h: int, w: int) -> dict:
+  return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
+          "classes": np.zeros((0,), np.int32), "masks": np.zeros((0, h, w), bool),
+          "valid": np.zeros((0,), bool)}
 
 
 def local_rows(array: jax.Array) -> np.ndarray:
@@ -88,7 +118,83 @@ class SemanticEvaluator:
         yield f"IoU/{name}", float(iou)
 
 
-TYPES = {"semantic": SemanticEvaluator}
+class OassEvaluator:
+  """mIoU, mPQ, mAP, mAAP, mAPQ (the reference's rules) and pictures.
+
+  Config keys: layout, root, split, image_size, batch_size, tau_m, tau_a
+  (0.55/0.5 adapted, 0.95/0.95 source-only), stuff_area (2048 px for
+  2048×400 panoramas), min_region_size (100 px), one_to_one (published APQ
+  matching instead of the reference's), num_pictures, pictures_dir.
+  A model without instance heads is scored with no detections.
+  """
+
+  def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "oass"):
+    self.cfg, self.model, self.mesh, self.name = cfg, model, mesh, name
+    self.reader = pipeline.open_reader(cfg.layout, fileio.resolve(cfg.root, workdir),
+                                       cfg.split, cfg.get("image_size"))
+    self.image_size = tuple(cfg.image_size)
+    self.pictures_dir = fileio.resolve(cfg.get("pictures_dir", "{workdir}/pictures"),
+                                       workdir)
+    self.pictures: list[tuple[str, np.ndarray]] = []  # (name, uint8 image) for writers
+    self.result: dict = {}
+
+  def _new_metrics(self) -> report.OassMetrics:
+    c = self.cfg
+    return report.OassMetrics(
+        tau_m=float(c.get("tau_m", report.TAU_ADAPTED[0])),
+        tau_a=float(c.get("tau_a", report.TAU_ADAPTED[1])),
+        stuff_area=int(c.get("stuff_area", 2048)),
+        one_to_one=bool(c.get("one_to_one", False)),
+        min_region_size=int(c.get("min_region_size", 100)))
+
+  def run(self, variables) -> Iterator[tuple[str, float]]:
+    predict = oass_predict_fn(self.model, self.mesh)
+    metrics = self._new_metrics()
+    bs = int(self.cfg.batch_size)
+    num_pictures = int(self.cfg.get("num_pictures", 0))
+    prog = progress_lib.Progress(pipeline.num_eval_steps(len(self.reader), bs),
+                                 f"eval/{self.name}", unit="batch")
+    self.pictures = []
+    for i, batch in enumerate(pipeline.eval_batches(
+        self.reader, global_batch_size=bs, image_size=self.image_size,
+        process_index=jax.process_index(), process_count=jax.process_count())):
+      image = shd.put_batch({keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]
+      out = jax.tree.map(local_rows, predict(variables, image))
+      for r, gt in enumerate(batch["_host_gt"]):
+        if gt is None:
+          continue
+        pred = {"sem": out["sem"][r]}
+        for branch in ("modal", "amodal"):
+          pred[branch] = (jax.tree.map(lambda x, r=r: x[r], out[branch])
+                          if branch in out else _no_detections(*self.image_size))
+        fused = metrics.add(gt, pred)
+        if jax.process_index() == 0 and len(self.pictures) < num_pictures:
+          self._picture(gt, pred, fused)
+      prog.update(i + 1)
+    merged = self._new_metrics()
+    for part in shd.gather_objects(metrics):
+      merged.merge(part)
+    self.result = merged.result()
+    if jax.process_index() == 0:
+      print(report.format_table(self.result), flush=True)
+    for k in report.HEADLINE:
+      yield k, float(self.result[k])
+    for row in self.result["per_class"]:
+      for k in ("IoU", "PQ", "APQ", "AP", "AAP"):
+        if row[k] == row[k]:  # NaN: class not evaluated for this metric
+          yield f"{k}/{row['name']}", float(row[k])
+
+  def _picture(self, gt, pred, fused) -> None:
+    name = f"{self.name}_{gt['name'].replace('/', '_')}"
+    array = pictures_lib.render_panels(
+        gt["image"], gt, pred["sem"], fused["panoptic"], fused["amodal_panoptic"],
+        fused["instance_map"], scale=float(self.cfg.get("picture_scale", 1.0)),
+        title=gt["name"])
+    pictures_lib.save_png(f"{self.pictures_dir}/{name}.png", array)
+    self.pictures.append((name, array))
+
+
+TYPES = {"semantic": SemanticEvaluator, "oass": OassEvaluator}
 
 
 def from_config(name: str, cfg, *, model, mesh, workdir: str):

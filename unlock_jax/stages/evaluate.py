@@ -58,6 +58,8 @@ def run(config, workdir: str) -> dict:
     ev = evaluators.from_config(name, ecfg, model=model, mesh=mesh, workdir=workdir)
     for metric, value in ev.run(variables):
       results[f"{name}/{metric}"] = value
+    for pic_name, array in getattr(ev, "pictures", []):
+      writer.write_images(step or 0, {pic_name: array[None]})
   writer.write_scalars(step or 0, results)
   writer.flush()
   table = format_table(results)
