@@ -57,7 +57,7 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 
 def tiny_model_config() -> ml_collections.ConfigDict:
-  """A few-thousand-parameter network with every feature on, for CPU tests."""
+  """A tiny network with every feature on (deformable, SimPool), for CPU tests."""
   cfg = default_model_config()
   cfg.backbone = "custom"
   cfg.mit = ml_collections.ConfigDict(dict(
