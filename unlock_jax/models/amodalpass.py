@@ -21,6 +21,7 @@ from unlock_jax.models import daformer_head
 from unlock_jax.models import deform
 from unlock_jax.models import fpn as fpn_lib
 from unlock_jax.models import mit as mit_lib
+from unlock_jax.models.rcnn import branch as rcnn_branch
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -52,7 +53,7 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.fpn_outs = 5
   cfg.compute_dtype = "float32"
   cfg.instance_heads = False
-  cfg.rcnn = ml_collections.ConfigDict()
+  cfg.rcnn = rcnn_branch.default_rcnn_config()
   return cfg
 
 
@@ -66,6 +67,7 @@ def tiny_model_config() -> ml_collections.ConfigDict:
   cfg.head_embed_dims = 16
   cfg.head_channels = 16
   cfg.fpn_channels = 16
+  cfg.rcnn = rcnn_branch.tiny_rcnn_config()
   return cfg
 
 
@@ -113,6 +115,11 @@ class AmodalPASS(nn.Module):
         dropout=float(cfg.dropout), dtype=dtype)
     self.neck = fpn_lib.FPN(channels=int(cfg.fpn_channels),
                             num_outs=int(cfg.fpn_outs), dtype=dtype)
+    if cfg.instance_heads:
+      # Reference keys rpn_head.* / roi_head.* live under "modal",
+      # rpn_head_amodal.* / roi_head_amodal.* under "amodal".
+      self.modal = rcnn_branch.MaskRCNNBranch(cfg.rcnn)
+      self.amodal = rcnn_branch.MaskRCNNBranch(cfg.rcnn)
 
   def __call__(self, image: jax.Array, *, train: bool,
                targets: dict | None = None) -> dict:
@@ -122,21 +129,38 @@ class AmodalPASS(nn.Module):
       image: normalised images [B, H, W, 3] float32 (H, W multiples of 32 keep
         every level an exact stride; other sizes follow PyTorch's rounding).
       train: training mode (dropout, drop-path, BatchNorm batch statistics).
-      targets: instance targets for the R-CNN losses (unused by the semantic
-        path).
+      targets: with instance heads, ``{"modal": t, "amodal": t}`` where each
+        ``t`` holds ``masks [B,N,H,W]``, ``classes [B,N]``, ``boxes [B,N,4]``,
+        ``valid [B,N]`` (see ``MaskRCNNBranch``); selects the loss path.
 
     Returns:
       {"sem_logits": [B, H/4, W/4, num_classes] float32,
        "features": 4 backbone maps (strides 4..32),
-       "fpn": `fpn_outs` FPN maps (strides 4..64)}.
+       "fpn": `fpn_outs` FPN maps (strides 4..64)}, plus with instance heads
+      either "losses" ({"modal": {...}, "amodal": {...}} scalar R-CNN losses,
+      when `targets` is given) or "modal"/"amodal" padded detections.
     """
-    del targets  # Consumed by the R-CNN branches only.
     if image.ndim != 4 or image.shape[-1] != 3:
       raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
     features = self.backbone(image, train=train)
     sem_logits = self.decode_head(features, train=train)
     fpn = self.neck(features)
-    return {"sem_logits": sem_logits, "features": features, "fpn": fpn}
+    out = {"sem_logits": sem_logits, "features": features, "fpn": fpn}
+    if not self.config.instance_heads:
+      return out
+    hw = tuple(image.shape[1:3])
+    if self.is_initializing() and targets is None:
+      # Same parameters as a full call, without tracing proposals/NMS/paste.
+      self.modal.init_heads(fpn)
+      self.amodal.init_heads(fpn)
+    elif targets is not None:
+      out["losses"] = {
+          b: getattr(self, b)(fpn, hw, train=train, targets=targets[b])
+          for b in ("modal", "amodal")}
+    else:
+      out["modal"] = self.modal(fpn, hw, train=False)
+      out["amodal"] = self.amodal(fpn, hw, train=False)
+    return out
 
 
 def build(model_cfg: ml_collections.ConfigDict) -> AmodalPASS:
@@ -148,8 +172,4 @@ def build(model_cfg: ml_collections.ConfigDict) -> AmodalPASS:
   if int(model_cfg.num_classes) <= 0:
     raise ValueError(f"model_cfg.num_classes must be > 0, got "
                      f"{model_cfg.num_classes}")
-  if model_cfg.instance_heads:
-    raise ValueError("model_cfg.instance_heads=True needs the Mask R-CNN "
-                     "branches, which this AmodalPASS does not wire yet "
-                     "(unlock_jax/models/rcnn)")
   return AmodalPASS(model_cfg)
