@@ -17,7 +17,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, steps=1500, scale=0.25, runlocal=False)
+  arg = common.parse_arg(arg, steps=600, scale=0.25, runlocal=False)
   c = common.base()
   c.stage = "generate,train_source,evaluate"
 
@@ -37,7 +37,7 @@ def get_config(arg=None):
   m.backbone = "custom"
   m.mit = dict(dims=(32, 64, 128, 160), depths=(1, 1, 2, 1), heads=(1, 2, 4, 5),
                sr_ratios=(8, 4, 2, 1))
-  m.head_embed_dims = 64
+  m.head_embed_dims = 32
   m.head_channels = 64
   m.fpn_channels = 64
   m.drop_path_rate = 0.05

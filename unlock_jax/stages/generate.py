@@ -34,6 +34,6 @@ def _generate(cfg, out_dir: str, workdir: str) -> dict:
       out_dir, scale=cfg.scale, seed=cfg.seed,
       num_source=dict(cfg.num_source), num_target=dict(cfg.num_target),
       domain_shift=cfg.domain_shift, num_workers=cfg.num_workers,
-      progress=prog.update)
+      progress=lambda done, _total: prog.update(done))
   fileio.atomic_write_json(os.path.join(workdir, "generate", "summary.json"), summary)
   return summary
