@@ -47,7 +47,7 @@ def sample_positions(offset: jax.Array, kernel_size: int, stride: int,
                      padding: int, dilation: int) -> tuple[jax.Array,
                                                            jax.Array]:
   """Absolute sampling rows/cols [B, Ho, Wo, K] (float32) from mmcv offsets."""
-  b, ho, wo, c = offset.shape
+  _, ho, wo, c = offset.shape
   k = kernel_size * kernel_size
   if c != 2 * k:
     raise ValueError(f"offset has {c} channels, expected 2*{kernel_size}^2 = "
@@ -59,7 +59,6 @@ def sample_positions(offset: jax.Array, kernel_size: int, stride: int,
   cols = jnp.arange(wo)[None, :, None] * stride - padding + taps_j
   py = rows[None].astype(jnp.float32) + offset[..., 0::2]
   px = cols[None].astype(jnp.float32) + offset[..., 1::2]
-  del b
   return py, px
 
 
@@ -103,8 +102,9 @@ def bilinear_dense(x: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
     ty, tx = pos  # [B, Ho, Wo]
     wy = jax.nn.relu(1.0 - jnp.abs(ty[..., None] - hs)).astype(x.dtype)
     wx = jax.nn.relu(1.0 - jnp.abs(tx[..., None] - ws)).astype(x.dtype)
-    # Contract rows first: [B,Ho,Wo,H] x [B,H,W,C] -> [B,Ho,Wo,W,C] would be
-    # large, so build the separable weights per output and contract both.
+    # Each sample's bilinear weights are separable (row tent x column tent),
+    # but every output has its own pair, so this is a dense [Ho·Wo, H·W]
+    # matrix per tap: no gathers, O(Ho·Wo·H·W·C) work.
     return jnp.einsum("byxh,byxw,bhwc->byxc", wy, wx, x,
                       optimize="optimal")
 
