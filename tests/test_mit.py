@@ -101,6 +101,16 @@ def test_depthwise3x3_value_and_grads_match_grouped_conv(dilation):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+def test_gelu_exact_value_and_grad():
+  x = jnp.linspace(-6.0, 6.0, 241)
+  np.testing.assert_allclose(layers.gelu_exact(x),
+                             F.gelu(_t(np.asarray(x))).numpy(), atol=1e-6)
+  xt = _t(np.asarray(x)).requires_grad_(True)
+  F.gelu(xt).sum().backward()
+  np.testing.assert_allclose(jax.grad(lambda v: layers.gelu_exact(v).sum())(x),
+                             xt.grad.numpy(), atol=1e-6)
+
+
 @pytest.mark.parametrize("src,dst", [((13, 7), (100, 50)), ((25, 25), (100, 100)),
                                      ((7, 13), (25, 50)), ((20, 30), (9, 14))])
 def test_resize_bilinear_matches_torch(src, dst):

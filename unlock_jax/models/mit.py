@@ -117,7 +117,7 @@ class MixFFN(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     x = _dense(self.dim * self.mlp_ratio, "fc1", self.dtype)(x)
     x = DWConv(self.dtype, name="dwconv")(x)
-    x = nn.gelu(x, approximate=False)  # torch nn.GELU() is the erf form
+    x = layers.gelu_exact(x)  # torch nn.GELU() is the erf form
     return _dense(self.dim, "fc2", self.dtype)(x)
 
 
