@@ -15,8 +15,10 @@ from unlock_jax.models import amodalpass
 from unlock_jax.tools import convert_torch
 
 
-def _template():
-  model = amodalpass.build(amodalpass.tiny_model_config())
+def _template(instance_heads=False):
+  cfg = amodalpass.tiny_model_config()
+  cfg.instance_heads = instance_heads
+  model = amodalpass.build(cfg)
   x = np.zeros((1, 64, 64, 3), np.float32)
   shapes = jax.eval_shape(lambda: model.init(
       {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x,
@@ -34,15 +36,31 @@ def _flat(tree, prefix=()):
       yield prefix + (k,), v
 
 
+_BRANCHES = {("modal", "rpn_head"): "rpn_head",
+             ("modal", "roi_head"): "roi_head",
+             ("amodal", "rpn_head"): "rpn_head_amodal",
+             ("amodal", "roi_head"): "roi_head_amodal"}
+
+
 def _torch_key(path, leaf):
+  if tuple(path[:2]) in _BRANCHES:
+    path = (_BRANCHES[tuple(path[:2])],) + tuple(path[2:])
   mods = [re.sub(r"_(\d+)$", r".\1", p) for p in path]
+  if "mask_head" in path and path[-1].startswith("convs_"):
+    mods.append("conv")  # reference mask_head.convs.i.conv (mmcv ConvModule)
   return ".".join(mods + [leaf])
 
 
-def _to_torch_layout(leaf, a):
+def _to_torch_layout(path, leaf, a):
   """Our kernel layouts -> PyTorch's, written independently of the tool."""
   if leaf != "kernel":
     return a
+  if path[-1] == "shared_fcs_0":  # NHWC (h, w, c) flatten -> torch (c, h, w)
+    c = a.shape[0] // 49
+    return np.ascontiguousarray(
+        a.reshape(7, 7, c, -1).transpose(3, 2, 0, 1).reshape(-1, 49 * c))
+  if path[-1] == "upsample":  # (kh, kw, in, out) -> ConvTranspose (in, out, kh, kw)
+    return np.ascontiguousarray(a.transpose(2, 3, 0, 1))
   if a.ndim == 2:  # Dense (in, out) -> Linear (out, in)
     return np.ascontiguousarray(a.T)
   # Conv (kh, kw, in, out) -> (out, in, kh, kw)
@@ -53,7 +71,8 @@ def _synthetic_state_dict(variables):
   sd = {}
   names = {"kernel": "weight", "scale": "weight", "bias": "bias"}
   for path, a in _flat(variables["params"]):
-    sd[_torch_key(path[:-1], names[path[-1]])] = _to_torch_layout(path[-1], a)
+    sd[_torch_key(path[:-1], names[path[-1]])] = _to_torch_layout(
+        path[:-1], path[-1], a)
   for path, a in _flat(variables["batch_stats"]):
     leaf = {"mean": "running_mean", "var": "running_var"}[path[-1]]
     sd[_torch_key(path[:-1], leaf)] = a
@@ -76,6 +95,21 @@ def test_round_trip_reference_naming():
   assert sd["backbone.patch_embed2.offset_conv.weight"].shape == (18, 8, 3, 3)
   assert sd["backbone.block1.0.mlp.dwconv.dwconv.weight"].shape == (32, 1, 3, 3)
   params, stats, report = convert_torch.torch_to_flax(sd, variables)
+  assert report.clean, report.format()
+  _assert_trees_equal(params, variables["params"])
+  _assert_trees_equal(stats, variables["batch_stats"])
+
+
+def test_round_trip_with_instance_heads():
+  variables = _template(instance_heads=True)
+  sd = _synthetic_state_dict(variables)
+  for key in ("rpn_head.rpn_conv.weight", "rpn_head_amodal.rpn_cls.bias",
+              "roi_head.bbox_head.shared_fcs.0.weight",
+              "roi_head_amodal.mask_head.upsample.weight",
+              "roi_head.mask_head.convs.3.conv.weight"):
+    assert key in sd, key
+  params, stats, report = convert_torch.torch_to_flax(
+      sd, variables, renames=convert_torch.DEFAULT_RENAMES)
   assert report.clean, report.format()
   _assert_trees_equal(params, variables["params"])
   _assert_trees_equal(stats, variables["batch_stats"])

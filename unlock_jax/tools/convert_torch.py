@@ -12,6 +12,10 @@ ConvTranspose `(in,out,2,2)` -> `(2,2,in,out)`; LayerNorm/BatchNorm `weight` ->
 `scale`; BN `running_mean/var` -> `batch_stats` `mean/var`. `shared_fcs_0`
 additionally reorders its input from PyTorch's (C,H,W) flatten to NHWC (H,W,C).
 
+The R-CNN branches `rpn_head`/`roi_head` and `rpn_head_amodal`/
+`roi_head_amodal` live under `modal/` and `amodal/` in `AmodalPASS`
+(`DEFAULT_RENAMES`).
+
 Checkpoint prefixes: `module.` is stripped; if keys start with `model.` only
 those are kept (the adapted student) and the prefix is stripped; `ema_model.`,
 `source_model.`, `imnet_model.` and `num_batches_tracked` are dropped.
@@ -37,6 +41,13 @@ from absl import flags
 import numpy as np
 
 IGNORED_PREFIXES = ("ema_model.", "source_model.", "imnet_model.")
+# Where `AmodalPASS` keeps the reference's two R-CNN branches.
+DEFAULT_RENAMES = {
+    "rpn_head": "modal/rpn_head",
+    "roi_head": "modal/roi_head",
+    "rpn_head_amodal": "amodal/rpn_head",
+    "roi_head_amodal": "amodal/roi_head",
+}
 _BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
 
 
@@ -190,6 +201,13 @@ def torch_to_flax(state_dict: Mapping[str, Any], template: Mapping[str, Any],
     else:
       table, dest, name = {}, out_p, leaf
     target = table.get(path + (name,))
+    if target is None and path[-1] == "conv" and len(path) > 1:
+      # mmcv ConvModule wraps its conv as `.conv`; a flax layer that is a bare
+      # conv (e.g. the R-CNN mask head `convs_i`) has no such level.
+      path = path[:-1]
+      if leaf == "weight":
+        name = "kernel" if path + ("kernel",) in tp else "scale"
+      target = table.get(path + (name,))
     if target is None:
       report.unmatched.append(key)
       continue
@@ -339,20 +357,30 @@ def load_model_config(spec: str | None):
 def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
             strict: bool = False,
             renames: Mapping[str, str] | None = None) -> Report:
-  """Reads `checkpoint`, converts it for the configured model, saves Orbax."""
+  """Reads `checkpoint`, converts it for the configured model, saves Orbax.
+
+  `renames` defaults to `DEFAULT_RENAMES` (R-CNN branches under
+  `modal`/`amodal`).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
   from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
 
-  model = amodalpass.build(load_model_config(config))
+  model_cfg = load_model_config(config)
+  model = amodalpass.build(model_cfg)
+  roi_size = 7
+  if model_cfg.get("instance_heads") and "roi_size" in model_cfg.rcnn:
+    roi_size = int(model_cfg.rcnn.roi_size)
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   init = lambda: model.init({"params": jax.random.key(0),  # noqa: E731
                              "dropout": jax.random.key(1)}, x, train=False)
   template = dict(jax.eval_shape(init))
-  params, stats, report = torch_to_flax(read_pth(checkpoint), template,
-                                        renames=renames)
+  params, stats, report = torch_to_flax(
+      read_pth(checkpoint), template,
+      renames=DEFAULT_RENAMES if renames is None else renames,
+      roi_size=roi_size)
   if strict and not report.clean:
     raise ValueError(f"{checkpoint}: strict conversion failed\n"
                      f"{report.format()}")
