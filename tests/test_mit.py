@@ -133,7 +133,7 @@ def test_resize_nearest_matches_torch(src, dst):
 
 
 def _t(a):
-  return torch.from_numpy(np.asarray(a, np.float32))
+  return torch.from_numpy(np.array(a, np.float32))  # writable copy
 
 
 def _conv_w(kernel):
