@@ -10,7 +10,7 @@ from configs.synth import tiny
 from unlock_jax import checkpoint
 from unlock_jax.data.synthpass import testing as synth_testing
 from unlock_jax.models import amodalpass
-from unlock_jax.stages import evaluate, train_source
+from unlock_jax.stages import evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,27 +32,33 @@ def _params(config, workdir):
   return jax.device_get(variables), step
 
 
+def _run(workdir, root, *extra):
+  """The user's command, in a fresh process (runs share one environment)."""
+  cmd = [sys.executable, "-m", "unlock_jax.main",
+         "--config", os.path.join(REPO, "configs/synth/tiny.py") + ":steps=4",
+         "--workdir", workdir, "--config.stage=train_source",
+         f"--config.data.source.root={os.path.join(root, 'KITTI360_APS')}", *extra]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
 def test_killed_run_resumes_bit_identically(tmp_path_factory):
   root = synth_testing.make_tiny_dataset(str(tmp_path_factory.mktemp("data")))
   config = _config(root)
   straight = str(tmp_path_factory.mktemp("straight"))
-  train_source.run(config, straight)
+  proc = _run(straight, root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
 
   # Same command, killed (SIGKILL, no clean shutdown) right after step 2's checkpoint.
   killed = str(tmp_path_factory.mktemp("killed"))
-  cmd = [sys.executable, "-m", "unlock_jax.main",
-         "--config", os.path.join(REPO, "configs/synth/tiny.py") + ":steps=4",
-         "--workdir", killed, "--config.stage=train_source",
-         f"--config.data.source.root={config.data.source.root}",
-         "--config.debug.kill_after_checkpoint=2"]
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  proc = _run(killed, root, "--config.debug.kill_after_checkpoint=2")
   assert proc.returncode == -9, proc.stderr[-3000:]
   ckpts = os.listdir(os.path.join(killed, "train_source", "checkpoints"))
   assert "2" in ckpts and "4" not in ckpts, ckpts
 
-  # Resume: the same run function on the same workdir continues from step 2.
-  summary = train_source.run(config, killed)
-  assert summary["step"] == 4
+  # Resume: the same command on the same workdir continues from step 2.
+  proc = _run(killed, root)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "Resuming from step 2" in proc.stderr
 
   a, step_a = _params(config, straight)
   b, step_b = _params(config, killed)
