@@ -43,6 +43,59 @@ def semantic_eval(layout: str, root: str, split: str, image_size,
       image_size=tuple(image_size), batch_size=batch_size))
 
 
+def oass_eval(layout: str, root: str, split: str, image_size, *, scale: float = 1.0,
+              tau=(0.55, 0.5), num_pictures: int = 0,
+              batch_size: int = 4) -> ml_collections.ConfigDict:
+  """The five OASS metrics; tau = (0.55, 0.5) adapted, (0.95, 0.95) source-only."""
+  c = semantic_eval(layout, root, split, image_size, batch_size)
+  c.type = "oass"
+  c.tau_m, c.tau_a = tau
+  # The reference's pixel thresholds are for 2048x400 panoramas: scale them.
+  c.stuff_area = max(1, round(2048 * scale * scale))
+  c.min_region_size = max(1, round(100 * scale * scale))
+  c.one_to_one = False
+  c.num_pictures = num_pictures
+  c.pictures_dir = "{workdir}/pictures"
+  return c
+
+
+def use_synthpass(c: ml_collections.ConfigDict, scale: float, source=(300, 40),
+                  target=(60, 40)) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Points ``c`` at a synthpass set generated into the workdir at ``scale``.
+
+  ``source``/``target`` are (train, val) scene counts. Source crops are
+  full-height squares, as the reference's 376x376 KITTI-360 crops. Returns the
+  (H, W) image sizes of the source and target domains.
+  """
+  src = (round(376 * scale), round(1408 * scale))
+  tgt = (round(400 * scale), round(2048 * scale))
+  c.synthpass.scale = scale
+  c.synthpass.num_source = dict(train=source[0], val=source[1])
+  c.synthpass.num_target = dict(train=target[0], val=target[1])
+  c.data.source.image_size = src
+  c.data.target.image_size = tgt
+  c.input.crop_size = (src[0], src[0])
+  return src, tgt
+
+
+def synth_evals(src, tgt, make=semantic_eval, **kwargs) -> ml_collections.ConfigDict:
+  """``source_val`` and ``target_val`` evaluators on the synthpass val splits."""
+  return ml_collections.ConfigDict(dict(
+      source_val=make("kitti360aps", SYNTH_ROOT + "/KITTI360_APS", "val", src, **kwargs),
+      target_val=make("blendpass", SYNTH_ROOT + "/BlendPASS", "val", tgt, **kwargs)))
+
+
+def small_model(model: ml_collections.ConfigDict) -> None:
+  """A ~2M-parameter network (b0 widths, fewer blocks, 32/64-d head) for CPU runs."""
+  model.backbone = "custom"
+  model.mit = dict(dims=(32, 64, 128, 160), depths=(1, 1, 2, 1), heads=(1, 2, 4, 5),
+                   sr_ratios=(8, 4, 2, 1))
+  model.drop_path_rate = 0.05
+  model.head_embed_dims = 32
+  model.head_channels = 64
+  model.fpn_channels = 64
+
+
 def base() -> ml_collections.ConfigDict:
   """Every key any stage reads, with the reference's defaults."""
   c = ml_collections.ConfigDict()

@@ -34,14 +34,9 @@ def get_config(arg=None):
   c.total_steps = 40_000
   c.checkpoint_every = 2000
 
-  oass = common.semantic_eval("blendpass", c.data.target.root, "val", (400, 2048),
-                              batch_size=8)
-  oass.type = "oass"
-  oass.tau_m, oass.tau_a = 0.95, 0.95
-  oass.stuff_area, oass.min_region_size = 2048, 100
-  oass.num_pictures = 8
-  oass.pictures_dir = "{workdir}/pictures"
-  c.evals = ml_collections.ConfigDict(dict(target_val=oass))
+  c.evals = ml_collections.ConfigDict(dict(target_val=common.oass_eval(
+      "blendpass", c.data.target.root, "val", (400, 2048), tau=(0.95, 0.95),
+      num_pictures=8, batch_size=8)))
 
   if arg.runlocal:
     c.total_steps = 10

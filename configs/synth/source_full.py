@@ -8,50 +8,20 @@ mAAP, mAPQ) on whole source-val images and target panoramas, writing pictures
 to <workdir>/pictures. Source-only thresholds (tau 0.95/0.95) as the
 reference's Testing_sourceonly.py. Measured numbers: README, "Source model".
 """
-import ml_collections
-
 from configs import common
 from unlock_jax.models.rcnn import branch as rcnn_branch
-
-
-def oass_eval(layout, root, split, size, scale, num_pictures):
-  c = common.semantic_eval(layout, root, split, size, batch_size=4)
-  c.type = "oass"
-  c.tau_m, c.tau_a = 0.95, 0.95
-  # Pixel thresholds of the reference are for 2048x400 panoramas: scale them.
-  c.stuff_area = max(1, round(2048 * scale * scale))
-  c.min_region_size = max(1, round(100 * scale * scale))
-  c.one_to_one = False
-  c.num_pictures = num_pictures
-  c.pictures_dir = "{workdir}/pictures"
-  return c
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, steps=2000, scale=0.25, runlocal=False)
   c = common.base()
   c.stage = "generate,train_source,evaluate"
-  s = arg.scale
-  src = (round(376 * s), round(1408 * s))
-  tgt = (round(400 * s), round(2048 * s))
-  c.synthpass.scale = s
-  c.synthpass.num_source = dict(train=300, val=40)
-  c.synthpass.num_target = dict(train=60, val=40)
-  c.data.source.image_size = src
-  c.data.target.image_size = tgt
-
+  src, tgt = common.use_synthpass(c, arg.scale, source=(300, 40), target=(60, 40))
   c.input.batch_size = 8
-  c.input.crop_size = (src[0], src[0])
   c.input.max_instances = 24
 
   m = c.model
-  m.backbone = "custom"
-  m.mit = dict(dims=(32, 64, 128, 160), depths=(1, 1, 2, 1), heads=(1, 2, 4, 5),
-               sr_ratios=(8, 4, 2, 1))
-  m.head_embed_dims = 32
-  m.head_channels = 64
-  m.fpn_channels = 64
-  m.drop_path_rate = 0.05
+  common.small_model(m)
   m.instance_heads = True
   r = rcnn_branch.default_rcnn_config()
   r.feat_channels = 64
@@ -70,11 +40,10 @@ def get_config(arg=None):
   c.checkpoint_every = 500
   c.progress_every_secs = 30.0
 
-  root = common.SYNTH_ROOT
-  c.evals = ml_collections.ConfigDict(dict(
-      source_val=oass_eval("kitti360aps", root + "/KITTI360_APS", "val", src, s, 0),
-      target_val=oass_eval("blendpass", root + "/BlendPASS", "val", tgt, s, 4),
-  ))
+  c.evals = common.synth_evals(src, tgt, common.oass_eval, scale=arg.scale,
+                              tau=(0.95, 0.95))
+  c.evals.target_val.num_pictures = 4
+
   if arg.runlocal:
     c.synthpass.num_source = dict(train=16, val=4)
     c.synthpass.num_target = dict(train=4, val=4)
