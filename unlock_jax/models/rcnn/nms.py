@@ -1,14 +1,16 @@
 """Padded, on-device greedy NMS with static shapes.
 
 Greedy NMS in score order keeps box i iff no *kept* higher-ranked box overlaps
-it with IoU > thr. That rule has a unique solution, and iterating
-``keep <- valid & ~any_j<i(keep_j & over_ji)`` from ``keep = valid`` reaches
-it: after t sweeps the first t ranks are final, and in practice the loop stops
-after a few sweeps (the length of the longest suppression chain). Each sweep
-is one masked matrix-vector product over the ``[n, n]`` overlap matrix, so
-this suits n up to a few thousand (RPN: 2000 per level; test: 1000 per class).
-Suppression uses ``IoU > thr`` like mmcv/torchvision ``nms``; ties in score
-keep the lower index first (stable sort).
+it with IoU > thr. With the boxes sorted, one ``fori_loop`` over the ranks
+applies that rule exactly: at step i, ``keep[i]`` is already final (only
+higher ranks can suppress it), and a kept box clears its row of the ``[n, n]``
+overlap matrix. The cost is bounded (n vector steps) whatever the data; an
+earlier fixed-point formulation (``keep <- valid & ~any(over & keep)`` until
+stable) needed as many O(n²) sweeps as the longest suppression chain, which
+the dense proposal clusters of a trained RPN make long (measured on CPU,
+n=2000 chained boxes: 211 ms vs 3.5 ms). Suppression uses ``IoU > thr`` like
+mmcv/torchvision ``nms``; ties in score keep the lower index first (stable
+sort).
 """
 import jax
 import jax.numpy as jnp
@@ -21,21 +23,11 @@ def nms_keep_sorted(boxes: jnp.ndarray, valid: jnp.ndarray, iou_thr: float
   """Keep mask ``[n]`` for boxes already sorted by descending score."""
   n = boxes.shape[0]
   iou = box_ops.pairwise_iou(boxes, boxes)
-  upper = jnp.arange(n)[:, None] < jnp.arange(n)[None, :]  # j ranked before i
+  upper = jnp.arange(n)[:, None] < jnp.arange(n)[None, :]  # i ranked before j
   over = (iou > iou_thr) & upper & valid[:, None]
-
-  def body(state):
-    keep, _, it = state
-    suppressed = jnp.any(over & keep[:, None], axis=0)
-    new = valid & ~suppressed
-    return new, jnp.any(new != keep), it + 1
-
-  def cond(state):
-    _, changed, it = state
-    return changed & (it < n + 1)
-
-  keep, _, _ = jax.lax.while_loop(cond, body, (valid, jnp.array(True), 0))
-  return keep
+  # keep[i] is final when step i runs; a kept box then suppresses its row.
+  return jax.lax.fori_loop(0, n, lambda i, keep: keep & ~(over[i] & keep[i]),
+                           valid)
 
 
 def nms_keep(boxes: jnp.ndarray, scores: jnp.ndarray, valid: jnp.ndarray,
