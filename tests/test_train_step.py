@@ -1,4 +1,5 @@
-"""The jitted source step: sharded over 4 fake CPU devices, compiles once, flags NaN."""
+"""The full network's jitted source step (semantic + modal + amodal R-CNN losses):
+sharded over 4 fake CPU devices, compiles once across steps and batches, flags NaN."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,22 +19,38 @@ def _optim_cfg(lr=1e-3):
       groups=(("head", r"^decode_head/", 10.0, 1.0), ("norm", r"norm", 1.0, 0.0))))
 
 
-def _batch(rng, b=8, h=32, w=32):
+def _batch(rng, b=8, h=32, w=32, n=3):
   image = rng.standard_normal((b, h, w, 3)).astype(np.float32)
   sem = rng.integers(0, 18, (b, h, w)).astype(np.int32)
   sem[:, :4] = 255
-  return {keys.IMAGE: image, keys.SEMANTIC: sem}
+  out = {keys.IMAGE: image, keys.SEMANTIC: sem}
+  for p in ("modal", "amodal"):
+    masks = np.zeros((b, n, h, w), np.uint8)
+    valid = rng.random((b, n)) < 0.7  # some images with fewer (or no) instances
+    for i in range(b):
+      for j in range(n):
+        y, x = rng.integers(0, h - 12, 2)
+        masks[i, j, y:y + 10, x:x + 8] = valid[i, j]
+        masks[i, j, y, x] = 255 if valid[i, j] else 0  # an ignore pixel
+    out[f"{p}_masks"] = masks
+    out[f"{p}_classes"] = rng.integers(0, 7, (b, n)).astype(np.int32)
+    out[f"{p}_boxes"] = np.zeros((b, n, 4), np.float32)  # recomputed on device
+    out[f"{p}_valid"] = valid
+  return out
 
 
 @pytest.fixture(scope="module")
 def setup():
   assert jax.device_count() == 4, "conftest must give 4 fake CPU devices"
   mesh = shd.make_mesh()
-  model = amodalpass.build(amodalpass.tiny_model_config())
+  cfg = amodalpass.tiny_model_config()
+  cfg.instance_heads = True
+  model = amodalpass.build(cfg)
   rng = jax.random.key(0)
   shape = (1, 32, 32, 3)
   params_shape = jax.eval_shape(
-      lambda r: model.init({"params": r, "dropout": r}, jnp.zeros(shape), train=False)["params"], rng)
+      lambda r: model.init({"params": r, "dropout": r, "sampling": r}, jnp.zeros(shape),
+                           train=False)["params"], rng)
   tx, sched = optim.make(_optim_cfg(), 100, params_shape)
   state = steps.init_state(model, tx, rng, shape, mesh)
   loss_cfg = ml_collections.ConfigDict(dict(sem_normalize="all_pixels"))
@@ -59,6 +76,10 @@ def test_step_sharded_over_data_axis(setup):
   m = jax.device_get(m)
   assert int(state["step"]) == 3
   assert np.isfinite(m["loss"]) and m["loss"] > 0
+  for branch in ("modal", "amodal"):
+    for name in ("rpn_cls", "rpn_bbox", "rcnn_cls", "rcnn_bbox", "mask"):
+      assert np.isfinite(m[f"loss/{branch}/{name}"]), (branch, name)
+    assert m[f"loss/{branch}/rpn_cls"] > 0 and m[f"loss/{branch}/mask"] > 0
   assert int(state["first_bad_step"]) == -1
   # Parameters are replicated and moved.
   leaf = jax.tree.leaves(state["params"])[0]
