@@ -26,18 +26,26 @@ from unlock_jax.train import losses
 _PREDICT_CACHE: dict = {}
 
 
-def semantic_predict_fn(model, mesh):
-  """Jitted ``(variables, image) -> argmax [B,H,W] int32`` at input resolution."""
-  key = (id(model), "semantic", id(mesh))
-  if key not in _PREDICT_CACHE:
-    def predict(variables, image):
-      out = model.apply(variables, image, train=False)
-      logits = losses.resize_logits(out["sem_logits"].astype(jnp.float32),
-                                    image.shape[1:3])
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+def _cached_jit(model, mesh, kind: str, predict):
+  """One jitted, batch-sharded predict function per (model, kind, mesh)."""
+  key = (id(model), kind, id(mesh))
+  if key not in _PREDICT_CACHE:  # the model is kept so its id stays unique
     _PREDICT_CACHE[key] = (model, jax.jit(
         predict, out_shardings=shd.data_sharding(mesh)))
   return _PREDICT_CACHE[key][1]
+
+
+def _argmax_at_input_size(out, image):
+  logits = losses.resize_logits(out["sem_logits"].astype(jnp.float32),
+                                image.shape[1:3])
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def semantic_predict_fn(model, mesh):
+  """Jitted ``(variables, image) -> argmax [B,H,W] int32`` at input resolution."""
+  def predict(variables, image):
+    return _argmax_at_input_size(model.apply(variables, image, train=False), image)
+  return _cached_jit(model, mesh, "semantic", predict)
 
 
 def oass_predict_fn(model, mesh):
@@ -46,20 +54,12 @@ def oass_predict_fn(model, mesh):
   ``modal``/``amodal`` are the padded detection dicts of the two R-CNN
   branches (present only when the model has instance heads).
   """
-  key = (id(model), "oass", id(mesh))
-  if key not in _PREDICT_CACHE:
-    def predict(variables, image):
-      out = model.apply(variables, image, train=False)
-      logits = losses.resize_logits(out["sem_logits"].astype(jnp.float32),
-                                    image.shape[1:3])
-      pred = {"sem": jnp.argmax(logits, axis=-1).astype(jnp.int32)}
-      for branch in ("modal", "amodal"):
-        if branch in out:
-          pred[branch] = out[branch]
-      return pred
-    _PREDICT_CACHE[key] = (model, jax.jit(
-        predict, out_shardings=shd.data_sharding(mesh)))
-  return _PREDICT_CACHE[key][1]
+  def predict(variables, image):
+    out = model.apply(variables, image, train=False)
+    pred = {"sem": _argmax_at_input_size(out, image)}
+    pred.update({b: out[b] for b in ("modal", "amodal") if b in out})
+    return pred
+  return _cached_jit(model, mesh, "oass", predict)
 
 
 def _no_detections(h: int, w: int) -> dict:
