@@ -5,16 +5,18 @@ renamed over the final name, so a killed process never leaves a half file.
 """
 import json
 import os
-import tempfile
+import threading
 from typing import Any
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
+  # A plain open() (not mkstemp, which forces mode 0600) keeps the umask's
+  # permissions; pid + thread id keep concurrent writers apart.
+  tmp = f"{path}.tmp{os.getpid()}-{threading.get_ident()}"
   try:
-    with os.fdopen(fd, "wb") as f:
+    with open(tmp, "wb") as f:
       f.write(data)
     os.replace(tmp, path)
   except BaseException:

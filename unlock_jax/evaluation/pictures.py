@@ -5,13 +5,13 @@ panoptic pred | panoptic GT | amodal pred | amodal GT. Segments keep their class
 stable per-id shade; amodal instances draw their visible part solid and their occluded
 part (amodal minus visible) hatched, so missing or wrong occluded extents stand out.
 """
-import os
-import tempfile
+import io
 
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
+from unlock_jax import fileio
 from unlock_jax.data import labels
 
 LABEL_HEIGHT = 14
@@ -155,14 +155,6 @@ def render_panels(image, gt: dict, pred_sem: np.ndarray, pred_panoptic: np.ndarr
 
 def save_png(path: str, array: np.ndarray) -> None:
   """Writes a uint8 HxW(x3) array as PNG atomically (temp file, then os.replace)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".png")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      Image.fromarray(np.asarray(array, np.uint8)).save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  buf = io.BytesIO()
+  Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
+  fileio.atomic_write_bytes(path, buf.getvalue())

@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from unlock_jax import fileio
 from unlock_jax.data import labels
 from unlock_jax.data.synthpass import annotate as ann
 from unlock_jax.data.synthpass import appearance
@@ -58,25 +59,16 @@ def categories() -> list:
           for i, n in enumerate(labels.CLASS_NAMES)]
 
 
-def _write_bytes(path: str, data: bytes):
-  """Atomic write: temp file in the same folder, then ``os.replace``."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
 def _write_png(path: str, array: np.ndarray):
   buf = io.BytesIO()
   Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-  _write_bytes(path, buf.getvalue())
+  fileio.atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_jpg(path: str, array: np.ndarray):
   buf = io.BytesIO()
   Image.fromarray(array).save(buf, format="JPEG", quality=JPEG_QUALITY)
-  _write_bytes(path, buf.getvalue())
+  fileio.atomic_write_bytes(path, buf.getvalue())
 
 
 def write_json(path: str, obj):
@@ -86,7 +78,7 @@ def write_json(path: str, obj):
     with open(path, "rb") as f:
       if f.read() == data:
         return
-  _write_bytes(path, data)
+  fileio.atomic_write_bytes(path, data)
 
 
 def _paths(domain: str, split: str, index: int) -> dict:
