@@ -14,7 +14,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from unlock_jax import sharding as shd
@@ -63,8 +62,7 @@ def measure(model_cfg, batch, runs: int):
   cfg = common.base()
   rng = jax.random.key(0)
   shape = (1, *batch["image"].shape[1:])
-  params = jax.eval_shape(lambda r: model.init(
-      {"params": r, "dropout": r, "sampling": r}, jnp.zeros(shape), train=False)["params"], rng)
+  params = steps.param_shapes(model, shape)
   tx, sched = optim.make(cfg.optim, 1000, params)
   state = steps.init_state(model, tx, rng, shape, mesh)
   if not model_cfg.instance_heads:

@@ -48,9 +48,7 @@ def setup():
   model = amodalpass.build(cfg)
   rng = jax.random.key(0)
   shape = (1, 32, 32, 3)
-  params_shape = jax.eval_shape(
-      lambda r: model.init({"params": r, "dropout": r, "sampling": r}, jnp.zeros(shape),
-                           train=False)["params"], rng)
+  params_shape = steps.param_shapes(model, shape)
   tx, sched = optim.make(_optim_cfg(), 100, params_shape)
   state = steps.init_state(model, tx, rng, shape, mesh)
   loss_cfg = ml_collections.ConfigDict(dict(sem_normalize="all_pixels"))

@@ -17,14 +17,13 @@ from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.evaluation import evaluators
 from unlock_jax.models import amodalpass
+from unlock_jax.train import steps
 
 
 def abstract_variables(model, image_shape, mesh):
   """Shapes (with replicated sharding) of the model's params and batch_stats."""
-  shapes = jax.eval_shape(
-      lambda r: model.init({"params": r, "dropout": r, "sampling": r},
-                           jax.numpy.zeros(image_shape), train=False),
-      jax.random.key(0))
+  shapes = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape),
+                          jax.random.key(0))
   repl = shd.replicated(mesh)
   return {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
                           shapes.get(k, {}))

@@ -63,10 +63,7 @@ def run(config, workdir: str) -> dict:
   model = amodalpass.build(config.model)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   image_shape = (1, *config.input.crop_size, 3)  # params do not depend on batch
-  params_shape = jax.eval_shape(
-      lambda r: model.init({"params": r, "dropout": r, "sampling": r},
-                           jax.numpy.zeros(image_shape), train=False)["params"],
-      init_rng)
+  params_shape = steps.param_shapes(model, image_shape)
   tx, schedule = optim.make(config.optim, total, params_shape)
   state = steps.init_state(model, tx, init_rng, image_shape, mesh)
 
