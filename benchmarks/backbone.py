@@ -63,13 +63,7 @@ def torch_step(name: str, batch: int, size: int, threads: int):
   import transformers  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(threads)
-  s = mit_lib.mit_size(name)
-  cfg = transformers.SegformerConfig(
-      depths=list(s.depths), hidden_sizes=list(s.dims),
-      num_attention_heads=list(s.heads), sr_ratios=list(s.sr_ratios),
-      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-      drop_path_rate=0.0)
-  model = transformers.SegformerModel(cfg).train()
+  model = transformers.SegformerModel(_hf_config(name)).train()
   x = torch.from_numpy(np.random.default_rng(0).normal(
       size=(batch, 3, size, size)).astype(np.float32))
 
@@ -82,11 +76,72 @@ def torch_step(name: str, batch: int, size: int, threads: int):
   return step
 
 
+def part_steps(part: str, batch: int, size: int, threads: int) -> dict:
+  """One stage-1 piece of MiT-b0 (the stage where the gap is), both sides.
+
+  ``attend``: softmax(q·kᵀ)·v over the 10^4 tokens and 12² reduced keys of a
+  400² input; ``block``: one whole transformer block (HF `SegformerLayer`).
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers.models.segformer import modeling_segformer as hf  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(threads)
+  s = mit_lib.mit_size("mit_b0")
+  c, heads, sr, n = s.dims[0], s.heads[0], s.sr_ratios[0], size // 4
+  m = (n // sr) ** 2
+  rng = np.random.default_rng(0)
+  if part == "attend":
+    shapes = [(batch, n * n, heads, c // heads)] + [(batch, m, heads, c // heads)] * 2
+    args = [jnp.asarray(rng.normal(size=sh), jnp.float32) for sh in shapes]
+    f = jax.jit(jax.grad(lambda *a: jnp.mean(mit_lib.attend(*a) ** 2), argnums=(0, 1, 2)))
+    ours = lambda: jax.block_until_ready(f(*args))  # noqa: E731
+    targs = [torch.tensor(np.asarray(a)).permute(0, 2, 1, 3).contiguous().requires_grad_()
+             for a in args]
+    scale = (c // heads) ** -0.5
+
+    def theirs():
+      q, k, v = targs
+      out = torch.softmax(q @ k.transpose(-1, -2) * scale, -1) @ v
+      (out ** 2).mean().backward()
+  elif part == "block":
+    block = mit_lib.Block(c, heads, sr, 4, 0.0, False, 1e-5)
+    x = jnp.asarray(rng.normal(size=(batch, n, n, c)), jnp.float32)
+    params = block.init(jax.random.key(0), x, False)["params"]
+    # x is an argument, not a closed-over constant XLA could fold.
+    f = jax.jit(jax.grad(lambda p, x: jnp.mean(block.apply({"params": p}, x, False) ** 2)))
+    ours = lambda: jax.block_until_ready(f(params, x))  # noqa: E731
+    cfg = _hf_config("mit_b0")
+    layer = hf.SegformerLayer(cfg, hidden_size=c, num_attention_heads=heads,
+                              drop_path=0.0, sequence_reduction_ratio=sr,
+                              mlp_ratio=4)
+    xt = torch.from_numpy(np.asarray(x).reshape(batch, n * n, c))
+
+    def theirs():
+      layer.zero_grad(set_to_none=True)
+      (layer(xt, n, n)[0] ** 2).mean().backward()
+  else:
+    raise ValueError(f"unknown part {part!r}")
+  return {"torch": theirs, "ours": ours}
+
+
+def _hf_config(name: str):
+  import transformers  # pylint: disable=g-import-not-at-top
+  s = mit_lib.mit_size(name)
+  return transformers.SegformerConfig(
+      depths=list(s.depths), hidden_sizes=list(s.dims),
+      num_attention_heads=list(s.heads), sr_ratios=list(s.sr_ratios),
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+      drop_path_rate=0.0)
+
+
 def compare(name: str, batch: int, size: int, runs: int, threads: int,
             warmup: int = 2) -> dict:
   """Interleaves torch and ours run by run, so load changes hit both."""
-  steps = {"torch": torch_step(name, batch, size, threads),
-           "ours": ours_step(name, batch, size)}
+  if name.startswith("part:"):
+    steps = part_steps(name[5:], batch, size, threads)
+  else:
+    steps = {"torch": torch_step(name, batch, size, threads),
+             "ours": ours_step(name, batch, size)}
   for step in steps.values():
     for _ in range(warmup):
       step()
@@ -109,6 +164,9 @@ def main():
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--size", type=int, default=400)
   parser.add_argument("--sizes", default="mit_b0,mit_b2")
+  parser.add_argument("--parts", action="store_true",
+                      help="time stage-1 pieces of b0 instead (attention "
+                      "core, one block)")
   parser.add_argument("--threads", type=int, default=None,
                       help="CPU threads for both (default: all cores, 1 with "
                       "--quick); 1 also makes XLA single-threaded (steadier "
@@ -118,13 +176,15 @@ def main():
     args.threads = 1 if args.quick else (os.cpu_count() or 1)
   if args.threads == 1:
     # Must precede the first JAX computation (backends start lazily).
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " "
-                               "--xla_cpu_multi_thread_eigen=false "
-                               "intra_op_parallelism_threads=1")
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               " --xla_cpu_multi_thread_eigen=false")
   sizes = args.sizes.split(",")
   batch, runs = args.batch, args.runs
   if args.quick:
     sizes, batch, runs = ["mit_b0"], 1, 3
+  if args.parts:
+    sizes = ["part:attend", "part:block"]
+    runs = max(runs, 10)
   threads = args.threads
   print(f"CPU threads {threads}, input [{batch}, 3, {args.size}, "
         f"{args.size}], forward+backward, median of {runs}")

@@ -65,7 +65,7 @@ def default_rcnn_config() -> ml_collections.ConfigDict:
   c.mask_size = 28
   c.roi_sampling_ratio = 0       # mmcv adaptive count ...
   c.roi_max_samples = 2          # ... on this many static slots per axis
-  c.finest_scale = 56
+  c.finest_scale = 56.0
   c.fc_dim = 1024
   c.conv_dim = 256
   # Mask targets / loss.
