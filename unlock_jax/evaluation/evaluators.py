@@ -177,7 +177,7 @@ class OassEvaluator:
     self.result = merged.result()
     if jax.process_index() == 0:
       print(report.format_table(self.result), flush=True)
-    for k in report.HEADLINE:
+    for k in report.HEADLINE + ("AP50", "AAP50"):
       yield k, float(self.result[k])
     for row in self.result["per_class"]:
       for k in ("IoU", "PQ", "APQ", "AP", "AAP"):

@@ -67,6 +67,8 @@ class OassMetrics:
     return {
         "mIoU": float(sem["mIoU"]), "mPQ": float(pan["mPQ"]), "mAP": float(ins["mAP"]),
         "mAAP": float(ains["mAAP"]), "mAPQ": float(apan["mAPQ"]),
+        # At IoU 0.5 only: the reading a young detector is judged by.
+        "AP50": float(ins["AP50"]), "AAP50": float(ains["AP50"]),
         "undefined": {"mIoU": sem["mIoU_undefined"], "mPQ": pan["mPQ_undefined"],
                       "mAP": ins["mAP_undefined"], "mAAP": ains["mAAP_undefined"],
                       "mAPQ": apan["mAPQ_undefined"]},
@@ -121,6 +123,8 @@ def format_table(result: dict) -> str:
   lines.append("-mIoU: {:<8.2f} -mAPQ: {:<8.2f} -mPQ: {:<8.2f} -mAAP: {:<8.2f} "
                "-mAP: {:<8.2f}".format(result["mIoU"], result["mAPQ"], result["mPQ"],
                                        result["mAAP"], result["mAP"]))
+  if "AP50" in result:
+    lines.append("-AP50: {:<8.2f} -AAP50: {:<8.2f}".format(result["AP50"], result["AAP50"]))
   if flags:
     lines.append("undefined (no GT/prediction at all, reported as 0): " + ", ".join(flags))
   return "\n".join(lines)
