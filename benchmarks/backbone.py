@@ -6,25 +6,34 @@ means, on a [2, 3, 400, 400] input (NHWC for ours), with the same MiT config
 the median of N timed runs interleaved (torch, ours, torch, ...); prints both times and torch/ours (target >= 1.5).
 
     python benchmarks/backbone.py [--quick] [--runs 5] [--sizes mit_b0,mit_b2]
-        [--threads N]
+        [--threads N] [--parts]
 
 `--quick` times b0 only, batch 1, 3 runs, 1 thread (< 1 min on a 2-core CPU).
 
-Measured on the shared 2-core development VM (other jobs running, load 3-10),
-batch 2, 400×400, median of 5 interleaved runs:
-  * 2 threads: b0 torch 5983 ms / ours 1151 ms (4.46), b2 20148 / 8491 (1.93).
-    PyTorch's OpenMP threads degrade badly when the cores are oversubscribed,
-    so these ratios flatter us.
-  * 1 thread (`--threads 1`): b0 torch ~500 ms / ours 700-1000 ms (0.55-0.70),
-    b2 2713 / 4915 (0.55). This is the fair comparison: the target (>= 1.5)
-    is NOT met on CPU. Per stage (b0, 1 thread) ours/torch is 601/184,
-    226/112, 173/100, 82/69 ms: the stride-4 stage (10^4 tokens, C=32) is
-    where XLA:CPU loses, in the fused backward of LayerNorm, attention and the
-    Mix-FFN rather than in any single op.
-Changes made on the way (each measured): the depthwise 3×3 conv as shift-adds
-with a custom VJP (grouped conv fwd+bwd 300 ms -> 16 ms at 100×100×128), its
-kernel gradient as contiguous windows under `lax.map` (38 -> 11 ms), and an
-exact GELU with an explicit derivative (Mix-FFN 64 -> 31 ms).
+Measured on the 2-core development VM (AMD EPYC, AVX2, no AVX-512):
+  * quiet machine, 2 threads each (the default): b0 torch 377 ms / ours
+    626 ms, torch/ours 0.62.
+  * 1 thread (`--threads 1`): b0 0.55-0.70, b2 0.55 (earlier runs, load from
+    other jobs).
+  * `--parts --threads 1`, quiet: attention core torch 39 / ours 53 ms
+    (0.80); one stage-1 block torch 119 / ours 159 ms (0.78).
+  The target (>= 1.5) is NOT met on CPU: the attention core alone and a
+  whole stage-1 block each run ~1.3x slower under XLA:CPU than under
+  PyTorch's oneDNN/ATen kernels (the whole backbone ~1.6x), so no single
+  rewrite closes the 2.4x that is missing.
+Changes kept (each measured): the depthwise 3×3 conv as shift-adds with a
+custom VJP (grouped conv fwd+bwd 300 ms -> 16 ms at 100×100×128), its kernel
+gradient as contiguous windows under `lax.map` (38 -> 11 ms), and an exact
+GELU with an explicit derivative (Mix-FFN 64 -> 31 ms).
+Tried and dropped (slower or inexact): scores laid out [b, heads, keys,
+queries] for a major-axis softmax (attention core 59 -> 81 ms); a
+flash-style attention VJP normalising after the value product (76 ms); a
+fused depthwise-conv+GELU VJP with a materialised pre-activation and per-tap
+padding (30 -> 69 ms); XLA flags `--xla_cpu_prefer_vector_width=512` (no
+change), `--xla_cpu_use_fusion_emitters=false` and no YNNPACK fusions (no
+gain), `--xla_cpu_use_onednn`/`--xla_cpu_use_xnnpack` (0.81, 0.66),
+`--xla_cpu_enable_fast_math=true` (0.67, but approximate erf/exp); glibc
+`MALLOC_MMAP_MAX_=0` (faster standalone elementwise ops, block unchanged).
 """
 
 import argparse
