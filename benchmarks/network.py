@@ -3,6 +3,7 @@
   python benchmarks/network.py              # MiT-b0 full model on CPU (2x376x376)
   python benchmarks/network.py --quick      # smaller crops / budgets, < 2 min
   python benchmarks/network.py --b5         # on an accelerator: B5, batch 8, 400x400
+  python benchmarks/network.py --infer      # whole-panorama inference, 1x400x2048
 
 Prints compile time and median step time of the full model, the same for the
 semantic-only model (instance heads off) measured in the same run, the share
@@ -18,6 +19,7 @@ import numpy as np
 
 from unlock_jax import sharding as shd
 from unlock_jax.models import amodalpass
+from unlock_jax.models import layers
 from unlock_jax.models.rcnn import branch as rcnn_branch
 from unlock_jax.train import optim, steps
 from configs import common
@@ -87,10 +89,47 @@ def measure(model_cfg, batch, runs: int):
   return compile_s, statistics.median(times), flops
 
 
+def measure_infer(model_cfg, image_size, runs: int):
+  """(compile s, median run s, XLA temp MiB) of full inference on one panorama.
+
+  Semantic probabilities at full size plus both branches' padded detections
+  with masks pasted into the image, as the evaluators and the predict stage
+  run it.
+  """
+  model = amodalpass.build(model_cfg)
+  shape = (1, *image_size, 3)
+  variables = jax.jit(lambda k: model.init(k, np.zeros(shape, np.float32), train=False))(
+      jax.random.key(0))
+
+  def predict(v, image):
+    out = model.apply(v, image, train=False)
+    logits = layers.resize_bilinear(out["sem_logits"], image.shape[1:3])
+    return {"sem": jax.nn.softmax(logits, -1),
+            "modal": out["modal"], "amodal": out["amodal"]}
+
+  image = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+  t0 = time.perf_counter()
+  compiled = jax.jit(predict).lower(variables, image).compile()
+  compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  temp = mem.temp_size_in_bytes / 2**20 if mem is not None else float("nan")
+  jax.block_until_ready(compiled(variables, image))
+  times = []
+  for _ in range(runs):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(compiled(variables, image))
+    times.append(time.perf_counter() - t0)
+  masks = out["modal"]["masks"]
+  print(f"outputs: sem {out['sem'].shape}, modal masks {masks.shape} {masks.dtype}")
+  return compile_s, statistics.median(times), temp
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--quick", action="store_true")
   ap.add_argument("--b5", action="store_true", help="B5, batch 8, 400x400 (accelerator)")
+  ap.add_argument("--infer", action="store_true",
+                  help="time whole-panorama inference (1x400x2048) instead")
   ap.add_argument("--runs", type=int, default=5)
   ap.add_argument("--peak_tflops", type=float, default=0.0,
                   help="device peak for the utilisation figure (e.g. 989 for H100 bf16)")
@@ -101,8 +140,13 @@ def main():
     backbone, b, size, n_inst = "mit_b0", 2, 192, 6
   else:
     backbone, b, size, n_inst = "mit_b0", 2, 376, 12
-  batch = _batch(np.random.default_rng(0), b, size, n_inst)
   print(f"devices: {jax.devices()}")
+  if args.infer:
+    c, t, temp = measure_infer(_model_cfg(backbone, True, False), (400, 2048), args.runs)
+    print(f"inference {backbone} 1x400x2048: compile {c:.1f} s, run {t:.2f} s, "
+          f"XLA temp {temp:.0f} MiB")
+    return
+  batch = _batch(np.random.default_rng(0), b, size, n_inst)
   print(f"model {backbone}, batch {b}x{size}x{size}, {n_inst} instances/image")
   full = measure(_model_cfg(backbone, True, args.quick), batch, args.runs)
   sem = measure(_model_cfg(backbone, False, args.quick), batch, args.runs)
