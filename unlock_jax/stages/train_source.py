@@ -10,6 +10,7 @@ import os
 import signal
 
 import jax
+import jax.numpy as jnp
 from absl import logging
 from clu import metric_writers, periodic_actions
 
@@ -34,6 +35,16 @@ def _check_finite(state, ckpt: checkpoint.Checkpointer) -> None:
     raise NonFiniteLossError(
         f"non-finite loss or gradient at step {bad + 1}; stopped without saving "
         f"it. Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+
+
+_accumulate = jax.jit(lambda acc, m: jax.tree.map(jnp.add, acc, m))
+
+
+def interval_means(last: dict, total: dict, count: int) -> dict:
+  """Loss terms and gradient norm averaged over the log interval; others (lr,
+  parameter norm) as at the log step."""
+  return {k: (float(total[k]) / count if k.startswith(("loss", "grad_norm"))
+              else float(v)) for k, v in last.items()}
 
 
 def run(config, workdir: str) -> dict:
@@ -89,15 +100,24 @@ def run(config, workdir: str) -> dict:
     writer.write_hparams({k: v for k, v in config.to_dict().items()
                           if isinstance(v, (int, float, str, bool))})
   measurements = None
+  interval_sum, interval_steps = None, 0
   while step < total:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = shd.put_batch(next(data_iter), mesh)
       state, measurements = train_step(state, batch, base_rng)
+      # Summed on device (no host sync) so logged losses are interval means,
+      # not the noisy value of the single batch at the log step.
+      interval_sum = (measurements if interval_sum is None
+                      else _accumulate(interval_sum, measurements))
+      interval_steps += 1
     step += 1
     report(step)
     if step % config.log_every == 0 or step == total:
       _check_finite(state, ckpt)
-      writer.write_scalars(step, jax.device_get(measurements))
+      writer.write_scalars(step, interval_means(jax.device_get(measurements),
+                                                jax.device_get(interval_sum),
+                                                interval_steps))
+      interval_sum, interval_steps = None, 0
     if (step % config.checkpoint_every == 0 or step == total
         or ckpt.reached_preemption(step)):
       _check_finite(state, ckpt)
