@@ -6,7 +6,10 @@ Generates the demo-sized synthpass set (or reuses it), trains all heads on
 pinhole source crops, and evaluates the five OASS metrics (mIoU, mPQ, mAP,
 mAAP, mAPQ) on whole source-val images and target panoramas, writing pictures
 to <workdir>/pictures. Source-only thresholds (tau 0.95/0.95) as the
-reference's Testing_sourceonly.py. Measured numbers: README, "Source model".
+reference's Testing_sourceonly.py. Measured (1200 steps, 66 min on one CPU
+core; README, "Source model with all heads"):
+  source val  mIoU 66.5  mPQ 37.3  mAP 16.9  mAAP 21.7  mAPQ 37.6  (AP50 40.8)
+  target val  mIoU 28.9  mPQ 13.3  mAP  3.5  mAAP  2.6  mAPQ 13.5  (AP50  8.9)
 """
 from configs import common
 from unlock_jax.models.rcnn import branch as rcnn_branch
