@@ -11,8 +11,8 @@ the median of N timed runs interleaved (torch, ours, torch, ...); prints both ti
 `--quick` times b0 only, batch 1, 3 runs, 1 thread (< 1 min on a 2-core CPU).
 
 Measured on the 2-core development VM (AMD EPYC, AVX2, no AVX-512):
-  * quiet machine, 2 threads each (the default): b0 torch 377 ms / ours
-    626 ms, torch/ours 0.62.
+  * quiet machine, 2 threads each (the default): b0 torch 361 ms / ours
+    593 ms, torch/ours 0.61; b2 torch 1604 ms / ours 2359 ms, 0.68.
   * 1 thread (`--threads 1`): b0 0.55-0.70, b2 0.55 (earlier runs, load from
     other jobs).
   * `--parts --threads 1`, quiet: attention core torch 39 / ours 53 ms
@@ -29,7 +29,9 @@ Tried and dropped (slower or inexact): scores laid out [b, heads, keys,
 queries] for a major-axis softmax (attention core 59 -> 81 ms); a
 flash-style attention VJP normalising after the value product (76 ms); a
 fused depthwise-conv+GELU VJP with a materialised pre-activation and per-tap
-padding (30 -> 69 ms); XLA flags `--xla_cpu_prefer_vector_width=512` (no
+padding (30 -> 69 ms); an optimisation barrier after the Mix-FFN depthwise
+conv so XLA stops recomputing it in three fusions (block 136 -> 135 ms); XLA
+flags `--xla_cpu_prefer_vector_width=512` (no
 change), `--xla_cpu_use_fusion_emitters=false` and no YNNPACK fusions (no
 gain), `--xla_cpu_use_onednn`/`--xla_cpu_use_xnnpack` (0.81, 0.66),
 `--xla_cpu_enable_fast_math=true` (0.67, but approximate erf/exp); glibc
