@@ -19,9 +19,8 @@ import numpy as np
 
 from unlock_jax import sharding as shd
 from unlock_jax.models import amodalpass
-from unlock_jax.models import layers
 from unlock_jax.models.rcnn import branch as rcnn_branch
-from unlock_jax.train import optim, steps
+from unlock_jax.train import losses, optim, steps
 from configs import common
 
 
@@ -98,12 +97,11 @@ def measure_infer(model_cfg, image_size, runs: int):
   """
   model = amodalpass.build(model_cfg)
   shape = (1, *image_size, 3)
-  variables = jax.jit(lambda k: model.init(k, np.zeros(shape, np.float32), train=False))(
-      jax.random.key(0))
+  variables = jax.jit(lambda r: steps.init_variables(model, r, shape))(jax.random.key(0))
 
   def predict(v, image):
     out = model.apply(v, image, train=False)
-    logits = layers.resize_bilinear(out["sem_logits"], image.shape[1:3])
+    logits = losses.resize_logits(out["sem_logits"], image.shape[1:3])
     return {"sem": jax.nn.softmax(logits, -1),
             "modal": out["modal"], "amodal": out["amodal"]}
 

@@ -78,6 +78,14 @@ def use_synthpass(c: ml_collections.ConfigDict, scale: float, source=(300, 40),
   return src, tgt
 
 
+def runlocal_synthpass(c: ml_collections.ConfigDict) -> None:
+  """The ``runlocal`` shrink of a synthpass experiment: a handful of scenes, 4 steps."""
+  c.synthpass.num_source = dict(train=16, val=4)
+  c.synthpass.num_target = dict(train=4, val=4)
+  c.total_steps = 4
+  c.checkpoint_every = 2
+
+
 def synth_evals(src, tgt, make=semantic_eval, **kwargs) -> ml_collections.ConfigDict:
   """``source_val`` and ``target_val`` evaluators on the synthpass val splits."""
   return ml_collections.ConfigDict(dict(

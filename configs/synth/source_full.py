@@ -53,8 +53,5 @@ def get_config(arg=None):
   c.evals.target_val.num_pictures = 4
 
   if arg.runlocal:
-    c.synthpass.num_source = dict(train=16, val=4)
-    c.synthpass.num_target = dict(train=4, val=4)
-    c.total_steps = 4
-    c.checkpoint_every = 2
+    common.runlocal_synthpass(c)
   return c
