@@ -13,7 +13,8 @@ counted in a histogram over their stored uint16 codes (``store.QUANT``
 levels), which is exact because every stored value is a bin, and instance
 scores are kept as per-class lists (at most 100 detections per panorama).
 Accumulators merge, so shards held by different processes give the same
-thresholds as one.
+thresholds as one. Comparisons are in float64 of the stored float32 values
+(``tau_code`` gives the same test on the integer codes).
 """
 from __future__ import annotations
 

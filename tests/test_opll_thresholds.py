@@ -1,0 +1,166 @@
+"""OPLL thresholds (spec §5.1): streaming accumulators against a sort-and-index oracle."""
+import json
+
+import numpy as np
+import pytest
+
+from unlock_jax.data import labels
+from unlock_jax.pseudo import thresholds as th
+
+
+def oracle(values, p, t):
+  """§5.1 literally: sort, Python's round (half-even), clamp, min with t."""
+  x = sorted(float(v) for v in np.asarray(values, np.float64).ravel())
+  n = len(x)
+  if n == 0:
+    return {"tau": 0.0, "count": 0, "quantile": None}
+  i = min(round(n * (1 - p)), n - 1)
+  return {"tau": min(t, x[i]), "count": n, "quantile": x[i]}
+
+
+# (n, p, index of the quantile in the sorted values), worked out by hand.
+HAND = [
+    (1, 0.1, 0), (2, 0.1, 1), (3, 0.1, 2), (4, 0.1, 3),  # round(n*0.9) == n: clamp
+    (1, 0.3, 0), (2, 0.3, 1), (3, 0.3, 2),               # 0.7 -> 1 clamped; 1.4; 2.1
+    (5, 0.8, 1),    # 5 * 0.19999999999999996 = 0.9999999999999998 -> 1
+    (5, 0.5, 2), (3, 0.5, 2), (1, 0.5, 0), (7, 0.5, 4),  # half-even: 2.5, 1.5, 0.5, 3.5
+    (5, 0.1, 4), (5, 0.3, 4),                            # 4.5 -> 4; 3.5 -> 4
+    (15, 0.9, 1),   # 15 * 0.09999999999999998 = 1.4999999999999996 -> 1 (exact 1.5 -> 2)
+]
+
+
+@pytest.mark.parametrize("n,p,index", HAND)
+def test_hand_cases(n, p, index):
+  rng = np.random.default_rng(n)
+  codes = np.array([1000 + 2000 * k for k in range(n)], np.uint16)  # distinct, ascending
+  x = th.dequantize(codes).astype(np.float64)
+  perm = rng.permutation(n)
+  # Semantic: class 4 only.
+  h = th.SemanticHistogram()
+  h.add(np.full((1, n), 4, np.uint8), codes[perm][None])
+  got = h.thresholds(p, 1.0)[4]
+  assert got["count"] == n and got["quantile"] == x[index] and got["tau"] == x[index]
+  assert got["tau_code"] == codes[index]
+  # Instances: class 13 only; the scores are the same float32 values.
+  s = th.ScoreLists()
+  s.add(np.full(n, 13), x[perm].astype(np.float32))
+  got = s.thresholds(p, 1.0)[13]
+  assert got == {"tau": x[index], "count": n, "quantile": x[index]}
+  assert got == oracle(x, p, 1.0)
+  # The cap wins when below the quantile.
+  assert s.thresholds(p, 0.01)[13]["tau"] == 0.01
+
+
+def _random_image(rng, h=16, w=40, n_codes=40):
+  """Semantic with empty (3, 7), tiny (n = 1..4: classes 0, 1, 2, 12) and big classes;
+  few distinct codes, so many ties."""
+  big = np.array([5, 6, 8, 10, 11, 13, 15, 17])
+  sem = rng.choice(big, size=(h, w)).astype(np.uint8)
+  flat = sem.reshape(-1)
+  for cls, n in ((0, 1), (1, 2), (2, 3), (12, 4)):
+    flat[rng.choice(flat.size, n, replace=False)] = cls
+  palette = np.sort(rng.choice(65536, n_codes, replace=False)).astype(np.uint16)
+  codes = rng.choice(palette, size=(h, w)).astype(np.uint16)
+  return sem, codes
+
+
+@pytest.mark.parametrize("p,t", [(0.8, 0.5), (0.3, 0.5), (0.5, 0.3), (0.1, 0.95), (0.1, 0.3)])
+def test_histogram_matches_oracle_on_all_pixels(p, t):
+  rng = np.random.default_rng(0)
+  sem, codes = _random_image(rng)
+  h = th.SemanticHistogram()
+  h.add(sem, codes)
+  got = h.thresholds(p, t)
+  values = th.dequantize(codes).astype(np.float64)
+  for cls in range(labels.NUM_CLASSES):
+    want = oracle(values[sem == cls], p, t)
+    assert {k: got[cls][k] for k in want} == want, cls
+  assert got[3]["tau"] == 0.0 and got[3]["quantile"] is None and got[3]["tau_code"] == 0
+  assert got[0]["count"] == 1 and got[12]["count"] == 4
+
+
+@pytest.mark.parametrize("t", [0.3, 0.5, 0.95, 0.1, 1 / 3])
+def test_tau_code_equals_float64_comparison(t):
+  # Spread codes so the quantile exceeds t in most classes: tau = t, not exact in float32.
+  rng = np.random.default_rng(1)
+  sem, _ = _random_image(rng)
+  codes = rng.integers(0, 65536, sem.shape).astype(np.uint16)
+  h = th.SemanticHistogram()
+  h.add(sem, codes)
+  all_codes = np.arange(65536)
+  all_values = th.dequantize(all_codes).astype(np.float64)
+  got = h.thresholds(0.02, t)  # quantile ~0.98 in the big classes
+  assert any(v["tau"] == t for v in got.values())
+  for cls, v in got.items():
+    want_keep = all_values >= v["tau"]
+    assert np.array_equal(all_codes >= v["tau_code"], want_keep), cls
+    assert v["tau_code"] == np.flatnonzero(want_keep)[0]
+
+
+def test_histogram_valid_mask_and_bad_input():
+  rng = np.random.default_rng(2)
+  sem, codes = _random_image(rng)
+  valid = rng.random(sem.shape) < 0.5
+  h = th.SemanticHistogram()
+  h.add(sem, codes, valid)
+  values = th.dequantize(codes).astype(np.float64)
+  got = h.thresholds(0.8, 0.5)
+  for cls in range(labels.NUM_CLASSES):
+    want = oracle(values[(sem == cls) & valid], 0.8, 0.5)
+    assert {k: got[cls][k] for k in want} == want
+  with pytest.raises(ValueError):
+    h.add(np.full((2, 2), 18, np.uint8), np.zeros((2, 2), np.uint16))
+  with pytest.raises(ValueError):
+    h.add(np.zeros((2, 2), np.uint8), np.zeros((2, 2), np.float32))
+
+
+def test_shards_merge_to_the_same_thresholds():
+  rng = np.random.default_rng(3)
+  images = [_random_image(rng) for _ in range(4)]
+  dets = [(rng.choice([11, 13, 13, 16], size=n), np.round(rng.random(n), 2).astype(np.float32))
+          for n in (5, 0, 3, 7)]
+  one_h, one_s = th.SemanticHistogram(), th.ScoreLists()
+  shards = [(th.SemanticHistogram(), th.ScoreLists()) for _ in range(2)]
+  for k, ((sem, codes), (cls, sc)) in enumerate(zip(images, dets)):
+    one_h.add(sem, codes)
+    one_s.add(cls, sc)
+    shards[k % 2][0].add(sem, codes)
+    shards[k % 2][1].add(cls, sc)
+  shards[0][0].merge(shards[1][0])
+  shards[0][1].merge(shards[1][1])
+  for p, t in ((0.8, 0.5), (0.3, 0.5), (0.5, 0.3)):
+    assert shards[0][0].thresholds(p, t) == one_h.thresholds(p, t)
+    assert shards[0][1].thresholds(p, t) == one_s.thresholds(p, t)
+  # Resume from saved state.
+  h2 = th.SemanticHistogram.from_state(one_h.state())
+  s2 = th.ScoreLists.from_state(one_s.state())
+  assert h2.thresholds(0.8, 0.5) == one_h.thresholds(0.8, 0.5)
+  assert s2.thresholds(0.3, 0.5) == one_s.thresholds(0.3, 0.5)
+
+
+def test_score_lists_against_oracle():
+  rng = np.random.default_rng(4)
+  classes = rng.choice([11, 13, 14, 17], size=60)
+  classes[:2] = 12  # tiny class, n = 2
+  scores = np.round(rng.random(60), 1).astype(np.float32)  # ties; 0.3 etc. not exact
+  s = th.ScoreLists()
+  s.add(classes[:30], scores[:30])
+  s.add(classes[30:], scores[30:])
+  for p, t in ((0.3, 0.5), (0.5, 0.3), (0.1, 0.95)):
+    got = s.thresholds(p, t)
+    assert sorted(got) == list(range(11, 18))
+    for cls in range(11, 18):
+      assert got[cls] == oracle(scores[classes == cls].astype(np.float64), p, t), cls
+    assert got[15] == {"tau": 0.0, "count": 0, "quantile": None}
+  with pytest.raises(ValueError):
+    s.add(np.array([10]), np.array([0.5], np.float32))
+
+
+def test_json_round_trip():
+  s = th.ScoreLists()
+  s.add(np.array([11, 11, 13]), np.array([0.3, 0.7, 0.9], np.float32))
+  got = s.thresholds(0.3, 0.5)
+  j = json.loads(json.dumps(th.to_json(got)))
+  assert j["13"]["name"] == "car" and j["11"]["name"] == "pedestrians"
+  assert j["12"] == {"tau": 0.0, "count": 0, "quantile": None, "name": "cyclists"}
+  assert th.from_json(j) == got
