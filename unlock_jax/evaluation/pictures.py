@@ -158,3 +158,10 @@ def save_png(path: str, array: np.ndarray) -> None:
   buf = io.BytesIO()
   Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
   fileio.atomic_write_bytes(path, buf.getvalue())
+
+
+# Public names of the helpers that other picture modules (pseudo/viewer.py) reuse.
+shade = _shade
+hatch = _hatch
+label_panel = _label
+resize_panel = _resize
