@@ -1,0 +1,363 @@
+"""Tests of the prediction store: round trips, the confidence codec against
+hand-computed bytes, names, integrity checks, errors, atomicity, meta, size."""
+import logging
+import os
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from unlock_jax import fileio
+from unlock_jax.pseudo import store
+from unlock_jax.pseudo import thresholds
+
+H, W = 24, 64
+
+
+def ellipse_dets(rng, h, w, n, empty=()):
+  """``n`` detections with elliptical masks (indices in ``empty`` get an empty mask)."""
+  yy, xx = np.mgrid[0:h, 0:w]
+  masks = np.zeros((n, h, w), bool)
+  for j in range(n):
+    if j in empty:
+      continue
+    cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+    ry, rx = rng.uniform(1, h / 6), rng.uniform(1, w / 12)
+    masks[j] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1
+    masks[j, int(cy), int(cx)] = True  # never empty by accident
+  return {"classes": rng.integers(11, 18, n), "scores": rng.random(n).astype(np.float32),
+          "boxes": rng.uniform(0, w, (n, 4)).astype(np.float32), "masks": masks}
+
+
+def no_dets(h, w):
+  return {"classes": np.zeros((0,), np.int32), "scores": np.zeros((0,), np.float32),
+          "boxes": np.zeros((0, 4), np.float32), "masks": np.zeros((0, h, w), bool)}
+
+
+def small_entry(seed=0):
+  rng = np.random.default_rng(seed)
+  sem = rng.integers(0, 18, (H, W)).astype(np.uint8)
+  sem[0, :5] = 255
+  code = rng.integers(0, 65536, (H, W)).astype(np.uint16)  # worst case for the codec
+  code[1, :3] = (0, 65535, 0)
+  return sem, code
+
+
+def assert_branch_equal(got, want):
+  assert got["classes"].dtype == np.int32 and got["scores"].dtype == np.float32
+  assert got["boxes"].dtype == np.float32 and got["masks"].dtype == bool
+  np.testing.assert_array_equal(got["classes"], want["classes"])
+  np.testing.assert_array_equal(got["scores"], want["scores"])
+  np.testing.assert_array_equal(got["boxes"], want["boxes"])
+  np.testing.assert_array_equal(got["masks"], want["masks"])
+
+
+def test_round_trip_every_field(tmp_path):
+  d = str(tmp_path)
+  sem, code = small_entry()
+  rng = np.random.default_rng(1)
+  modal = ellipse_dets(rng, H, W, 4, empty=(2,))
+  amodal = no_dets(H, W)
+  extra = {"feat_mean": rng.random((18, 5)).astype(np.float32),
+           "count": np.array(7, np.int64), "flags": np.array([True, False])}
+  n = store.write_prediction(d, "city_a/0001", sem, code, modal, amodal, extra)
+  path = store.entry_path(d, "city_a/0001")
+  assert path == os.path.join(d, "entries", "city_a", "0001" + store.SUFFIX)
+  assert n == os.path.getsize(path)
+  assert store.is_complete(d, "city_a/0001")
+
+  e = store.load_prediction(d, "city_a/0001")
+  assert e["name"] == "city_a/0001"
+  assert e["semantic"].dtype == np.uint8 and e["confidence_code"].dtype == np.uint16
+  np.testing.assert_array_equal(e["semantic"], sem)
+  np.testing.assert_array_equal(e["confidence_code"], code)
+  assert e["confidence"].dtype == np.float32
+  np.testing.assert_array_equal(e["confidence"], thresholds.dequantize(code))
+  np.testing.assert_allclose(e["confidence"], code / 65535.0, rtol=1e-7, atol=0)
+  assert_branch_equal(e["modal"], modal)
+  assert not e["modal"]["masks"][2].any()
+  assert_branch_equal(e["amodal"], amodal)
+  assert e["amodal"]["masks"].shape == (0, H, W)
+  assert sorted(e["extra"]) == ["count", "feat_mean", "flags"]
+  for k, v in extra.items():
+    assert e["extra"][k].dtype == v.dtype and e["extra"][k].shape == v.shape
+    np.testing.assert_array_equal(e["extra"][k], v)
+  e["semantic"][0, 0] = 3  # callers may edit what they load (OPLL writes 255 in place)
+
+  p = store.load_prediction(d, "city_a/0001", packed_masks=True)
+  assert "masks" not in p["modal"] and sorted(p["modal"]["packed"]) == ["bits", "extent", "offsets"]
+  np.testing.assert_array_equal(p["modal"]["packed"]["extent"][2], [0, 0, 0, 0])
+
+
+def test_extra_is_optional_and_empty_detection_arrays_are_accepted(tmp_path):
+  sem, code = small_entry()
+  loose = {"classes": [], "scores": [], "boxes": [], "masks": []}
+  store.write_prediction(str(tmp_path), "c/x", sem, code, loose, no_dets(H, W))
+  e = store.load_prediction(str(tmp_path), "c/x")
+  assert e["extra"] == {}
+  assert e["modal"]["boxes"].shape == (0, 4) and e["modal"]["masks"].shape == (0, H, W)
+
+
+@pytest.mark.parametrize("code, high, low", [
+    # second differences along x: [0,1,3] -> [0,1,2] -> [0,1,1]; zigzag 0,2,2
+    ([[0, 1, 3]], [0, 0, 0], [0, 2, 2]),
+    # [5,3] -> [5,-2] -> [5,-7]; zigzag 10, 13
+    ([[5, 3]], [0, 0], [10, 13]),
+    # along y: [1,4] -> [1,3] -> [1,2]; zigzag 2, 4
+    ([[1], [4]], [0, 0], [2, 4]),
+    # wrap: [65535,0] -> [65535,1] -> [65535,2] = int16 [-1, 2]; zigzag 1, 4
+    ([[65535, 0]], [0, 0], [1, 4]),
+    # 300 -> zigzag 600 = 0x0258: high byte 2, low byte 0x58
+    ([[300]], [2], [0x58]),
+])
+def test_confidence_codec_bytes_by_hand(code, high, low):
+  code = np.array(code, np.uint16)
+  blob = store.encode_confidence(code)
+  assert zlib.decompress(blob) == bytes(high + low)
+  np.testing.assert_array_equal(store.decode_confidence(blob, *code.shape), code)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 1), (5, 6)])
+def test_confidence_codec_exact_on_extremes(shape):
+  rng = np.random.default_rng(2)
+  yy, xx = np.indices(shape)
+  for code in (np.full(shape, 65535), np.zeros(shape), ((yy + xx) % 2) * 65535,
+               rng.integers(0, 65536, shape), (xx * 9000 + yy * 7) % 65536):
+    code = code.astype(np.uint16)
+    np.testing.assert_array_equal(
+        store.decode_confidence(store.encode_confidence(code), *shape), code)
+
+
+def test_names_with_city_folders_and_list_order(tmp_path):
+  d = str(tmp_path)
+  assert store.list_predictions(d) == []
+  sem, code = small_entry()
+  names = ["zurich/0002", "aachen/0010", "aachen/0002", "a/b/c", "aachen_x/1"]
+  for name in names:
+    store.write_prediction(d, name, sem, code, no_dets(H, W), no_dets(H, W))
+  # leftovers of a killed write and foreign files are not entries
+  open(os.path.join(d, "entries", "aachen", "0003.pred.tmp12-34"), "wb").close()
+  open(os.path.join(d, "entries", "aachen", "notes.txt"), "wb").close()
+  assert store.list_predictions(d) == sorted(names)
+  assert store.load_prediction(d, "a/b/c")["name"] == "a/b/c"
+
+
+@pytest.mark.parametrize("name", ["../x", "a/../b", "/abs/x", "", "a//b", "a/./b", "a\\b"])
+def test_bad_names_are_rejected(tmp_path, name):
+  sem, code = small_entry()
+  with pytest.raises(ValueError):
+    store.entry_path(str(tmp_path), name)
+  with pytest.raises(ValueError):
+    store.write_prediction(str(tmp_path), name, sem, code, no_dets(H, W), no_dets(H, W))
+  assert not os.path.exists(os.path.join(str(tmp_path), "entries"))
+
+
+def _written(tmp_path, name="c/e"):
+  sem, code = small_entry()
+  store.write_prediction(str(tmp_path), name, sem, code,
+                         ellipse_dets(np.random.default_rng(3), H, W, 2), no_dets(H, W))
+  return str(tmp_path), store.entry_path(str(tmp_path), name)
+
+
+def _truncate(path):
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+
+
+def _flip_bit(path):
+  with open(path, "r+b") as f:
+    f.seek(-5, os.SEEK_END)
+    b = f.read(1)
+    f.seek(-5, os.SEEK_END)
+    f.write(bytes([b[0] ^ 0x10]))
+
+
+def _garbage(path):
+  with open(path, "wb") as f:
+    f.write(b"this is not a store entry, just some text of some length")
+
+
+def _short(path):
+  with open(path, "wb") as f:
+    f.write(b"UNLK")
+
+
+def _version(path):  # a future format: bytes 8..12 hold the version
+  with open(path, "r+b") as f:
+    f.seek(8)
+    f.write(struct.pack("<I", store.FORMAT_VERSION + 1))
+
+
+def _undecodable(path):  # valid header, length and checksum around a broken index
+  payload = struct.pack("<I", 5) + b"{oops" + b"\0" * 10
+  header = struct.pack("<8sIQI", store.MAGIC, store.FORMAT_VERSION, len(payload),
+                       zlib.crc32(payload))
+  with open(path, "wb") as f:
+    f.write(header + payload)
+
+
+@pytest.mark.parametrize("damage, what", [
+    (_truncate, "bad length"), (_flip_bit, "checksum mismatch"), (_garbage, "bad magic"),
+    (_short, "truncated"), (_version, "format version")])
+def test_damaged_entry_is_incomplete_and_named(tmp_path, caplog, damage, what):
+  d, path = _written(tmp_path)
+  damage(path)
+  with caplog.at_level(logging.WARNING):
+    assert not store.is_complete(d, "c/e")
+  assert path in caplog.text and what in caplog.text
+  with pytest.raises(store.StoreError) as err:
+    store.load_prediction(d, "c/e")
+  msg = str(err.value)
+  assert path in msg and what in msg and "delete it and rerun the `predict` stage" in msg
+
+
+def test_undecodable_payload_raises_store_error(tmp_path):
+  d, path = _written(tmp_path)
+  _undecodable(path)
+  assert store.is_complete(d, "c/e")  # the cheap check trusts a matching checksum
+  with pytest.raises(store.StoreError, match="cannot decode") as err:
+    store.load_prediction(d, "c/e")
+  assert path in str(err.value) and isinstance(err.value, ValueError)
+
+
+def test_moved_entry_is_detected(tmp_path):
+  d, path = _written(tmp_path, "c/e")
+  other = store.entry_path(d, "c/f")
+  os.rename(path, other)
+  with pytest.raises(store.StoreError, match="holds the entry of 'c/e'"):
+    store.load_prediction(d, "c/f")
+
+
+def test_missing_entry(tmp_path):
+  d = str(tmp_path)
+  assert not store.is_complete(d, "c/none")
+  with pytest.raises(FileNotFoundError) as err:
+    store.load_prediction(d, "c/none")
+  assert store.entry_path(d, "c/none") in str(err.value) and "`predict`" in str(err.value)
+
+
+def test_writes_are_atomic(tmp_path, monkeypatch):
+  d, path = _written(tmp_path)
+  before = open(path, "rb").read()
+
+  def failing_replace(src, dst):
+    raise OSError("disk full")
+  monkeypatch.setattr(fileio.os, "replace", failing_replace)
+  sem, code = small_entry(seed=5)
+  for name in ("c/e", "c/new"):
+    with pytest.raises(OSError, match="disk full"):
+      store.write_prediction(d, name, sem, code, no_dets(H, W), no_dets(H, W))
+  monkeypatch.undo()
+  assert open(path, "rb").read() == before  # old entry intact
+  assert not store.is_complete(d, "c/new")
+  assert os.listdir(os.path.join(d, "entries", "c")) == ["e" + store.SUFFIX]  # no temp files
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(confidence_code=np.zeros((H, W), np.float32)), "thresholds.quantize"),
+    (dict(semantic=np.zeros((H, W), np.int32)), "semantic must be uint8"),
+    (dict(modal_classes=np.array([3])), "thing ids"),
+    (dict(modal_masks=np.zeros((1, H, W + 1), bool)), "disagree"),
+])
+def test_bad_inputs_are_rejected(tmp_path, change, match):
+  sem, code = small_entry()
+  modal = ellipse_dets(np.random.default_rng(4), H, W, 1)
+  args = {"semantic": sem, "confidence_code": code}
+  for k, v in change.items():
+    if k.startswith("modal_"):
+      modal[k[len("modal_"):]] = v
+    else:
+      args[k] = v
+  with pytest.raises(ValueError, match=match):
+    store.write_prediction(str(tmp_path), "c/x", args["semantic"], args["confidence_code"],
+                           modal, no_dets(H, W))
+  assert store.list_predictions(str(tmp_path)) == []
+
+
+def test_meta_round_trip_and_mismatch(tmp_path):
+  d = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match="`predict`"):
+    store.read_meta(d)
+  meta = {"image_size": (400, 2048), "quant": thresholds.QUANT, "checkpoint": "/ck/a"}
+  store.write_meta(d, meta)
+  got = store.read_meta(d)
+  assert got == {"image_size": [400, 2048], "quant": 65535, "checkpoint": "/ck/a",
+                 "format_version": store.FORMAT_VERSION}
+  assert store.check_meta(d, {"image_size": [400, 2048], "checkpoint": "/ck/a"}) == got
+  assert store.check_meta(d, {"image_size": (np.int64(400), 2048)}) == got
+
+  with pytest.raises(store.StoreError) as err:
+    store.check_meta(d, {"image_size": (200, 1024), "checkpoint": "/ck/b", "quant": 65535,
+                         "seed": 3})
+  msg = str(err.value)
+  assert d in msg and "rerun the `predict` stage" in msg
+  assert "image_size: store has [400, 2048], current config has [200, 1024]" in msg
+  assert "checkpoint: store has '/ck/a', current config has '/ck/b'" in msg
+  assert "seed: store has '<missing>'" in msg and "quant" not in msg
+
+  with open(os.path.join(d, store.META_FILE), "w") as f:
+    f.write("{broken")
+  with pytest.raises(store.StoreError, match="cannot parse"):
+    store.read_meta(d)
+
+
+def _bilinear_up4(x):
+  """x [..., h, w] → [..., 4h, 4w], half-pixel centres (align_corners=False)."""
+  def axis(n):
+    c = np.clip((np.arange(4 * n) + 0.5) / 4 - 0.5, 0, n - 1)
+    i0 = np.floor(c).astype(int)
+    return i0, np.minimum(i0 + 1, n - 1), (c - i0).astype(np.float32)
+  y0, y1, wy = axis(x.shape[-2])
+  x0, x1, wx = axis(x.shape[-1])
+  a = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
+  return a[..., x0] * (1 - wx) + a[..., x1] * wx
+
+
+def realistic_maps(h, w, seed, classes=18):
+  """Argmax and max softmax of bilinearly upsampled smooth stride-4 logits.
+
+  Class regions are sky/building/road bands broken by sharp-edged blobs; the
+  winning margin and a per-class perturbation vary smoothly (over 16 px), so
+  most pixels are confident (median ≈ 0.99) with soft transitions.
+  """
+  rng = np.random.default_rng(seed)
+  hs, ws = h // 4, w // 4
+  yy, xx = np.mgrid[0:hs, 0:ws]
+  lab = np.where(yy < hs * 0.3, 10, np.where(yy < hs * 0.6, 2, 0))
+  for _ in range(40):
+    cy, cx = rng.integers(0, hs), rng.integers(0, ws)
+    ry, rx = rng.integers(2, 15), rng.integers(2, 40)
+    lab[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = rng.integers(0, classes)
+
+  def field(*lead):
+    g = rng.standard_normal(lead + (hs // 4 + 2, ws // 4 + 2)).astype(np.float32)
+    return _bilinear_up4(g)[..., :hs, :ws]
+  logits = 0.5 * field(classes)
+  logits[lab, yy, xx] += 14 * (0.55 + 0.45 * np.tanh(field()))
+  up = _bilinear_up4(logits)
+  up -= up.max(0)
+  np.exp(up, out=up)
+  return up.argmax(0).astype(np.uint8), 1 / up.sum(0)  # the max of exp(l - max) is 1
+
+
+def test_panorama_entry_is_under_1mb(tmp_path):
+  t0 = time.perf_counter()
+  h, w = 400, 2048
+  sem, conf = realistic_maps(h, w, seed=0)
+  assert 0.97 < np.median(conf) < 1.0 and conf.min() > 1 / 18 - 1e-6
+  code = thresholds.quantize(conf)
+  rng = np.random.default_rng(0)
+  modal, amodal = ellipse_dets(rng, h, w, 20), ellipse_dets(rng, h, w, 20)
+  d = str(tmp_path)
+  n = store.write_prediction(d, "city/pano", sem, code, modal, amodal,
+                             {"feat_sum": np.ones((18, 64), np.float32)})
+  e = store.load_prediction(d, "city/pano")
+  np.testing.assert_array_equal(e["confidence_code"], code)
+  assert_branch_equal(e["amodal"], amodal)
+  # the reference keeps 18x400x2048 float32 = 59 MB; measured ≈ 0.68 MB here
+  assert n < 1_000_000, n
+  assert time.perf_counter() - t0 < 5  # budget 2 s on a quiet core; slack for shared CPUs
