@@ -140,5 +140,21 @@ def base() -> ml_collections.ConfigDict:
   c.evaluate = dict(checkpoint="{workdir}/train_source/checkpoints",
                     results_dir="{workdir}/evaluate")
   c.evals = ml_collections.ConfigDict()
+
+  # Stage 1: whole-panorama predictions of the source model over the target
+  # train split (empty root/layout/image_size: those of config.data.target),
+  # or over a folder of the user's own panoramas (`images`).
+  c.predict = dict(checkpoint="{workdir}/train_source/checkpoints",
+                   layout="", root="", split="train", image_size=(),
+                   images="", batch_size=4, store_dir="{workdir}/predict",
+                   num_pictures=8, pictures_dir="{workdir}/predict/pictures")
+  # Stage 2: OPLL, (p, t) per output from the reference scripts (spec §5.1).
+  c.opll = dict(semantic=dict(p=0.8, t=0.5), modal=dict(p=0.3, t=0.5),
+                amodal=dict(p=0.5, t=0.3),
+                prototype_filter=False, prototype_margin=0.0,
+                quality=True, num_pictures=4, batch_size=4, state_every=200,
+                out_dir="{workdir}/opll")
+  # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (spec §6).
+  c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool")
   c.debug = dict(kill_after_checkpoint=-1)
   return c

@@ -66,3 +66,15 @@ def gather_objects(obj: Any) -> list[Any]:
   everything = multihost_utils.process_allgather(padded)
   return [pickle.loads(everything[i, :int(s)].tobytes())
           for i, s in enumerate(np.ravel(sizes))]
+
+
+def local_rows(array: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in batch order."""
+  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
+  rows, seen = [], set()
+  for s in shards:
+    start = s.index[0].start or 0
+    if start not in seen:  # replicas along other axes carry the same rows
+      seen.add(start)
+      rows.append(np.asarray(s.data))
+  return np.concatenate(rows)

@@ -4,20 +4,30 @@ r"""The smallest end-to-end configuration: CPU smoke tests and debugging.
 
 Generates a handful of scenes at scale 0.125, trains a few-thousand-parameter
 AmodalPASS for a few steps and evaluates it. Numbers are meaningless; the point
-is that every stage runs in well under a minute of compute.
+is that every stage runs in well under a minute of compute. ``full=1`` adds
+the modal and amodal Mask R-CNN branches, so the offline stages of the method
+run too:
+
+  python -m unlock_jax.main --config configs/synth/tiny.py:full=1 --workdir /tmp/tiny \
+      --config.stage=generate,train_source,predict,opll,adcl_pool
 """
 from configs import common
 from unlock_jax.models import amodalpass
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, steps=4, scale=0.125, batch=4)
+  arg = common.parse_arg(arg, steps=4, scale=0.125, batch=4, full=False)
   c = common.base()
   c.stage = "generate,train_source,evaluate"
   src, tgt = common.use_synthpass(c, arg.scale, source=(6, 3), target=(4, 3))
   c.input.batch_size = arg.batch
   c.input.max_instances = 8
   c.model = amodalpass.tiny_model_config()
+  c.model.instance_heads = arg.full
+  c.predict.batch_size = 2
+  c.opll.batch_size = 2
+  c.opll.num_pictures = 2
+  c.opll.state_every = 2
   c.optim.lr = 1e-3
   c.total_steps = arg.steps
   c.log_every = 1

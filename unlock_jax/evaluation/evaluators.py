@@ -68,16 +68,7 @@ def _no_detections(h: int, w: int) -> dict:
           "valid": np.zeros((0,), bool)}
 
 
-def local_rows(array: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, in batch order."""
-  shards = sorted(array.addressable_shards, key=lambda s: s.index[0].start or 0)
-  rows, seen = [], set()
-  for s in shards:
-    start = s.index[0].start or 0
-    if start not in seen:  # replicas along other axes carry the same rows
-      seen.add(start)
-      rows.append(np.asarray(s.data))
-  return np.concatenate(rows)
+local_rows = shd.local_rows
 
 
 class SemanticEvaluator:

@@ -135,6 +135,8 @@ class AmodalPASS(nn.Module):
 
     Returns:
       {"sem_logits": [B, H/4, W/4, num_classes] float32,
+       "sem_features": [B, H/4, W/4, head_channels] decode-head features
+         before dropout and the classifier (OPLL prototypes),
        "features": 4 backbone maps (strides 4..32),
        "fpn": `fpn_outs` FPN maps (strides 4..64)}, plus with instance heads
       either "losses" ({"modal": {...}, "amodal": {...}} scalar R-CNN losses,
@@ -143,9 +145,11 @@ class AmodalPASS(nn.Module):
     if image.ndim != 4 or image.shape[-1] != 3:
       raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
     features = self.backbone(image, train=train)
-    sem_logits = self.decode_head(features, train=train)
+    sem_logits, sem_features = self.decode_head(features, train=train,
+                                                with_features=True)
     fpn = self.neck(features)
-    out = {"sem_logits": sem_logits, "features": features, "fpn": fpn}
+    out = {"sem_logits": sem_logits, "sem_features": sem_features,
+           "features": features, "fpn": fpn}
     if not self.config.instance_heads:
       return out
     hw = tuple(image.shape[1:3])

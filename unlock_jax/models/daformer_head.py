@@ -86,8 +86,13 @@ class DAFormerHead(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array], *,
-               train: bool) -> jax.Array:
+  def __call__(self, features: Sequence[jax.Array], *, train: bool,
+               with_features: bool = False):
+    """Logits, or ``(logits, bottleneck features [B,H/4,W/4,channels])``.
+
+    The features (before dropout and ``conv_seg``) are what OPLL's prototype
+    filter compares; under jit they cost nothing when unused.
+    """
     size = features[0].shape[1:3]
     embedded = []
     for i, f in enumerate(features):
@@ -96,6 +101,7 @@ class DAFormerHead(nn.Module):
     x = jnp.concatenate(embedded, axis=-1)
     x = SepASPPWithSimPool(self.channels, tuple(self.dilations), self.dtype,
                            name="fuse_layer")(x, train=train)
+    feats = x
     # nn.Dropout2d zeroes whole channels per sample.
     x = nn.Dropout(self.dropout, broadcast_dims=(1, 2))(
         x, deterministic=not train)
@@ -103,7 +109,8 @@ class DAFormerHead(nn.Module):
                      param_dtype=jnp.float32,
                      kernel_init=nn.initializers.normal(0.01),
                      name="conv_seg")(x)
-    return logits.astype(jnp.float32)
+    logits = logits.astype(jnp.float32)
+    return (logits, feats) if with_features else logits
 
 
 class _Embed(nn.Module):

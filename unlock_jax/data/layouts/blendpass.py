@@ -56,6 +56,9 @@ class Reader:
       self._index_gt(root, "val_trainId_K2B", os.path.join(root, "annotations", "val.json"),
                      "val_K2B", by_name=False)
     self.names = [it["name"] for it in self._items]
+    # "<city>/<stem>" for train (the reference's file key without extension):
+    # unique across cities, and the pseudo-label layout's relative path.
+    self.keys = [os.path.splitext(it["key"])[0] for it in self._items]
     if image_size is None and self._items:
       image_size = common.read_png_size(self._items[0]["image"], "BlendPASS image")
     self.image_size = None if image_size is None else tuple(image_size)

@@ -1,0 +1,23 @@
+r"""Stages 0-3 of UNLOCK on synthpass, CPU-sized: source model → predictions → OPLL → ADCL pool.
+
+  python -m unlock_jax.main --config configs/synth/pseudo_labels.py --workdir /tmp/synth_pl
+
+The full AmodalPASS source model of ``configs/synth/source_full.py`` (all
+heads; ``steps`` source iterations), then ``predict`` over the 60 target-train
+panoramas (whole 100x512 panoramas at scale 0.25), ``opll`` (class-wise
+thresholds, labels in the reference layout and packed, the quality report
+against synthpass's hidden target-train ground truth, pictures) and
+``adcl_pool``. To reuse a trained source model, run only the later stages:
+``--config.stage=predict,opll,adcl_pool --config.predict.checkpoint=DIR``.
+Measured figures (quality table, timings): README, "Pseudo-labels".
+"""
+from configs.synth import source_full
+
+
+def get_config(arg=None):
+  c = source_full.get_config(arg)
+  c.stage = "generate,train_source,predict,opll,adcl_pool"
+  c.predict.batch_size = 4
+  c.opll.batch_size = 4
+  c.opll.num_pictures = 6
+  return c

@@ -1,0 +1,125 @@
+"""Whole-panorama inference of the source model for the offline stages.
+
+One jitted, batch-sharded function per model returns what the prediction
+store keeps (semantic argmax, its max softmax probability, both branches'
+detections) and, for the prototype filter, the decode head's features. As
+the reference's ``MaskRCNNPanoptic_PL_ALL`` (spec §4): whole image, no flip,
+logits bilinearly resized to the image before the softmax.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlock_jax import sharding as shd
+from unlock_jax.data import keys
+from unlock_jax.data import labels
+from unlock_jax.data import pipeline
+from unlock_jax.models import layers
+
+_CACHE: dict = {}
+
+
+def predict_fn(model, mesh, with_features: bool = False):
+  """Jitted ``(variables, image [B,H,W,3]) -> dict`` of device arrays.
+
+  Keys: ``semantic`` uint8 [B,H,W], ``confidence`` float32 [B,H,W], and with
+  instance heads ``modal``/``amodal`` padded detections (classes 0..6);
+  ``features`` [B,H/4,W/4,C] float32 when ``with_features``.
+  """
+  key = (id(model), id(mesh), with_features)
+  if key not in _CACHE:
+    def predict(variables, image):
+      out = model.apply(variables, image, train=False)
+      logits = layers.resize_bilinear(out["sem_logits"].astype(jnp.float32),
+                                      image.shape[1:3])
+      probs = jax.nn.softmax(logits, axis=-1)
+      res = {"semantic": jnp.argmax(logits, -1).astype(jnp.uint8),
+             "confidence": jnp.max(probs, -1)}
+      for b in ("modal", "amodal"):
+        if b in out:
+          res[b] = out[b]
+      if with_features:
+        res["features"] = out["sem_features"].astype(jnp.float32)
+      return res
+    _CACHE[key] = (model, jax.jit(predict, out_shardings=shd.data_sharding(mesh)))
+  return _CACHE[key][1]
+
+
+def detections_row(dets: dict, r: int, height: int, width: int) -> dict:
+  """Row ``r`` of padded host detections → the store's per-branch dict."""
+  if dets is None:
+    return {"classes": np.zeros((0,), np.int32), "scores": np.zeros((0,), np.float32),
+            "boxes": np.zeros((0, 4), np.float32), "masks": np.zeros((0, height, width), bool)}
+  valid = np.asarray(dets["valid"][r]).astype(bool)
+  return {"classes": np.asarray(dets["classes"][r])[valid].astype(np.int32) + labels.FIRST_THING,
+          "scores": np.asarray(dets["scores"][r])[valid].astype(np.float32),
+          "boxes": np.asarray(dets["boxes"][r])[valid].astype(np.float32),
+          "masks": np.asarray(dets["masks"][r])[valid].astype(bool)}
+
+
+class Subset:
+  """A reader restricted to ``indices``; ``load`` names examples by their key."""
+
+  def __init__(self, reader, indices):
+    self.reader, self.indices = reader, [int(i) for i in indices]
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def load(self, i: int) -> dict:
+    j = self.indices[i]
+    return dict(name=self.reader.keys[j], index=j, image=self.reader.load_image(j))
+
+
+def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
+            with_features: bool = False, on_batch=None):
+  """Yields ``(example, outputs)`` for this process's share of ``indices``.
+
+  ``indices`` must be the same list on every process: each process loads its
+  rows of every global batch (``pipeline.eval_batches``) and all run the same
+  number of steps. ``outputs`` holds numpy ``semantic``, ``confidence``,
+  ``modal``/``amodal`` (the store's per-branch dicts) and ``features``.
+  """
+  predict = predict_fn(model, mesh, with_features)
+  sub = Subset(reader, indices)
+  for step, batch in enumerate(pipeline.eval_batches(
+      sub, global_batch_size=batch_size, image_size=reader.image_size,
+      process_index=jax.process_index(), process_count=jax.process_count())):
+    image = shd.put_batch({keys.IMAGE: batch[keys.IMAGE]}, mesh)[keys.IMAGE]
+    out = jax.tree.map(shd.local_rows, predict(variables, image))
+    h, w = reader.image_size
+    for r, ex in enumerate(batch["_host_gt"]):
+      if ex is None:  # padding row
+        continue
+      row = {"semantic": out["semantic"][r], "confidence": out["confidence"][r]}
+      for b in ("modal", "amodal"):
+        row[b] = detections_row(out.get(b), r, h, w)
+      if with_features:
+        row["features"] = out["features"][r]
+      yield ex, row
+    if on_batch is not None:
+      on_batch(step + 1)
+
+
+def load_model(model_cfg, checkpoint_path: str, mesh):
+  """``(model, variables, step)`` from a train run or converted checkpoint.
+
+  A checkpoint written for another architecture fails with a message that
+  names the folder and the fix, instead of orbax's shape dump alone.
+  """
+  from unlock_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
+  from unlock_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
+  model = amodalpass.build(model_cfg)
+  abstract = evaluate.abstract_variables(model, (1, 64, 64, 3), mesh)
+  try:
+    variables, step = checkpoint.load_variables(checkpoint_path, abstract)
+  except FileNotFoundError:
+    raise
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(
+        f"checkpoint {checkpoint_path} does not match the model in config.model "
+        f"({e.__class__.__name__}: {str(e)[:500]}). Point the stage at a checkpoint "
+        "trained with this config's model section, or set config.model to the "
+        "architecture the checkpoint was trained with.") from e
+  return model, variables, step

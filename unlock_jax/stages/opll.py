@@ -1,0 +1,325 @@
+"""Stage 2: OPLL pseudo-labels from the prediction store (spec §5).
+
+1. Class-wise thresholds over the whole store, streamed: semantic from
+   per-class histograms of the stored uint16 confidence codes (exact),
+   modal/amodal from per-class score lists; each process reads its share and
+   the accumulators are merged, so every process gets the same thresholds.
+   Written to ``<out>/thresholds.json``.
+2. Optional prototype filter (``config.opll.prototype_filter``; see
+   ``pseudo/prototypes.py`` for the rule and its cost): prototypes from the
+   thresholded labels over the whole set, then a per-panorama feature test.
+3. Labels per panorama (§5.2, §5.3) written in the reference's layout under
+   ``<out>/OPLL/`` and in the packed form the adaptation reads
+   (``<out>/packed/<name>.npz``, written last, so it marks completion).
+4. With hidden ground truth (synthpass ``BlendPASS/_synth_gt``), a quality
+   report (``<out>/quality.json``, a table, TensorBoard scalars) for raw
+   argmax/all detections, OPLL, and OPLL + prototypes; and pictures of the
+   first ``num_pictures`` panoramas.
+
+Every pass resumes: thresholds and prototypes are saved with a fingerprint
+of the store and the settings (and their partial sums every
+``state_every`` panoramas), labels are skipped per panorama when complete.
+"""
+import hashlib
+import json
+import os
+import pickle
+
+import jax
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from unlock_jax import fileio
+from unlock_jax import progress as progress_lib
+from unlock_jax import provenance
+from unlock_jax import sharding as shd
+from unlock_jax.data import keys as keys_lib
+from unlock_jax.data import labels as labels_lib
+from unlock_jax.data import transforms
+from unlock_jax.data.layouts import blendpass
+from unlock_jax.evaluation import pictures
+from unlock_jax.pseudo import inference
+from unlock_jax.pseudo import labels
+from unlock_jax.pseudo import pool
+from unlock_jax.pseudo import prototypes
+from unlock_jax.pseudo import quality
+from unlock_jax.pseudo import store
+from unlock_jax.pseudo import thresholds
+from unlock_jax.pseudo import viewer
+from unlock_jax.stages import predict as predict_stage
+
+BRANCHES = ("modal", "amodal")
+
+
+def fingerprint(names, meta: dict, settings: dict) -> str:
+  h = hashlib.sha256()
+  h.update(json.dumps([list(names), meta, settings], sort_keys=True, default=str).encode())
+  return h.hexdigest()[:16]
+
+
+def my_share(items, what: str = ""):
+  """This process's items (strided, so shares stay balanced)."""
+  del what
+  return items[jax.process_index()::jax.process_count()]
+
+
+def _merge_all(obj):
+  parts = shd.gather_objects(obj)
+  out = parts[0]
+  for p in parts[1:]:
+    out.merge(p)
+  return out
+
+
+def compute_thresholds(store_dir, names, out_dir, cfg, fp: str) -> dict:
+  """Streams the store once (resumable) and returns the merged accumulators."""
+  state_path = os.path.join(out_dir, "_state", f"thresholds_p{jax.process_index()}.pkl")
+  mine = my_share(names)
+  acc = {"semantic": thresholds.SemanticHistogram(), "modal": thresholds.ScoreLists(),
+         "amodal": thresholds.ScoreLists(), "done": 0, "fp": fp}
+  if os.path.exists(state_path):
+    with open(state_path, "rb") as f:
+      saved = pickle.load(f)
+    if saved.get("fp") == fp:
+      acc = saved
+      logging.info("opll: resuming threshold statistics at %d/%d", acc["done"], len(mine))
+  prog = progress_lib.Progress(len(mine), "opll/thresholds", unit="pano")
+  for i in range(acc["done"], len(mine)):
+    pred = store.load_prediction(store_dir, mine[i])
+    acc["semantic"].add(pred["semantic"], pred["confidence_code"])
+    for b in BRANCHES:
+      acc[b].add(pred[b]["classes"], pred[b]["scores"])
+    acc["done"] = i + 1
+    if (i + 1) % int(cfg.state_every) == 0 and i + 1 < len(mine):
+      fileio.atomic_write_bytes(state_path, pickle.dumps(acc))
+    prog.update(i + 1)
+  fileio.atomic_write_bytes(state_path, pickle.dumps(acc))
+  return {k: _merge_all(acc[k]) for k in ("semantic", "modal", "amodal")}
+
+
+def _batches(n: int, global_bs: int):
+  """This process's rows (-1 = padding) of every global batch over ``range(n)``."""
+  pc, pi = jax.process_count(), jax.process_index()
+  if global_bs % pc:
+    raise ValueError(f"opll batch size {global_bs} not divisible by {pc} processes")
+  local = global_bs // pc
+  steps = -(-n // global_bs)
+  padded = np.full(steps * global_bs, -1, np.int64)
+  padded[:n] = np.arange(n)
+  return padded.reshape(steps, pc, local)[:, pi]
+
+
+class _Network:
+  """The source model, the target images and the jitted prototype functions."""
+
+  def __init__(self, config, workdir, mesh):
+    self.reader = predict_stage.open_target(config, workdir)
+    self.index = {k: i for i, k in enumerate(self.reader.keys)}
+    ckpt = fileio.resolve(config.predict.checkpoint, workdir)
+    self.model, self.variables, _ = inference.load_model(config.model, ckpt, mesh)
+    self.mesh = mesh
+    self.max_dets = int(config.model.rcnn.max_dets) if config.model.instance_heads else 1
+
+  def images(self, names):
+    h, w = self.reader.image_size
+    out = np.zeros((len(names), h, w, 3), np.float32)
+    for r, n in enumerate(names):
+      if n is not None:
+        if n not in self.index:
+          raise ValueError(f"prediction store entry {n} has no image in the target "
+                           f"split ({self.reader.__class__.__module__}); was the store "
+                           "written for another data set?")
+        out[r] = transforms.normalize(self.reader.load_image(self.index[n]))
+    return out
+
+  def put(self, x):
+    return shd.put_batch({keys_lib.IMAGE: x}, self.mesh)[keys_lib.IMAGE]
+
+
+def compute_prototypes(net, store_dir, names, th_sem, out_dir, cfg, fp):
+  """Whole-set prototypes (one network pass, resumable per batch)."""
+  path = os.path.join(out_dir, "prototypes.npz")
+  if os.path.exists(path):
+    with np.load(path) as z:
+      if str(z["fingerprint"]) == fp:
+        return z["prototypes"], z["present"]
+  state_path = os.path.join(out_dir, "_state", f"prototypes_p{jax.process_index()}.pkl")
+  acc, start = prototypes.Sums(), 0
+  if os.path.exists(state_path):
+    with open(state_path, "rb") as f:
+      saved = pickle.load(f)
+    if saved["fp"] == fp:
+      acc, start = saved["sums"], saved["step"]
+  fn = prototypes.sums_fn(net.model, net.mesh)
+  plan = _batches(len(names), int(cfg.batch_size))
+  prog = progress_lib.Progress(len(plan), "opll/prototypes", unit="batch")
+  h, w = net.reader.image_size
+  for step in range(start, len(plan)):
+    rows = [names[i] if i >= 0 else None for i in plan[step]]
+    lab = np.full((len(rows), h, w), labels_lib.IGNORE, np.int32)
+    wt = np.zeros((len(rows), h, w), np.float32)
+    for r, n in enumerate(rows):
+      if n is not None:
+        pred = store.load_prediction(store_dir, n)
+        lab[r] = labels.semantic_labels(pred, th_sem)
+        wt[r] = pred["confidence"]
+    put = lambda x: shd.put_batch({"x": x}, net.mesh)["x"]
+    s, wsum = fn(net.variables, net.put(net.images(rows)), put(lab), put(wt))
+    acc.add(shd.local_rows(s).sum(0), shd.local_rows(wsum).sum(0))
+    if (step + 1) % max(1, int(cfg.state_every) // int(cfg.batch_size)) == 0:
+      fileio.atomic_write_bytes(state_path, pickle.dumps({"fp": fp, "sums": acc,
+                                                          "step": step + 1}))
+    prog.update(step + 1)
+  merged = _merge_all(acc)
+  protos, present = merged.prototypes()
+  if jax.process_index() == 0:
+    buf = __import__("io").BytesIO()
+    np.savez(buf, prototypes=protos, present=present, weights=merged.weights,
+             fingerprint=np.asarray(fp))
+    fileio.atomic_write_bytes(path, buf.getvalue())
+  return protos, present
+
+
+def _padded_masks(dets, n_max, h, w):
+  m = np.zeros((n_max, h, w), bool)
+  c = np.zeros((n_max,), np.int32)
+  k = min(len(dets["classes"]), n_max)
+  m[:k], c[:k] = dets["masks"][:k], dets["classes"][:k]
+  return m, c
+
+
+def _variant(sem, inst, pool_entries):
+  return {"semantic": sem, "pool": pool_entries,
+          **{b: {k: inst[b][k] for k in ("masks", "classes", "scores")} for b in BRANCHES},
+          "uncertain_modal": inst["modal"]["uncertain"],
+          "uncertain_amodal": inst["amodal"]["uncertain"]}
+
+
+def run(config, workdir: str) -> dict:
+  provenance.record(workdir, "opll", config)
+  o = config.opll
+  store_dir = fileio.resolve(config.predict.store_dir, workdir)
+  out_dir = fileio.resolve(o.out_dir, workdir)
+  names = store.list_predictions(store_dir)
+  if not names:
+    raise FileNotFoundError(f"the prediction store {store_dir} is empty: run the "
+                            "`predict` stage first (--config.stage=predict)")
+  meta = store.read_meta(store_dir)
+  pt = {b: (float(o[b].p), float(o[b].t)) for b in ("semantic", "modal", "amodal")}
+  settings = {"pt": pt, "proto": bool(o.prototype_filter), "margin": float(o.prototype_margin),
+              "adcl": tuple(config.adcl_pool.pt)}
+  fp = fingerprint(names, meta, settings)
+  writer = metric_writers.create_default_writer(
+      out_dir, just_logging=jax.process_index() > 0)
+
+  acc = compute_thresholds(store_dir, names, out_dir, o, fp)
+  th = {b: acc[b].thresholds(*pt[b]) for b in pt}
+  th_adcl = acc["amodal"].thresholds(*settings["adcl"])
+  if jax.process_index() == 0:
+    fileio.atomic_write_json(os.path.join(out_dir, "thresholds.json"),
+                             {b: thresholds.to_json(th[b]) for b in th} | {"fingerprint": fp})
+  logging.info("opll thresholds (semantic tau): %s",
+               {labels_lib.CLASS_NAMES[c]: round(v["tau"], 4) for c, v in th["semantic"].items()})
+
+  gt_reader = None
+  root = fileio.resolve(config.predict.root or config.data.target.root, workdir)
+  if (o.quality and not config.predict.images and config.predict.split == "train"
+      and os.path.isdir(os.path.join(root, blendpass.HIDDEN_DIR))):
+    gt_reader = blendpass.Reader(root, "train", tuple(meta["image_size"]), hidden_gt=True)
+    gt_index = {k: i for i, k in enumerate(gt_reader.keys)}
+  use_proto = bool(o.prototype_filter) or gt_reader is not None
+  mesh = shd.make_mesh()
+  net = protos = None
+  if use_proto:
+    net = _Network(config, workdir, mesh)
+    protos, present = compute_prototypes(net, store_dir, names, th["semantic"], out_dir, o, fp)
+    filt = prototypes.filter_fn(net.model, mesh)
+
+  ref_root = os.path.join(out_dir, "OPLL")
+  packed = lambda n: os.path.join(out_dir, "packed", n + ".npz")
+  part = lambda n: os.path.join(out_dir, "_quality_parts", n + ".pkl")
+  mine = [n for n in names if not os.path.exists(packed(n))
+          or (gt_reader is not None and not os.path.exists(part(n)))]
+  todo = sorted(set().union(*shd.gather_objects(mine)))
+  logging.info("opll: labels for %d of %d panoramas to write", len(todo), len(names))
+  plan = _batches(len(todo), int(o.batch_size))
+  prog = progress_lib.Progress(len(plan), "opll/labels", unit="batch")
+  pictures_dir = os.path.join(out_dir, "pictures")
+  first = set(names[:int(o.num_pictures)]) if jax.process_index() == 0 else set()
+  h, w = meta["image_size"]
+  zero_tau = {c: {"tau": 0.0, "tau_code": 0} for c in range(labels_lib.NUM_CLASSES)}
+  for step, rows in enumerate(plan):
+    rows = [todo[i] if i >= 0 else None for i in rows]
+    preds = [store.load_prediction(store_dir, n) if n else None for n in rows]
+    sems = [labels.semantic_labels(p, th["semantic"]) if p else None for p in preds]
+    if use_proto:
+      n_max = net.max_dets
+      lab = np.stack([s.astype(np.int32) if s is not None else
+                      np.full((h, w), labels_lib.IGNORE, np.int32) for s in sems])
+      mm, cm, ma, ca = [], [], [], []
+      for p in preds:
+        empty = inference.detections_row(None, 0, h, w)
+        a, b = _padded_masks(p["modal"] if p else empty, n_max, h, w)
+        c_, d = _padded_masks(p["amodal"] if p else empty, n_max, h, w)
+        mm.append(a); cm.append(b); ma.append(c_); ca.append(d)
+      put = lambda x: shd.put_batch({"x": np.stack(x) if isinstance(x, list) else x},
+                                    mesh)["x"]
+      pk, km, ka = jax.tree.map(shd.local_rows, filt(
+          net.variables, net.put(net.images(rows)), put(lab), put(mm), put(cm),
+          put(ma), put(ca), protos, present, np.float32(o.prototype_margin)))
+    for r, (n, pred, sem) in enumerate(zip(rows, preds, sems)):
+      if n is None:
+        continue
+      reject = {b: None for b in BRANCHES}
+      sem_p = sem
+      if use_proto:
+        sem_p = np.where(pk[r], sem, labels_lib.IGNORE).astype(np.uint8)
+        reject = {"modal": ~km[r][:len(pred["modal"]["classes"])],
+                  "amodal": ~ka[r][:len(pred["amodal"]["classes"])]}
+      inst = {b: labels.instance_labels(pred, b, th[b]) for b in BRANCHES}
+      inst_p = ({b: labels.instance_labels(pred, b, th[b], reject=reject[b]) for b in BRANCHES}
+                if use_proto else inst)
+      chosen_sem, chosen = (sem_p, inst_p) if o.prototype_filter else (sem, inst)
+      labels.write_reference_layout(ref_root, n, chosen_sem, chosen["modal"], chosen["amodal"])
+      variants = None
+      if gt_reader is not None or n in first:
+        raw_inst = {b: labels.instance_labels(pred, b, zero_tau) for b in BRANCHES}
+        # The pool is not prototype-filtered (its own thresholds are strict):
+        # the OPLL + prototypes row shows the same pool as OPLL.
+        opll_pool = pool.pool_entries(pred, th_adcl)
+        variants = {
+            "raw": _variant(pred["semantic"], raw_inst, pool.pool_entries(pred, zero_tau)),
+            "opll": _variant(sem, inst, opll_pool)}
+        if use_proto:
+          variants["opll+proto"] = _variant(sem_p, inst_p, opll_pool)
+      if gt_reader is not None:
+        q = quality.QualityAccumulator()
+        q.add(gt_reader.load(gt_index[n]), variants)
+        fileio.atomic_write_bytes(part(n), pickle.dumps(q))
+      if n in first:
+        shown = variants["opll+proto" if o.prototype_filter else "opll"]
+        img_reader = net.reader if net else predict_stage.open_target(config, workdir)
+        image = img_reader.load_image(img_reader.keys.index(n))
+        pic = viewer.render_pseudo_labels(image, shown, title=n)
+        pictures.save_png(os.path.join(pictures_dir, n.replace("/", "_") + ".png"), pic)
+        writer.write_images(0, {f"opll/{n}": pic[None]})
+      labels.write_packed(packed(n), n, chosen_sem, chosen["modal"], chosen["amodal"])
+    prog.update(step + 1)
+
+  summary = {"panoramas": len(names), "fingerprint": fp,
+             "prototype_filter": bool(o.prototype_filter)}
+  if gt_reader is not None:
+    q = quality.QualityAccumulator()
+    for n in my_share(names):
+      with open(part(n), "rb") as f:
+        q.merge(pickle.load(f))
+    q = _merge_all(q)
+    res = q.result()
+    summary["quality"] = res
+    if jax.process_index() == 0:
+      fileio.atomic_write_json(os.path.join(out_dir, "quality.json"), res)
+      print(quality.format_table(res), flush=True)
+    writer.write_scalars(0, quality.scalars(res))
+  writer.flush()
+  return summary

@@ -1,0 +1,101 @@
+"""Stage 1: predict every target panorama whole and keep it compactly.
+
+Per panorama the store keeps the semantic argmax (uint8), its max softmax
+probability as a uint16 code (``thresholds.quantize``; OPLL thresholds are
+exact on the stored values) and both branches' detections with box-cropped,
+bit-packed masks (``pseudo/store.py``): well under 1 MB where the reference
+writes 59 MB of float maps. Each entry is written atomically; a rerun skips
+complete entries and rewrites truncated or corrupt ones, so a killed run
+resumes where it stopped. With several processes each predicts its rows of
+every global batch of the (shared) to-do list.
+
+``config.predict.images`` set to a folder predicts the user's own
+equirectangular JPG/PNG panoramas instead (resized to the configured size)
+and draws ``num_pictures`` of them.
+"""
+import os
+import time
+
+import jax
+from absl import logging
+from clu import metric_writers
+
+from unlock_jax import fileio
+from unlock_jax import progress as progress_lib
+from unlock_jax import provenance
+from unlock_jax import sharding as shd
+from unlock_jax.data import pipeline
+from unlock_jax.data.layouts import folder
+from unlock_jax.pseudo import inference
+from unlock_jax.pseudo import store
+from unlock_jax.pseudo import thresholds
+from unlock_jax.pseudo import viewer
+
+
+def open_target(config, workdir: str):
+  """The reader of the panoramas to predict: a user folder or the target split."""
+  p = config.predict
+  size = tuple(p.image_size or config.data.target.image_size)
+  if p.images:
+    return folder.Reader(fileio.resolve(p.images, workdir), size)
+  root = fileio.resolve(p.root or config.data.target.root, workdir)
+  return pipeline.open_reader(p.layout or config.data.target.layout, root, p.split, size)
+
+
+def store_meta(config, reader, ckpt_path: str, step) -> dict:
+  return {"image_size": list(reader.image_size), "quant": thresholds.QUANT,
+          "checkpoint": ckpt_path, "checkpoint_step": step,
+          "num_classes": int(config.model.num_classes),
+          "instance_heads": bool(config.model.instance_heads),
+          "source": config.predict.images or config.predict.split}
+
+
+def run(config, workdir: str) -> dict:
+  provenance.record(workdir, "predict", config)
+  p = config.predict
+  store_dir = fileio.resolve(p.store_dir, workdir)
+  mesh = shd.make_mesh()
+  reader = open_target(config, workdir)
+  ckpt_path = fileio.resolve(p.checkpoint, workdir)
+  model, variables, step = inference.load_model(config.model, ckpt_path, mesh)
+  meta = store_meta(config, reader, ckpt_path, step)
+  if os.path.exists(os.path.join(store_dir, store.META_FILE)):
+    store.check_meta(store_dir, meta)  # never mix two models in one store
+  elif jax.process_index() == 0:
+    store.write_meta(store_dir, meta)
+
+  # Every process must agree on the to-do list: take the union of theirs.
+  mine = [i for i, name in enumerate(reader.keys)
+          if not store.is_complete(store_dir, name)]
+  todo = sorted(set().union(*shd.gather_objects(mine)))
+  logging.info("predict: %d of %d panoramas to do (%d already in %s)", len(todo),
+               len(reader), len(reader) - len(todo), store_dir)
+  writer = metric_writers.create_default_writer(
+      os.path.join(store_dir, "logs"), just_logging=jax.process_index() > 0)
+  bs = int(p.batch_size)
+  prog = progress_lib.Progress(pipeline.num_eval_steps(len(todo), bs), "predict",
+                               writer=writer, unit="batch")
+  pictures_dir = fileio.resolve(p.pictures_dir, workdir)
+  num_pictures = int(p.num_pictures) if p.images else 0
+  t0, n, nbytes, drawn = time.monotonic(), 0, 0, 0
+  for ex, row in inference.iterate(reader, todo, model=model, variables=variables,
+                                   mesh=mesh, batch_size=bs, on_batch=prog.update):
+    nbytes += store.write_prediction(
+        store_dir, ex["name"], row["semantic"],
+        thresholds.quantize(row["confidence"]), row["modal"], row["amodal"])
+    n += 1
+    if jax.process_index() == 0 and drawn < num_pictures:
+      pred = dict(row, confidence=row["confidence"])
+      pic = viewer.render_prediction(ex["image"], pred, title=ex["name"])
+      viewer_path = os.path.join(pictures_dir, ex["name"].replace("/", "_") + ".png")
+      from unlock_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
+      pictures.save_png(viewer_path, pic)
+      drawn += 1
+  secs = time.monotonic() - t0
+  summary = {"predicted": n, "total": len(reader), "seconds": secs,
+             "panoramas_per_sec": n / secs if secs > 0 else 0.0,
+             "bytes_per_panorama": nbytes / n if n else 0.0}
+  logging.info("predict: %s", summary)
+  writer.write_scalars(0, {f"predict/{k}": v for k, v in summary.items()})
+  writer.flush()
+  return summary
