@@ -156,5 +156,5 @@ def base() -> ml_collections.ConfigDict:
                 out_dir="{workdir}/opll")
   # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (spec §6).
   c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool")
-  c.debug = dict(kill_after_checkpoint=-1)
+  c.debug = dict(kill_after_checkpoint=-1, kill_after_entries=-1)
   return c

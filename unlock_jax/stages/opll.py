@@ -249,6 +249,7 @@ def run(config, workdir: str) -> dict:
   first = set(names[:int(o.num_pictures)]) if jax.process_index() == 0 else set()
   h, w = meta["image_size"]
   zero_tau = {c: {"tau": 0.0, "tau_code": 0} for c in range(labels_lib.NUM_CLASSES)}
+  written = 0
   for step, rows in enumerate(plan):
     rows = [todo[i] if i >= 0 else None for i in rows]
     preds = [store.load_prediction(store_dir, n) if n else None for n in rows]
@@ -305,6 +306,8 @@ def run(config, workdir: str) -> dict:
         pictures.save_png(os.path.join(pictures_dir, n.replace("/", "_") + ".png"), pic)
         writer.write_images(0, {f"opll/{n}": pic[None]})
       labels.write_packed(packed(n), n, chosen_sem, chosen["modal"], chosen["amodal"])
+      written += 1
+      predict_stage.debug_kill(config, written)
     prog.update(step + 1)
 
   summary = {"panoramas": len(names), "fingerprint": fp,

@@ -14,6 +14,7 @@ equirectangular JPG/PNG panoramas instead (resized to the configured size)
 and draws ``num_pictures`` of them.
 """
 import os
+import signal
 import time
 
 import jax
@@ -40,6 +41,12 @@ def open_target(config, workdir: str):
     return folder.Reader(fileio.resolve(p.images, workdir), size)
   root = fileio.resolve(p.root or config.data.target.root, workdir)
   return pipeline.open_reader(p.layout or config.data.target.layout, root, p.split, size)
+
+
+def debug_kill(config, n: int) -> None:
+  """Tests' stand-in for a killed process: SIGKILL after ``n`` outputs."""
+  if n == int(config.debug.get("kill_after_entries", -1)):
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def store_meta(config, reader, ckpt_path: str, step) -> dict:
@@ -84,6 +91,7 @@ def run(config, workdir: str) -> dict:
         store_dir, ex["name"], row["semantic"],
         thresholds.quantize(row["confidence"]), row["modal"], row["amodal"])
     n += 1
+    debug_kill(config, n)
     if jax.process_index() == 0 and drawn < num_pictures:
       pred = dict(row, confidence=row["confidence"])
       pic = viewer.render_prediction(ex["image"], pred, title=ex["name"])
