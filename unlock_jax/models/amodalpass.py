@@ -122,7 +122,8 @@ class AmodalPASS(nn.Module):
       self.amodal = rcnn_branch.MaskRCNNBranch(cfg.rcnn)
 
   def __call__(self, image: jax.Array, *, train: bool,
-               targets: dict | None = None) -> dict:
+               targets: dict | None = None, semantic_only: bool = False,
+               bn_train: bool | None = None) -> dict:
     """Runs the network.
 
     Args:
@@ -132,6 +133,10 @@ class AmodalPASS(nn.Module):
       targets: with instance heads, ``{"modal": t, "amodal": t}`` where each
         ``t`` holds ``masks [B,N,H,W]``, ``classes [B,N]``, ``boxes [B,N,4]``,
         ``valid [B,N]`` (see ``MaskRCNNBranch``); selects the loss path.
+      semantic_only: skip the R-CNN branches (UNLOCK's teacher and mixed-image
+        forwards use only the semantic output).
+      bn_train: BatchNorm on batch statistics (default: ``train``), apart
+        from dropout/drop-path (the EMA teacher: batch statistics, no dropout).
 
     Returns:
       {"sem_logits": [B, H/4, W/4, num_classes] float32,
@@ -145,12 +150,12 @@ class AmodalPASS(nn.Module):
     if image.ndim != 4 or image.shape[-1] != 3:
       raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
     features = self.backbone(image, train=train)
-    sem_logits, sem_features = self.decode_head(features, train=train,
-                                                with_features=True)
+    sem_logits, sem_features = self.decode_head(
+        features, train=train, with_features=True, bn_train=bn_train)
     fpn = self.neck(features)
     out = {"sem_logits": sem_logits, "sem_features": sem_features,
            "features": features, "fpn": fpn}
-    if not self.config.instance_heads:
+    if not self.config.instance_heads or (semantic_only and not self.is_initializing()):
       return out
     hw = tuple(image.shape[1:3])
     if self.is_initializing() and targets is None:

@@ -87,12 +87,15 @@ class DAFormerHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], *, train: bool,
-               with_features: bool = False):
+               with_features: bool = False, bn_train: bool | None = None):
     """Logits, or ``(logits, bottleneck features [B,H/4,W/4,channels])``.
 
     The features (before dropout and ``conv_seg``) are what OPLL's prototype
-    filter compares; under jit they cost nothing when unused.
+    filter compares; under jit they cost nothing when unused. ``bn_train``
+    (default: ``train``) selects BatchNorm's batch statistics apart from
+    dropout: UNLOCK's EMA teacher runs BN on batch statistics with dropout off.
     """
+    bn = train if bn_train is None else bn_train
     size = features[0].shape[1:3]
     embedded = []
     for i, f in enumerate(features):
@@ -100,7 +103,7 @@ class DAFormerHead(nn.Module):
       embedded.append(layers.resize_bilinear(e, size))
     x = jnp.concatenate(embedded, axis=-1)
     x = SepASPPWithSimPool(self.channels, tuple(self.dilations), self.dtype,
-                           name="fuse_layer")(x, train=train)
+                           name="fuse_layer")(x, train=bn)
     feats = x
     # nn.Dropout2d zeroes whole channels per sample.
     x = nn.Dropout(self.dropout, broadcast_dims=(1, 2))(
