@@ -6,6 +6,7 @@ sections, and ends with the ``runlocal`` shrink, as big_vision configs do.
 import ml_collections
 
 from unlock_jax.models import amodalpass
+from unlock_jax.train import optim
 
 SYNTH_ROOT = "{workdir}/data"  # where the generate stage writes synthpass
 
@@ -125,11 +126,14 @@ def base() -> ml_collections.ConfigDict:
   c.model = amodalpass.default_model_config()
   c.loss = dict(sem_normalize="all_pixels")
 
-  # AdamW 6e-5, poly(1.0), head lr x10, no decay on norms (DAFormer "pm").
+  # The reference's source recipe (experiments.py, pmult=True): AdamW 6e-5,
+  # poly(1.0), neck and every head (decode, RPN, RoI of both branches) x10,
+  # no decay on norms. Groups follow mmcv's rule (substring of the reference
+  # name, longest key first; optim.py); optim.adapt_groups() is the
+  # adaptation recipe (spec §7.6).
   c.optim = dict(lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
                  power=1.0, end_lr=0.0, warmup_steps=0,
-                 groups=(("head", r"^decode_head/", 10.0, 1.0),
-                         ("norm", r"norm", 1.0, 0.0)))
+                 match="mmcv", groups=optim.source_groups())
   c.total_steps = 40_000
   c.log_every = 50
   c.checkpoint_every = 1000

@@ -6,8 +6,9 @@ r"""Source model on KITTI-360 APS at B5 (the reference's architecture and schedu
 
 AmodalPASS-B5 (deformable MiT-B5 + SimPool, DAFormer-SimPool head, FPN, modal
 and amodal Mask R-CNN), KITTI-360 APS resized to 1408x376, 376x376 crops with
-cat_max_ratio 0.75, flip 0.5; AdamW 6e-5, head lr x10, no decay on norms,
-poly(1.0), 40k iterations (the reference's run name
+cat_max_ratio 0.75, flip 0.5; AdamW 6e-5, lr x10 on the FPN neck and every
+head (decode, RPN and RoI of both branches), no decay on norms (common.py,
+optim.source_groups), poly(1.0), 40k iterations (the reference's run name
 ``adamw_6e-05_pmTrue_poly10warm_1x1_40k``; batch 2 per GPU in mmdet defaults,
 here a global batch of 8). Evaluated on the 100 BlendPASS val panoramas with
 source-only thresholds (0.95/0.95). No released numbers exist for this model

@@ -1,16 +1,42 @@
-"""Optimiser: AdamW per parameter group (regex → lr/wd multipliers), poly schedule.
+"""Optimiser: AdamW per parameter group (mmcv ``custom_keys`` rule), poly schedule.
 
-Groups mirror mmcv's ``paramwise_cfg``: the first regex that matches a
-parameter's path (``"decode_head/conv_seg/kernel"``) decides its multipliers;
-unmatched parameters use multiplier 1. An ``lr_mult`` of 0 freezes a group.
+Groups reproduce mmcv's ``DefaultOptimizerConstructor`` with
+``paramwise_cfg.custom_keys``, which is what the reference's multipliers mean:
+each parameter takes the multipliers of the first key that is a substring of
+its full PyTorch name, keys tried longest first (alphabetically among equal
+lengths). So ``decode_head`` beats ``head`` whatever order a config lists them
+in, and ``head`` beats ``norm`` in ``decode_head...norm_patches``. Unmatched
+parameters keep multiplier 1.
+
+Keys are matched against :func:`reference_name`, the reference's name of our
+parameter (``amodal/rpn_head/rpn_conv/kernel`` ->
+``rpn_head_amodal.rpn_conv.weight``), not the flax path: the two R-CNN
+branches live under ``modal/``/``amodal/`` here, so a key like ``_amodal``
+only means what it means in the reference on its name.
+
 PyTorch AdamW decays by ``lr * wd * θ`` (decoupled), which is what
-``optax.adamw`` does too.
+``optax.adamw`` does too. An ``lr_mult`` of 0 freezes a group.
 """
 import re
 from typing import Sequence
 
 import jax
 import optax
+
+# Flax prefix -> reference module of the R-CNN branches; the inverse of
+# tools/convert_torch.DEFAULT_RENAMES (a test keeps them equal). Not imported:
+# that module defines absl flags, which would clash with the trainer's.
+_BRANCHES = {
+    "modal/rpn_head": "rpn_head",
+    "modal/roi_head": "roi_head",
+    "amodal/rpn_head": "rpn_head_amodal",
+    "amodal/roi_head": "roi_head_amodal",
+}
+_LEAVES = {"kernel": "weight", "scale": "weight"}
+_GLUED = re.compile(r"^(.+)_(\d+)$")
+# Reference parameter names use only these; anything else (``^``, ``/``,
+# ``\``) is a regex or flax path and would silently match nothing.
+_KEY_CHARS = re.compile(r"^[A-Za-z0-9_.]+$")
 
 
 def poly_schedule(peak: float, total_steps: int, power: float = 1.0,
@@ -30,16 +56,83 @@ def poly_schedule(peak: float, total_steps: int, power: float = 1.0,
   return schedule
 
 
+def source_groups() -> tuple:
+  """The reference's source recipe (experiments.py with ``pmult=True``, MiT backbone).
+
+  custom_keys ``neck`` and ``head`` lr ×10 (the FPN, the decode head and the
+  RPN/RoI heads of both branches), ``norm`` and ``pos_block`` decay 0.
+  ``pos_block`` is left out: no parameter of this backbone has it.
+  """
+  return (("head", "head", 10.0, 1.0),
+          ("neck", "neck", 10.0, 1.0),
+          ("norm", "norm", 1.0, 0.0))
+
+
+def adapt_groups() -> tuple:
+  """The adaptation recipe (spec §7.6; Training_Mix_targetonly_unmaskformer.py).
+
+  With base lr 1e-7: decode head ×10⁴ (1e-3), FPN ×10, R-CNN heads ×0.1,
+  backbone norms decay 0; ``pos_block`` (decay 0) matches nothing here.
+  """
+  return (("decode_head", "decode_head", 1e4, 1.0),
+          ("neck", "neck", 10.0, 1.0),
+          ("head", "head", 0.1, 1.0),
+          ("norm", "norm", 1.0, 0.0))
+
+
+def reference_name(path: str) -> str:
+  """Our flax path -> the reference's PyTorch parameter name.
+
+  The inverse of ``convert_torch.key_to_path`` with its default renames:
+  ``backbone/block1_0/norm1/scale`` -> ``backbone.block1.0.norm1.weight``.
+  """
+  for ours in sorted(_BRANCHES, key=len, reverse=True):
+    if path.startswith(ours + "/"):
+      path = _BRANCHES[ours] + path[len(ours):]
+      break
+  *mods, leaf = path.split("/")
+  parts = []
+  for m in mods:
+    unglued = []
+    while (g := _GLUED.match(m)):
+      m, index = g[1], g[2]
+      unglued.insert(0, index)
+    parts += [m, *unglued]
+  return ".".join(parts + [_LEAVES.get(leaf, leaf)])
+
+
+def _check(groups: Sequence[tuple]) -> None:
+  names = [g[0] for g in groups]
+  if "default" in names or len(set(names)) != len(names):
+    raise ValueError(f"optimizer group names must be unique and not 'default': {names}")
+  keys = [g[1] for g in groups]
+  if len(set(keys)) != len(keys):
+    raise ValueError(f"optimizer group keys must be unique: {keys}")
+  for key in keys:
+    if not _KEY_CHARS.match(key):
+      raise ValueError(
+          f"optimizer group key {key!r} is not a substring of any reference "
+          "parameter name (mmcv rule: plain substrings of names like "
+          "'rpn_head_amodal.rpn_conv.weight'; regexes are no longer supported)")
+
+
+def assign(name: str, groups: Sequence[tuple]) -> str:
+  """mmcv's rule: the group of the longest key contained in ``name`` (ties alphabetical)."""
+  for key, group in sorted(sorted((g[1], g[0]) for g in groups),
+                           key=lambda kg: len(kg[0]), reverse=True):
+    if key in name:
+      return group
+  return "default"
+
+
 def group_labels(params, groups: Sequence[tuple]) -> dict:
-  """Pytree of group names for ``params`` (``"default"`` when nothing matches)."""
-  compiled = [(name, re.compile(pattern)) for name, pattern, *_ in groups]
+  """Pytree of group names for ``params`` (``"default"`` when no key matches)."""
+  groups = tuple(tuple(g) for g in groups)
+  _check(groups)
 
   def label(path, _):
-    key = "/".join(str(getattr(p, "key", p)) for p in path)
-    for name, rx in compiled:
-      if rx.search(key):
-        return name
-    return "default"
+    flax_path = "/".join(str(getattr(p, "key", p)) for p in path)
+    return assign(reference_name(flax_path), groups)
   return jax.tree_util.tree_map_with_path(label, params)
 
 
@@ -47,12 +140,13 @@ def make(optim_cfg, total_steps: int, params) -> tuple[optax.GradientTransformat
   """Builds the optax transform and the base (multiplier 1) schedule.
 
   ``optim_cfg``: lr, weight_decay, b1, b2, eps, power, end_lr, warmup_steps,
-  groups = ((name, regex, lr_mult, wd_mult), ...).
+  match (``"mmcv"``, the only rule), groups = ((name, key, lr_mult, wd_mult), ...).
   """
+  match = optim_cfg.get("match", "mmcv")
+  if match != "mmcv":
+    raise ValueError(f"optim.match must be 'mmcv' (regex_first was removed), got {match!r}")
   groups = tuple(tuple(g) for g in optim_cfg.groups)
-  names = [g[0] for g in groups]
-  if "default" in names or len(set(names)) != len(names):
-    raise ValueError(f"optimizer group names must be unique and not 'default': {names}")
+  labels = group_labels(params, groups)
 
   def adamw(lr_mult, wd_mult):
     if lr_mult == 0:
@@ -65,7 +159,7 @@ def make(optim_cfg, total_steps: int, params) -> tuple[optax.GradientTransformat
   txs = {"default": adamw(1.0, 1.0)}
   for name, _, lr_mult, wd_mult in groups:
     txs[name] = adamw(lr_mult, wd_mult)
-  tx = optax.multi_transform(txs, group_labels(params, groups))
+  tx = optax.multi_transform(txs, labels)
   base = poly_schedule(optim_cfg.lr, total_steps, optim_cfg.power,
                        optim_cfg.end_lr, optim_cfg.warmup_steps)
   return tx, base
