@@ -16,7 +16,7 @@ def _optim_cfg(lr=1e-3):
   return ml_collections.ConfigDict(dict(
       lr=lr, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
       end_lr=0.0, warmup_steps=0,
-      groups=(("head", r"^decode_head/", 10.0, 1.0), ("norm", r"norm", 1.0, 0.0))))
+      groups=(("head", "decode_head", 10.0, 1.0), ("norm", "norm", 1.0, 0.0))))
 
 
 def _batch(rng, b=8, h=32, w=32, n=3):

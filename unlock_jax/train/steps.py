@@ -71,6 +71,27 @@ def source_loss(model, params, batch_stats, batch, rng, *, loss_cfg):
   return total, (terms, mutated.get("batch_stats", batch_stats))
 
 
+def apply_gradients(state: dict, grads, loss, tx, schedule) -> tuple[dict, dict]:
+  """The optimiser half of every train step (source and adaptation).
+
+  Returns the state with new ``params``, ``opt``, ``step`` and the
+  non-finite latch ``first_bad_step`` (other entries copied), and the
+  step's loss, gradient norm, parameter norm and base learning rate.
+  """
+  step = state["step"]
+  updates, new_opt = tx.update(grads, state["opt"], state["params"])
+  grad_norm = optax.tree.norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  bad = jnp.where((state["first_bad_step"] < 0) & ~finite, step,
+                  state["first_bad_step"])
+  new_state = dict(state, params=optax.apply_updates(state["params"], updates),
+                   opt=new_opt, step=step + 1, first_bad_step=bad)
+  measurements = {"loss": loss, "grad_norm": grad_norm,
+                  "param_norm": optax.tree.norm(state["params"]),
+                  "lr": schedule(step)}
+  return new_state, measurements
+
+
 def make_source_step(model, tx, schedule, mesh, state, *, loss_cfg):
   """Jitted ``(state, batch, base_rng) -> (state, measurements)``, state donated."""
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
@@ -83,18 +104,9 @@ def make_source_step(model, tx, schedule, mesh, state, *, loss_cfg):
         functools.partial(source_loss, model, loss_cfg=loss_cfg), has_aux=True)
     (loss, (terms, new_bs)), grads = grad_fn(state["params"], state["batch_stats"],
                                              batch, rng)
-    updates, new_opt = tx.update(grads, state["opt"], state["params"])
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    bad = jnp.where((state["first_bad_step"] < 0) & ~finite, step,
-                    state["first_bad_step"])
-    new_state = {"params": optax.apply_updates(state["params"], updates),
-                 "batch_stats": new_bs, "opt": new_opt, "step": step + 1,
-                 "first_bad_step": bad}
-    measurements = {"loss": loss, "grad_norm": grad_norm,
-                    "param_norm": optax.tree.norm(state["params"]),
-                    "lr": schedule(step)} | {f"loss/{k}": v for k, v in terms.items()}
-    return new_state, measurements
+    new_state, measurements = apply_gradients(state, grads, loss, tx, schedule)
+    new_state["batch_stats"] = new_bs
+    return new_state, measurements | {f"loss/{k}": v for k, v in terms.items()}
 
   return jax.jit(step_fn, out_shardings=(state_sharding, repl),
                  donate_argnums=(0,))
