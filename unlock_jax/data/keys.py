@@ -18,3 +18,4 @@ INDEX = "_index"                 # [B] int32, example index in its split
 
 INSTANCE_KEYS = (MODAL_MASKS, MODAL_CLASSES, MODAL_BOXES, MODAL_VALID,
                  AMODAL_MASKS, AMODAL_CLASSES, AMODAL_BOXES, AMODAL_VALID)
+UNLABELED_IMAGE = "unlabeled_image"  # [B,H,W,3] float32, the adaptation pair's second crop
