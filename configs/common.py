@@ -160,5 +160,20 @@ def base() -> ml_collections.ConfigDict:
                 out_dir="{workdir}/opll")
   # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (spec §6).
   c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool")
+  # Stage 4: adaptation (spec §7), the reference's K2B hyper-parameters.
+  c.adapt = dict(
+      source_checkpoint="",  # empty: config.predict.checkpoint
+      total_steps=10_000, batch_size=4, crop_size=(400, 400), cat_max_ratio=0.75,
+      flip=True, max_instances=32, num_workers=0,
+      paste=dict(num_candidates=80, max_paste=8, max_area_fraction=1 / 8,
+                 min_visible=25, black_fill=True, modal_box_from_visible=True,
+                 box_rule="positive"),
+      ema_max=0.999, teacher_threshold=0.968, ignore_top=11, ignore_bottom=88,
+      rows_crop_height=400, jitter_p=0.8, blur_p=0.5, jitter_strength=0.2,
+      reg_weight=10.0, sem_normalize="all_pixels",
+      optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
+                 end_lr=0.0, warmup_steps=0, match="mmcv", groups=optim.adapt_groups()),
+      log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,
+      evals=(), out_dir="{workdir}/adapt")
   c.debug = dict(kill_after_checkpoint=-1, kill_after_entries=-1)
   return c

@@ -9,7 +9,7 @@ import pytest
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.models import amodalpass
-from unlock_jax.train import losses, optim, steps
+from unlock_jax.train import loop, losses, optim, steps
 
 
 def _optim_cfg(lr=1e-3):
@@ -132,11 +132,10 @@ def test_poly_schedule_and_groups():
 
 
 def test_logged_losses_are_interval_means():
-  from unlock_jax.stages import train_source  # pylint: disable=g-import-not-at-top
   per_step = [{"loss": 1.0, "loss/sem": 0.5, "grad_norm": 2.0, "lr": 1e-3},
               {"loss": 3.0, "loss/sem": 1.5, "grad_norm": 4.0, "lr": 5e-4}]
   total = per_step[0]
   for m in per_step[1:]:
-    total = train_source._accumulate(total, m)
-  got = train_source.interval_means(per_step[-1], jax.device_get(total), len(per_step))
+    total = loop._accumulate(total, m)
+  got = loop.interval_means(per_step[-1], jax.device_get(total), len(per_step))
   assert got == pytest.approx({"loss": 2.0, "loss/sem": 1.0, "grad_norm": 3.0, "lr": 5e-4})

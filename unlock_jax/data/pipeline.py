@@ -6,6 +6,7 @@ of steps). The training iterator's state is checkpointed with the model.
 """
 import dataclasses
 import math
+import os
 from typing import Any, Sequence
 
 import grain
@@ -144,3 +145,119 @@ def eval_batches(reader, *, global_batch_size: int, image_size,
 
 def num_eval_steps(n: int, global_batch_size: int) -> int:
   return math.ceil(n / global_batch_size)
+
+
+_POOLS: dict = {}
+
+
+def _pool(path: str):
+  """The ADCL pool index, loaded once per process (grain workers included)."""
+  if path not in _POOLS:
+    from unlock_jax.pseudo import pool as pool_lib  # pylint: disable=g-import-not-at-top
+    _POOLS[path] = pool_lib.PoolIndex.load(path) if path else None
+  return _POOLS[path]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptPairTransform:
+  """(PL index, unlabelled index) → one adaptation pair (spec §7.2).
+
+  PL branch: image + packed OPLL labels (instance masks carry the image's
+  uncertain pixels as 255), ``cat_max_ratio`` crop with ≤ 10 redraws on the
+  OPLL semantic map, flip, then the ADCL position-locked paste in the crop's
+  un-flipped panorama window (``data/adcl_paste.py``). Unlabelled branch:
+  crop without the class check, flip. Both normalised.
+  """
+  reader: Any
+  packed_dir: str
+  pool_path: str
+  crop_size: tuple[int, int]
+  cat_max_ratio: float = 0.75
+  flip: bool = True
+  max_instances: int = 32
+  paste: dict = dataclasses.field(default_factory=dict)
+
+  def _pl(self, i: int, rng: np.random.Generator) -> dict:
+    from unlock_jax.data import adcl_paste  # pylint: disable=g-import-not-at-top
+    from unlock_jax.pseudo import labels as pl_labels  # pylint: disable=g-import-not-at-top
+    name = self.reader.keys[i]
+    lab = pl_labels.load_packed(os.path.join(self.packed_dir, name + ".npz"))
+    image = self.reader.load_image(i)
+    sem = lab["semantic"]
+    if sem.shape != image.shape[:2]:
+      raise layouts_common.DataError(
+          f"packed pseudo-labels of {name} are {sem.shape}, its image "
+          f"{image.shape[:2]}: rerun opll for this data set")
+    box = transforms.random_crop_box(sem, self.crop_size, rng, self.cat_max_ratio)
+    y1, y2, x1, x2 = box
+    image, sem = image[y1:y2, x1:x2], sem[y1:y2, x1:x2]
+    branches = {b: {"classes": lab[b]["classes"], "masks": lab[b]["masks"][:, y1:y2, x1:x2]}
+                for b in ("modal", "amodal")}
+    if self.flip and rng.random() < 0.5:
+      image, sem = image[:, ::-1], sem[:, ::-1]
+      for b in branches.values():
+        b["masks"] = b["masks"][:, :, ::-1]
+    out = adcl_paste.paste(np.ascontiguousarray(image), np.ascontiguousarray(sem),
+                           branches["modal"], branches["amodal"], box,
+                           _pool(self.pool_path), rng, **self.paste)
+    ex = {keys.IMAGE: transforms.normalize(out["image"]),
+          keys.SEMANTIC: out["semantic"].astype(np.int32)}
+    for b in ("modal", "amodal"):
+      padded = adcl_paste.pad_instances(out[b], self.max_instances)
+      for k, v in padded.items():
+        ex[f"{b}_{k}"] = v
+    return ex
+
+  def __call__(self, pair, rng: np.random.Generator) -> dict:
+    pl_index, u_index = int(pair[0]), int(pair[1])
+    ex = self._pl(pl_index, rng)
+    image = self.reader.load_image(u_index)
+    h, w = image.shape[:2]
+    ch, cw = self.crop_size
+    y1, x1 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    image = image[y1:y1 + ch, x1:x1 + cw]
+    if self.flip and rng.random() < 0.5:
+      image = image[:, ::-1]
+    ex[keys.UNLABELED_IMAGE] = transforms.normalize(np.ascontiguousarray(image))
+    return ex
+
+
+@dataclasses.dataclass(frozen=True)
+class _Partner:
+  """PL index → (PL index, a uniformly drawn unlabelled index)."""
+  n: int
+
+  def __call__(self, i, rng: np.random.Generator):
+    return int(i), int(rng.integers(0, self.n))
+
+
+def adapt_iterator(reader, *, packed_dir: str, pool_path: str, batch_size: int,
+                   crop_size, seed: int, cat_max_ratio: float = 0.75,
+                   flip: bool = True, max_instances: int = 32, paste: dict | None = None,
+                   num_workers: int = 0, process_index: int = 0,
+                   process_count: int = 1) -> grain.DatasetIterator:
+  """Endless iterator of process-local adaptation batches (PL + unlabelled crops).
+
+  The reference pairs item ``idx`` of an N²-long dataset as (idx // N, idx % N)
+  under a shuffling sampler: two independent uniform draws. Here each
+  process walks its shard of PL images in a reshuffled order every epoch and
+  draws the unlabelled partner uniformly from the whole set with the
+  element's RNG, seeded by (seed, process index); grain's iterator state
+  (saved in every checkpoint) covers both, and the paste's draws too.
+  """
+  n = len(reader)
+  shard = grain.MapDataset.range(n)[process_index::process_count]
+  if len(shard) < batch_size:
+    raise ValueError(f"only {len(shard)} target images on this process, fewer than "
+                     f"the per-process batch size {batch_size}")
+  ds = shard.shuffle(seed=_seed_for(seed, process_index)).repeat()
+  ds = ds.random_map(_Partner(n), seed=_seed_for(seed + 2, process_index))
+  ds = ds.random_map(
+      AdaptPairTransform(reader, packed_dir, pool_path, tuple(crop_size), cat_max_ratio,
+                         flip, max_instances, dict(paste or {})),
+      seed=_seed_for(seed + 1, process_index))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
+  it = it.batch(batch_size, drop_remainder=True, batch_fn=collate)
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it)

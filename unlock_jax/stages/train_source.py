@@ -6,13 +6,12 @@ Resume order (first that applies): (1) the latest checkpoint in
 model); (3) from scratch. The grain iterator state is restored with the model,
 so a resumed run sees exactly the batches an uninterrupted run would.
 """
+import json
 import os
-import signal
 
 import jax
-import jax.numpy as jnp
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
@@ -20,31 +19,9 @@ from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
 from unlock_jax.models import amodalpass
+from unlock_jax.train import loop
 from unlock_jax.train import optim
 from unlock_jax.train import steps
-
-
-class NonFiniteLossError(FloatingPointError):
-  """The loss or gradient became NaN/Inf; the run stopped before saving it."""
-
-
-def _check_finite(state, ckpt: checkpoint.Checkpointer) -> None:
-  bad = int(jax.device_get(state["first_bad_step"]))
-  if bad >= 0:
-    ckpt.wait()
-    raise NonFiniteLossError(
-        f"non-finite loss or gradient at step {bad + 1}; stopped without saving "
-        f"it. Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
-
-
-_accumulate = jax.jit(lambda acc, m: jax.tree.map(jnp.add, acc, m))
-
-
-def interval_means(last: dict, total: dict, count: int) -> dict:
-  """Loss terms and gradient norm averaged over the log interval; others (lr,
-  parameter norm) as at the log step."""
-  return {k: (float(total[k]) / count if k.startswith(("loss", "grad_norm"))
-              else float(v)) for k, v in last.items()}
 
 
 def run(config, workdir: str) -> dict:
@@ -80,61 +57,25 @@ def run(config, workdir: str) -> dict:
 
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                  max_to_keep=config.keep_checkpoints)
-  start = ckpt.latest_step()
-  if start is not None:
-    logging.info("Resuming from step %d in %s", start, ckpt.directory)
-    state, _ = ckpt.restore(start, checkpoint.abstract_like(state), data_iter)
-  elif config.get("init_checkpoint"):
+  if ckpt.latest_step() is None and config.get("init_checkpoint"):
     path = fileio.resolve(config.init_checkpoint, workdir)
     logging.info("Initialising parameters from %s", path)
     variables, _ = checkpoint.load_variables(path, checkpoint.abstract_like(state))
     state = state | variables
-  step = int(jax.device_get(state["step"]))
+  state, step = loop.restore_or_init(ckpt, state, data_iter)
 
   train_step = steps.make_source_step(model, tx, schedule, mesh, state,
                                       loss_cfg=config.loss)
   base_rng = jax.device_put(step_rng, shd.replicated(mesh))
-  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                           every_secs=config.progress_every_secs)
-  if step == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items()
-                          if isinstance(v, (int, float, str, bool))})
-  measurements = None
-  interval_sum, interval_steps = None, 0
-  while step < total:
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = shd.put_batch(next(data_iter), mesh)
-      state, measurements = train_step(state, batch, base_rng)
-      # Summed on device (no host sync) so logged losses are interval means,
-      # not the noisy value of the single batch at the log step.
-      interval_sum = (measurements if interval_sum is None
-                      else _accumulate(interval_sum, measurements))
-      interval_steps += 1
-    step += 1
-    report(step)
-    if step % config.log_every == 0 or step == total:
-      _check_finite(state, ckpt)
-      writer.write_scalars(step, interval_means(jax.device_get(measurements),
-                                                jax.device_get(interval_sum),
-                                                interval_steps))
-      interval_sum, interval_steps = None, 0
-    if (step % config.checkpoint_every == 0 or step == total
-        or ckpt.reached_preemption(step)):
-      _check_finite(state, ckpt)
-      ckpt.save(step, state, data_iter, meta={"step": step, "stage": "train_source"},
-                force=True)
-      if step == config.debug.get("kill_after_checkpoint", -1):
-        # Simulates a preempted machine for the resume test: no clean shutdown.
-        ckpt.wait()
-        os.kill(os.getpid(), signal.SIGKILL)
-      if ckpt.reached_preemption(step):
-        ckpt.wait()
-        logging.warning("Preempted at step %d; checkpoint saved, exiting.", step)
-        break
-  ckpt.close()
-  writer.flush()
+  state, measurements = loop.run(state, train_step, data_iter, mesh=mesh, ckpt=ckpt,
+                                 writer=writer, config=config, total=total,
+                                 stage="train_source", step_args=(base_rng,))
+  step = int(jax.device_get(state["step"]))
+  path = os.path.join(stage_dir, "summary.json")
+  if measurements is None and os.path.exists(path):
+    return json.load(open(path))  # rerun of a finished run: keep its summary
   final = jax.device_get(measurements) if measurements is not None else {}
   summary = {"step": step, "final": {k: float(v) for k, v in final.items()}}
   if pi == 0:
-    fileio.atomic_write_json(os.path.join(stage_dir, "summary.json"), summary)
+    fileio.atomic_write_json(path, summary)
   return summary

@@ -1,0 +1,114 @@
+"""Stage 4: source-free adaptation on the OPLL labels and the ADCL pool (spec §7).
+
+Student and EMA teacher start from the source checkpoint
+(``config.adapt.source_checkpoint``, default ``config.predict.checkpoint``),
+whose parameters also anchor the regulariser; they are read at start-up and
+never written into this stage's checkpoints. Input pairs come from
+``pipeline.adapt_iterator`` (packed OPLL labels of ``config.opll.out_dir``,
+the pool index of ``config.adcl_pool.out_dir``); the step is
+``train/adapt.py``; the loop (resume, logging, non-finite check,
+checkpoints with the grain iterator state, preemption) is ``train/loop.py``.
+Every ``eval_every`` steps the evaluators named in ``config.adapt.evals``
+(keys of ``config.evals``, on held-out splits) are written through clu. The
+result is the last step: no checkpoint is ever selected on an evaluation
+split (the reference's test config loads iter_4600 although training keeps
+only the last, spec §10 item 9).
+"""
+import json
+import os
+
+import jax
+import ml_collections
+from absl import logging
+from clu import metric_writers
+
+from unlock_jax import checkpoint
+from unlock_jax import fileio
+from unlock_jax import provenance
+from unlock_jax import sharding as shd
+from unlock_jax.data import pipeline
+from unlock_jax.evaluation import evaluators
+from unlock_jax.pseudo import inference
+from unlock_jax.stages import adcl_pool as adcl_pool_stage
+from unlock_jax.train import adapt as adapt_lib
+from unlock_jax.train import loop
+from unlock_jax.train import optim
+
+
+def _inputs(config, workdir):
+  packed_dir = os.path.join(fileio.resolve(config.opll.out_dir, workdir), "packed")
+  pool_path = os.path.join(fileio.resolve(config.adcl_pool.out_dir, workdir),
+                           adcl_pool_stage.INDEX_FILE)
+  if not os.path.isdir(packed_dir):
+    raise FileNotFoundError(f"no OPLL pseudo-labels in {packed_dir}: run the `opll` "
+                            "stage first (--config.stage=predict,opll,adcl_pool,adapt)")
+  if not os.path.exists(pool_path):
+    raise FileNotFoundError(f"no ADCL pool index {pool_path}: run the `adcl_pool` stage first")
+  return packed_dir, pool_path
+
+
+def run(config, workdir: str) -> dict:
+  a = config.adapt
+  stage_dir = fileio.resolve(a.out_dir, workdir)
+  provenance.record(workdir, "adapt", config)
+  mesh = shd.make_mesh()
+  pi, pc = jax.process_index(), jax.process_count()
+  writer = metric_writers.create_default_writer(stage_dir, just_logging=pi > 0,
+                                                asynchronous=True)
+  packed_dir, pool_path = _inputs(config, workdir)
+  tgt = config.data.target
+  reader = pipeline.open_reader(tgt.layout, fileio.resolve(tgt.root, workdir), "train",
+                                tgt.get("image_size"))
+  missing = [k for k in reader.keys
+             if not os.path.exists(os.path.join(packed_dir, k + ".npz"))]
+  if missing:
+    raise FileNotFoundError(f"{len(missing)} target images have no packed OPLL labels "
+                            f"in {packed_dir} (first: {missing[0]}): rerun `opll`")
+  data_iter = pipeline.adapt_iterator(
+      reader, packed_dir=packed_dir, pool_path=pool_path,
+      batch_size=shd.local_batch_size(a.batch_size, mesh), crop_size=tuple(a.crop_size),
+      seed=config.seed, cat_max_ratio=a.cat_max_ratio, flip=a.flip,
+      max_instances=a.max_instances, paste=a.paste.to_dict(),
+      num_workers=a.num_workers, process_index=pi, process_count=pc)
+
+  src_path = fileio.resolve(a.source_checkpoint or config.predict.checkpoint, workdir)
+  model, variables, src_step = inference.load_model(config.model, src_path, mesh)
+  logging.info("adapt: source model %s (step %s)", src_path, src_step)
+  total = int(a.total_steps)
+  tx, schedule = optim.make(a.optim, total, variables["params"])
+  state = adapt_lib.init_state(variables, tx, mesh)
+  source_params = jax.device_put(variables["params"], shd.replicated(mesh))
+  ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),
+                                 max_to_keep=a.keep_checkpoints)
+  state, _ = loop.restore_or_init(ckpt, state, data_iter)
+  step_fn = adapt_lib.make_adapt_step(model, tx, schedule, mesh, state, cfg=a)
+  base_rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), 4),
+                            shd.replicated(mesh))
+
+  def evaluate(state, step):
+    del step
+    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
+    out = {}
+    for name in a.evals:
+      ev = evaluators.from_config(name, config.evals[name], model=model, mesh=mesh,
+                                  workdir=workdir)
+      out.update({f"eval/{name}/{k}": v for k, v in ev.run(variables)})
+    return out
+
+  loop_cfg = ml_collections.ConfigDict(dict(
+      log_every=a.log_every, checkpoint_every=a.checkpoint_every,
+      progress_every_secs=config.progress_every_secs, debug=config.debug.to_dict(),
+      adapt=a.to_dict()))
+  state, measurements = loop.run(
+      state, step_fn, data_iter, mesh=mesh, ckpt=ckpt, writer=writer, config=loop_cfg,
+      total=total, stage="adapt", step_args=(source_params, base_rng),
+      evaluate=evaluate if a.evals else None, eval_every=int(a.eval_every))
+  path = os.path.join(stage_dir, "summary.json")
+  if measurements is None and os.path.exists(path):
+    return json.load(open(path))
+  final = jax.device_get(measurements) if measurements is not None else {}
+  summary = {"step": int(jax.device_get(state["step"])), "source": src_path,
+             "final": {k: float(v) for k, v in final.items()}}
+  if pi == 0:
+    fileio.atomic_write_json(path, summary)
+  return summary

@@ -1,0 +1,100 @@
+"""The one training loop, shared by ``train_source`` and ``adapt``.
+
+Plain function, no trainer class: it runs a jitted ``step(state, batch,
+*step_args)`` until ``total`` steps, logs interval means of the measurements
+(summed on device, so no host sync per step), raises with the step number
+when the non-finite latch ``first_bad_step`` is set (before any checkpoint
+of the bad state), checkpoints the state and the grain iterator state every
+``checkpoint_every`` steps and at the end or on preemption, and runs an
+optional periodic ``evaluate(state, step) -> dict`` whose scalars go to the
+same writer.
+"""
+import os
+import signal
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from absl import logging
+from clu import periodic_actions
+
+from unlock_jax import sharding as shd
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss or gradient became NaN/Inf; the run stopped before saving it."""
+
+
+def check_finite(state, ckpt) -> None:
+  bad = int(jax.device_get(state["first_bad_step"]))
+  if bad >= 0:
+    ckpt.wait()
+    raise NonFiniteLossError(
+        f"non-finite loss or gradient at step {bad + 1}; stopped without saving "
+        f"it. Last good checkpoint: step {ckpt.latest_step()} in {ckpt.directory}")
+
+
+_accumulate = jax.jit(lambda acc, m: jax.tree.map(jnp.add, acc, m))
+
+
+def interval_means(last: dict, total: dict, count: int) -> dict:
+  """Loss terms and gradient norm averaged over the log interval; others (lr,
+  parameter norm) as at the log step."""
+  return {k: (float(total[k]) / count if k.startswith(("loss", "grad_norm"))
+              else float(v)) for k, v in last.items()}
+
+
+def restore_or_init(ckpt, state, data_iter):
+  """``(state, step)``: the latest checkpoint's, or ``state`` at its own step."""
+  from unlock_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  start = ckpt.latest_step()
+  if start is not None:
+    logging.info("Resuming from step %d in %s", start, ckpt.directory)
+    state, _ = ckpt.restore(start, checkpoint.abstract_like(state), data_iter)
+  return state, int(jax.device_get(state["step"]))
+
+
+def run(state, train_step, data_iter, *, mesh, ckpt, writer, config, total: int,
+        stage: str, step_args=(), evaluate: Callable | None = None,
+        eval_every: int = 0):
+  """Trains from ``state["step"]`` to ``total``; returns ``(state, last measurements)``."""
+  step = int(jax.device_get(state["step"]))
+  report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
+                                           every_secs=config.progress_every_secs)
+  if step == 0:
+    writer.write_hparams({k: v for k, v in config.to_dict().items()
+                          if isinstance(v, (int, float, str, bool))})
+  measurements = None
+  interval_sum, interval_steps = None, 0
+  while step < total:
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = shd.put_batch(next(data_iter), mesh)
+      state, measurements = train_step(state, batch, *step_args)
+      interval_sum = (measurements if interval_sum is None
+                      else _accumulate(interval_sum, measurements))
+      interval_steps += 1
+    step += 1
+    report(step)
+    if step % config.log_every == 0 or step == total:
+      check_finite(state, ckpt)
+      writer.write_scalars(step, interval_means(jax.device_get(measurements),
+                                                jax.device_get(interval_sum),
+                                                interval_steps))
+      interval_sum, interval_steps = None, 0
+    if evaluate is not None and eval_every and (step % eval_every == 0 or step == total):
+      writer.write_scalars(step, evaluate(state, step))
+    if (step % config.checkpoint_every == 0 or step == total
+        or ckpt.reached_preemption(step)):
+      check_finite(state, ckpt)
+      ckpt.save(step, state, data_iter, meta={"step": step, "stage": stage}, force=True)
+      if step == config.debug.get("kill_after_checkpoint", -1):
+        # Simulates a preempted machine for the resume tests: no clean shutdown.
+        ckpt.wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+      if ckpt.reached_preemption(step):
+        ckpt.wait()
+        logging.warning("Preempted at step %d; checkpoint saved, exiting.", step)
+        break
+  ckpt.close()
+  writer.flush()
+  return state, measurements
