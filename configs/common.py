@@ -141,8 +141,9 @@ def base() -> ml_collections.ConfigDict:
   c.progress_every_secs = 30.0
   c.init_checkpoint = ""
 
+  # `runs`: several named checkpoints, each {"checkpoint", "tau": (tau_m, tau_a)}.
   c.evaluate = dict(checkpoint="{workdir}/train_source/checkpoints",
-                    results_dir="{workdir}/evaluate")
+                    results_dir="{workdir}/evaluate", runs={})
   c.evals = ml_collections.ConfigDict()
 
   # Stage 1: whole-panorama predictions of the source model over the target

@@ -1,9 +1,15 @@
-"""Stage 5: evaluate a checkpoint on whole images with every configured evaluator.
+"""Stage 5: evaluate one or several checkpoints on whole images with every configured evaluator.
 
-Loads ``config.evaluate.checkpoint`` (a train run's checkpoint folder, or a
-folder written by ``tools/convert_torch``), runs ``config.evals.*``, prints a
-table, and writes ``results.json`` plus clu scalars under
-``config.evaluate.results_dir``.
+``config.evaluate.checkpoint`` (a train run's checkpoint folder, or a folder
+written by ``tools/convert_torch``) is scored by every ``config.evals.*``;
+``results.json`` holds ``{"checkpoint", "step", "results"}``. With
+``config.evaluate.runs`` set — ``{name: {"checkpoint": path, "tau": (tau_m,
+tau_a)}}``, e.g. ``source_only`` at the reference's 0.95/0.95 and ``unlock``
+at 0.55/0.5 — each named checkpoint is scored with its own fusion
+thresholds (applied to every ``oass`` evaluator) and ``results.json`` holds
+``{"runs": {name: {"checkpoint", "step", "results"}}}``, with the usual
+``<evaluator>/<metric>`` keys, plus a side-by-side table of the headline
+metrics. TensorBoard scalars go under ``<results_dir>[/<name>]``.
 """
 import os
 
@@ -18,6 +24,8 @@ from unlock_jax import sharding as shd
 from unlock_jax.evaluation import evaluators
 from unlock_jax.models import amodalpass
 from unlock_jax.train import steps
+
+HEADLINE = ("mIoU", "mPQ", "mAP", "mAAP", "mAPQ")
 
 
 def abstract_variables(model, image_shape, mesh):
@@ -38,22 +46,28 @@ def format_table(results: dict) -> str:
   return "\n".join(lines)
 
 
-def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "evaluate", config)
-  if not config.evals:
-    raise ValueError("config.evals is empty: nothing to evaluate")
-  out_dir = fileio.resolve(config.evaluate.results_dir, workdir)
-  mesh = shd.make_mesh()
-  model = amodalpass.build(config.model)
+def comparison_table(runs: dict) -> str:
+  """Headline metrics of every evaluator, one column per named run."""
+  names = list(runs)
+  keys = [k for k in next(iter(runs.values()))["results"]
+          if k.split("/")[-1] in HEADLINE and k.count("/") == 1]
+  width = max([len(k) for k in keys] + [6])
+  lines = [f"{'metric':<{width}}" + "".join(f"  {n:>12}" for n in names)]
+  for k in keys:
+    lines.append(f"{k:<{width}}" + "".join(
+        f"  {runs[n]['results'].get(k, float('nan')):12.2f}" for n in names))
+  return "\n".join(lines)
+
+
+def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None):
   abstract = abstract_variables(model, (1, 64, 64, 3), mesh)
-  ckpt_path = fileio.resolve(config.evaluate.checkpoint, workdir)
   variables, step = checkpoint.load_variables(ckpt_path, abstract)
   logging.info("Evaluating %s (step %s)", ckpt_path, step)
-
-  writer = metric_writers.create_default_writer(
-      out_dir, just_logging=jax.process_index() > 0)
   results = {}
   for name, ecfg in config.evals.items():
+    if tau is not None and ecfg.type == "oass":
+      ecfg = ecfg.copy_and_resolve_references()
+      ecfg.tau_m, ecfg.tau_a = (float(t) for t in tau)
     ev = evaluators.from_config(name, ecfg, model=model, mesh=mesh, workdir=workdir)
     for metric, value in ev.run(variables):
       results[f"{name}/{metric}"] = value
@@ -61,10 +75,32 @@ def run(config, workdir: str) -> dict:
       writer.write_images(step or 0, {pic_name: array[None]})
   writer.write_scalars(step or 0, results)
   writer.flush()
-  table = format_table(results)
-  print(table, flush=True)
+  return {"checkpoint": ckpt_path, "step": step, "results": results}
+
+
+def run(config, workdir: str) -> dict:
+  provenance.record(workdir, "evaluate", config)
+  if not config.evals:
+    raise ValueError("config.evals is empty: nothing to evaluate")
+  out_dir = fileio.resolve(config.evaluate.results_dir, workdir)
+  mesh = shd.make_mesh()
+  model = amodalpass.build(config.model)
+  just_log = jax.process_index() > 0
+  runs_cfg = config.evaluate.get("runs") or {}
+  if not runs_cfg:
+    writer = metric_writers.create_default_writer(out_dir, just_logging=just_log)
+    out = _score(config, model, mesh, workdir,
+                 fileio.resolve(config.evaluate.checkpoint, workdir), writer)
+    print(format_table(out["results"]), flush=True)
+  else:
+    runs = {}
+    for name, r in runs_cfg.items():
+      writer = metric_writers.create_default_writer(os.path.join(out_dir, name),
+                                                    just_logging=just_log)
+      runs[name] = _score(config, model, mesh, workdir,
+                          fileio.resolve(r.checkpoint, workdir), writer, r.get("tau"))
+    print(comparison_table(runs), flush=True)
+    out = {"runs": runs}
   if jax.process_index() == 0:
-    fileio.atomic_write_json(os.path.join(out_dir, "results.json"),
-                             {"checkpoint": ckpt_path, "step": step,
-                              "results": results})
-  return results
+    fileio.atomic_write_json(os.path.join(out_dir, "results.json"), out)
+  return out["results"] if "results" in out else out
