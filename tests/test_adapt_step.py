@@ -457,7 +457,7 @@ def _group_lr_mult(path: str) -> float:
 
 
 def test_full_step_moves_groups_by_lr_times_multiplier(full):
-  """AdamW's first step moves a weight with |g| >> eps by lr·mult (plus <= ~1 % decay, float32 rounding)."""
+  """AdamW's first step moves a weight with |g| >> eps by lr·mult (+ <= ~1 % decay, rounding)."""
   state = full.fresh()
   before = _flat(jax.device_get(state["params"]))
   rng = np.random.default_rng(5)
