@@ -5,9 +5,15 @@
 
 1. Threshold computation on the same synthetic 400x2048 prediction sets, written once
    into a temp dir in both formats:
-   * ours: stream the compact store (``store.load_prediction`` per entry, as the
-     ``opll`` stage does), ``SemanticHistogram.add`` + ``ScoreLists.add``, then
+   * ours: stream the compact store as the ``opll`` stage does: ``store.load_summary``
+     per entry (the entry's stored per-class code histogram, ``predict``'s
+     ``thresholds.sparse_histogram``, and the detection scores; no map or mask
+     decoding), ``SemanticHistogram.add_sparse`` + ``ScoreLists.add``, then
      ``.thresholds`` for semantic (0.8, 0.5), modal (0.3, 0.5), amodal (0.5, 0.3);
+     the per-part times, and (untimed, afterwards) file read + CRC and the histogram
+     decode apart;
+   * ours (full decode), for transparency: the earlier pass, ``store.load_prediction``
+     (confidence map decoded, masks unpacked) + ``SemanticHistogram.add``;
    * reference: a faithful port of ``get_threshold`` of ``Save_OPLL_Semantic.py``
      (per image ``np.load`` of the 18x400x2048 float32 softmax ``.npy``,
      ``torch.max(dim=1)``, ``np.append`` of the whole max-prob and int64 label maps onto
@@ -38,12 +44,50 @@ at N=200); when the temp dir has too little room the reference files of panorama
 hard links to those of panorama i mod D (D distinct maps fit), and our entries are
 re-encoded copies of the same D, so both sides still read identical data (printed).
 Times are wall-clock and process CPU (user+sys) seconds; ratios are reference/ours.
-`--quick`: N=10,20, n-large 40, < 1 min.
+Our entries are written by ``store.write_prediction``, which stores the histogram as
+``predict`` does. `--quick`: N=10,20, n-large 40, < 1 min.
 
-Measured 2026-11-30, `python benchmarks/opll.py`, on the shared 2-core development VM
-(AMD EPYC, 23 GB RAM, /tmp disk ~220 MB/s write) with a training job busy on one core
-(load average ~3); a first run, with `--predict`, gave ratios 8.6x / 16.7x wall and ours
-at N=2000 in 94 s wall / 40 s CPU under more load:
+Measured 2026-11-30 12:35, `python benchmarks/opll.py`, same VM as below but busier
+(training and test jobs of other sessions, load average 5.7-7.7 on the 2 cores, so wall
+times carry waits; CPU times are the steadier measure):
+
+  N    ours wall / cpu  ours full decode  ref wall / cpu    ref/ours wall / cpu  RSS ours / ref
+  50   0.29 s / 0.18 s  1.55 s / 1.03 s   18.4 s /  8.4 s     64.3x /  45.9x     52 / 1175 MiB
+  200  1.13 s / 0.71 s  6.00 s / 4.48 s  149.1 s / 93.9 s    132.4x / 131.4x     55 / 3517 MiB
+  2000 14.3 s / 7.0 s   not run          not run (extrapolated a N + b N^2: ~10500 s, ~740x)
+
+  (ref/ours full decode: 11.9x / 8.1x at N=50, 24.8x / 20.9x at N=200.)
+  * Thresholds agree at both sizes for both of our passes, as before (semantic taus
+    identical, uncapped quantiles within 7.3e-6, equal counts; instance taus exact).
+  * Ours: 3.5-3.6 ms CPU per panorama (5.6-7.1 ms wall under this load) whatever N, from
+    30 ms before; the target >= 100x is met at N=200 (132x) and N=2000, NOT at N=50
+    (64x wall, 46x CPU): there the reference costs 167 ms CPU (368 ms wall) per
+    panorama, so 100x needs <= 1.7 ms CPU per panorama. Where ours goes, per 400x2048
+    panorama (~193k class/code pairs; CPU, from repeated runs on 30 realistic entries):
+    file read 0.05 ms + CRC-32 of the 0.79 MB entry 0.3 ms; index JSON and the four
+    small score/class arrays 0.1 ms; inflating the 0.12 MB histogram blob to its 0.25 MB
+    of tokens 1.2-1.4 ms; tokens to int64 keys and counts (nibbles, escapes, cumsum)
+    0.7-0.9 ms; the pixel-count check 0.05 ms; ``add_sparse`` 0.5-0.7 ms (range checks
+    0.2, ``np.add.at`` 0.3-0.45); score lists 0.05-0.1 ms. The histogram's ~193k pairs
+    are the floor of any single-pass exact scheme: inflate plus three numpy passes
+    over them. Two ways below 1.7 ms, neither implemented: storing the tokens
+    undeflated saves the inflate (~1.2 ms) for +75 KB per entry (0.87 MB, 68x); or two
+    levels, per entry pixel counts per (class, 1024-code chunk), a first pass finding
+    each class's quantile chunk, a second inflating only those 18 chunks' pairs
+    (~3.5 KB): a prototype took 1.2 ms CPU per panorama for both passes against 2.9 ms
+    for this pass under the same load (the stage's resume and multi-process merge
+    would then have two phases).
+  * Ours at N=2000: peak RSS 62 MiB (target <= 2 GB met).
+  * Bytes per panorama: store entry 0.790 MB, of it the histogram 0.119 MB (+18%);
+    vs the 59.0 MB semantic .npy 75x smaller (target >= 60x met), vs all three
+    reference files 116x.
+  * Generation: 163 s for 200 distinct panoramas (store 27 s = 134 ms per entry write,
+    ~25 ms more than before for the histogram); 2000 large-store entries in 301 s.
+
+Before (the full-decode pass above as ours), measured 2026-11-30 on the shared 2-core
+development VM (AMD EPYC, 23 GB RAM, /tmp disk ~220 MB/s write) with a training job busy
+on one core (load average ~3); a first run, with `--predict`, gave ratios 8.6x / 16.7x
+wall and ours at N=2000 in 94 s wall / 40 s CPU under more load:
 
   N    ours wall / cpu   ref wall / cpu     ref/ours wall / cpu   peak RSS ours / ref
   50     1.6 s / 1.1 s    13.7 s /  8.3 s       8.6x /  7.9x        138 / 1175 MiB
@@ -80,10 +124,12 @@ import json
 import os
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 import numpy as np
 
@@ -191,7 +237,8 @@ def generate(root, n, distinct, seed=0):
     os.makedirs(os.path.join(ref_root, k, CITY), exist_ok=True)
   names = [f"pano_{i:05d}" for i in range(n)]
   t = {"gen": 0.0, "ref_write": 0.0, "store_write": 0.0}
-  sizes = {"store": [], "semantic": [], "instance": [], "amodal_instance": []}
+  sizes = {"store": [], "hist": [], "pairs": [], "semantic": [], "instance": [],
+           "amodal_instance": []}
   for i, name in enumerate(names):
     paths = _ref_paths(ref_root, name)
     if i < distinct:
@@ -213,6 +260,9 @@ def generate(root, n, distinct, seed=0):
       t["ref_write"] += t2 - t1
       t["store_write"] += t3 - t2
       sizes["store"].append(nbytes)
+      hist = thresholds.sparse_histogram(sem, code)  # what write_prediction stored
+      sizes["hist"].append(len(store.encode_histogram(hist)))
+      sizes["pairs"].append(hist.shape[1])
       for k, p in paths.items():
         sizes[k].append(os.path.getsize(p))
     else:  # hard links to panorama i mod distinct; our entry re-encoded from it
@@ -245,27 +295,66 @@ def generate_large(store_src, store_dst, n, distinct):
 # ------------------------------------------------------------------ the two passes
 
 
-def run_ours(store_dir, n):
-  """The streaming threshold pass of the ``opll`` stage (one process, no resume file)."""
+def run_ours(store_dir, n, mode="summary"):
+  """The streaming threshold pass of the ``opll`` stage (one process, no resume file).
+
+  ``summary``: as the stage does it, ``store.load_summary`` per entry (the stored
+  code histogram and the scores) + ``SemanticHistogram.add_sparse``; ``full``: the
+  earlier pass, ``store.load_prediction`` (maps and masks decoded) +
+  ``SemanticHistogram.add``. Per-part wall times are summed alongside.
+  """
   t = _now()
   names = store.list_predictions(store_dir)[:n]
   sem = thresholds.SemanticHistogram()
   acc = {"modal": thresholds.ScoreLists(), "amodal": thresholds.ScoreLists()}
-  t_load = 0.0
+  t_load = t_add = t_scores = 0.0
   for name in names:
     a = time.perf_counter()
-    pred = store.load_prediction(store_dir, name)
-    t_load += time.perf_counter() - a
-    sem.add(pred["semantic"], pred["confidence_code"])
-    for b in ("modal", "amodal"):
-      acc[b].add(pred[b]["classes"], pred[b]["scores"])
+    if mode == "summary":
+      pred = store.load_summary(store_dir, name)
+      b = time.perf_counter()
+      sem.add_sparse(*pred[store.HIST_KEY])
+    else:
+      pred = store.load_prediction(store_dir, name)
+      b = time.perf_counter()
+      sem.add(pred["semantic"], pred["confidence_code"])
+    c = time.perf_counter()
+    for br in ("modal", "amodal"):
+      acc[br].add(pred[br]["classes"], pred[br]["scores"])
+    d = time.perf_counter()
+    t_load += b - a
+    t_add += c - b
+    t_scores += d - c
+  a = time.perf_counter()
   th = {"semantic": sem.thresholds(*SETTINGS["semantic"])}
   for b in ("modal", "amodal"):
     th[b] = acc[b].thresholds(*SETTINGS[b])
+  t_final = time.perf_counter() - a
   wall, cpu = _since(t)
-  out = {"n": len(names), "wall": wall, "cpu": cpu, "load_wall": t_load}
+  out = {"n": len(names), "mode": mode, "wall": wall, "cpu": cpu, "load_wall": t_load,
+         "add_wall": t_add, "scores_wall": t_scores, "final_wall": t_final}
   for k, v in th.items():
     out[k] = {f: [v[c][f] for c in sorted(v)] for f in ("tau", "count", "quantile")}
+  if mode == "summary":  # untimed above: where load_summary's time goes
+    parts = {"read_crc": 0.0, "inflate_hist": 0.0, "decode_hist": 0.0}
+    for name in names:
+      a = time.perf_counter()
+      path = store.entry_path(store_dir, name)
+      payload = store._verified_payload(path)  # pylint: disable=protected-access
+      b = time.perf_counter()
+      (m,) = struct.unpack_from("<I", payload)
+      rec = next(r for r in json.loads(bytes(payload[4:4 + m]))["arrays"]
+                 if r["key"] == store.HIST_KEY)
+      blob = payload[4 + m + rec["offset"]:4 + m + rec["offset"] + rec["size"]]
+      c = time.perf_counter()
+      zlib.decompress(blob[store._HIST.size:])  # pylint: disable=protected-access
+      d = time.perf_counter()
+      store.decode_histogram(blob)
+      e = time.perf_counter()
+      parts["read_crc"] += b - a
+      parts["inflate_hist"] += d - c
+      parts["decode_hist"] += e - d
+    out["parts"] = parts
   return out
 
 
@@ -461,24 +550,29 @@ def compare(ours, ref):
 
 
 def comparison(root, n, timeout):
-  log_ours, log_ref = (os.path.join(root, f"{w}_{n}.jsonl") for w in ("ours", "ref"))
-  for p in (log_ours, log_ref):
+  log_ours, log_full, log_ref = (os.path.join(root, f"{w}_{n}.jsonl")
+                                 for w in ("ours", "ours_full", "ref"))
+  for p in (log_ours, log_full, log_ref):
     if os.path.exists(p):
       os.remove(p)
-  rc, _, rss_o = _spawn(["--worker", "ours", "--root", os.path.join(root, "store"),
-                         "--n", str(n), "--log", log_ours], None)
-  if rc != 0:
-    raise RuntimeError(f"ours worker failed (rc {rc})")
-  ours = _read_jsonl(log_ours)[0]
+  rss = {}
+  for mode, log in (("summary", log_ours), ("full", log_full)):
+    rc, _, rss[mode] = _spawn(["--worker", "ours", "--root", os.path.join(root, "store"),
+                               "--n", str(n), "--log", log, "--mode", mode], None)
+    if rc != 0:
+      raise RuntimeError(f"ours worker ({mode}) failed (rc {rc})")
+  ours, ours_full = _read_jsonl(log_ours)[0], _read_jsonl(log_full)[0]
+  rss_o = rss["summary"]
   rc, wall_r, rss_r = _spawn(["--worker", "ref", "--root", os.path.join(root, "ref"),
                               "--n", str(n), "--log", log_ref], timeout)
   parts = {r["part"]: r for r in _read_jsonl(log_ref)}
   done = len(parts) == 3 and rc == 0
   ref_wall = sum(p["wall"] for p in parts.values()) if done else max(timeout, wall_r)
   ref_cpu = sum(p["cpu"] for p in parts.values()) if done else None
-  out = {"n": n, "ours": ours, "ours_rss_mib": rss_o, "ref_parts": parts, "ref_done": done,
+  out = {"n": n, "ours": ours, "ours_rss_mib": rss_o, "ours_full": ours_full,
+         "ours_full_rss_mib": rss["full"], "ref_parts": parts, "ref_done": done,
          "ref_wall": ref_wall, "ref_cpu": ref_cpu, "ref_rss_mib": rss_r,
-         "check": compare(ours, parts)}
+         "check": compare(ours, parts), "check_full": compare(ours_full, parts)}
   if rc not in (0, None):
     raise RuntimeError(f"reference worker failed (rc {rc})")
   return out
@@ -489,11 +583,10 @@ def _fmt_ratio(x, done):
 
 
 def report_comparison(r):
-  o = r["ours"]
+  o, of = r["ours"], r["ours_full"]
   print(f"\nN = {r['n']} panoramas 400x2048")
-  print(f"  ours      wall {o['wall']:8.2f} s  cpu {o['cpu']:8.2f} s  "
-        f"({1e3 * o['wall'] / o['n']:.0f} ms/pano, load {1e3 * o['load_wall'] / o['n']:.0f})"
-        f"  peak RSS {r['ours_rss_mib']:7.0f} MiB")
+  _report_ours("ours", o, r["ours_rss_mib"])
+  _report_ours("ours (full decode)", of, r["ours_full_rss_mib"])
   for k, p in r["ref_parts"].items():
     print(f"  ref {k:9s} wall {p['wall']:8.2f} s  cpu {p['cpu']:8.2f} s  "
           f"(torch.max: {p['torch']})")
@@ -502,18 +595,33 @@ def report_comparison(r):
   tag = "" if done else f"  (killed at the {r['ref_wall']:.0f} s cap: lower bound)"
   print(f"  ref total wall {r['ref_wall']:8.2f} s  {cpu}  "
         f"peak RSS {r['ref_rss_mib']:7.0f} MiB{tag}")
-  ratio_w = r["ref_wall"] / o["wall"]
-  line = f"  ratio ref/ours: wall {_fmt_ratio(ratio_w, done)}"
-  if r["ref_cpu"] is not None:
-    line += f"  cpu {r['ref_cpu'] / o['cpu']:7.1f}x"
-  if "semantic" in r["ref_parts"]:
-    s = r["ref_parts"]["semantic"]
-    line += f"  (semantic part alone: wall {s['wall'] / o['wall']:.1f}x)"
-  print(line + "  (target >= 100x)")
-  for k, c in r["check"].items():
-    print(f"  {k:9s} thresholds agree: {c['ok']}  (max |dtau| {c['max_dtau']:.2e}, "
-          f"uncapped quantiles max |dq| {c['max_dq']:.2e}, count mismatches "
-          f"{c['count_mismatch']})")
+  for what, x in (("ours", o), ("ours (full decode)", of)):
+    line = f"  ratio ref/{what}: wall {_fmt_ratio(r['ref_wall'] / x['wall'], done)}"
+    if r["ref_cpu"] is not None:
+      line += f"  cpu {r['ref_cpu'] / x['cpu']:7.1f}x"
+    if "semantic" in r["ref_parts"]:
+      s = r["ref_parts"]["semantic"]
+      line += f"  (semantic part alone: wall {s['wall'] / x['wall']:.1f}x)"
+    print(line + ("  (target >= 100x)" if x is o else ""))
+  for what, check in (("ours", r["check"]), ("full decode", r["check_full"])):
+    for k, c in check.items():
+      print(f"  {what}: {k:9s} thresholds agree: {c['ok']}  (max |dtau| {c['max_dtau']:.2e}, "
+            f"uncapped quantiles max |dq| {c['max_dq']:.2e}, count mismatches "
+            f"{c['count_mismatch']})")
+
+
+def _report_ours(what, o, rss):
+  ms = lambda k: 1e3 * o[k] / o["n"]
+  print(f"  {what:18s} wall {o['wall']:8.2f} s  cpu {o['cpu']:8.2f} s  "
+        f"peak RSS {rss:7.0f} MiB")
+  print(f"  {'':18s} {ms('wall'):.2f} ms/pano: load {ms('load_wall'):.2f}, histogram add "
+        f"{ms('add_wall'):.2f}, score lists {ms('scores_wall'):.2f}; thresholds "
+        f"{1e3 * o['final_wall']:.0f} ms once")
+  if "parts" in o:
+    p = {k: 1e3 * v / o["n"] for k, v in o["parts"].items()}
+    print(f"  {'':18s} load = file read + CRC-32 {p['read_crc']:.2f} ms, histogram decode "
+          f"{p['decode_hist']:.2f} ms (of it inflate {p['inflate_hist']:.2f}), rest "
+          f"{ms('load_wall') - p['read_crc'] - p['decode_hist']:.2f} (measured apart)")
 
 
 # ------------------------------------------------------------------ predict throughput
@@ -591,7 +699,7 @@ def worker(args):
     with open(args.log, "w") as f:
       f.write(json.dumps(out) + "\n")
   elif args.worker == "ours":
-    out = run_ours(args.root, args.n)
+    out = run_ours(args.root, args.n, args.mode)
     out["rss_mib"] = _rss_mib()
     with open(args.log, "a") as f:
       f.write(json.dumps(out) + "\n")
@@ -617,6 +725,7 @@ def main():
   ap.add_argument("--root", help=argparse.SUPPRESS)
   ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
   ap.add_argument("--log", help=argparse.SUPPRESS)
+  ap.add_argument("--mode", default="summary", choices=("summary", "full"), help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
     return worker(args)
@@ -681,7 +790,7 @@ def thresholds_part(root, ns, n_large, timeout):
       raise RuntimeError(f"ours worker failed (rc {rc})")
     o = _read_jsonl(log)[0]
     print(f"\nours alone at N = {o['n']} ({distinct} distinct entries, written in {tl:.0f} s): "
-          f"wall {o['wall']:.1f} s, cpu {o['cpu']:.1f} s ({1e3 * o['wall'] / o['n']:.0f} ms/pano)"
+          f"wall {o['wall']:.1f} s, cpu {o['cpu']:.1f} s ({1e3 * o['wall'] / o['n']:.2f} ms/pano)"
           f", peak RSS {o['rss_mib']:.0f} MiB (wait4: {rss:.0f} MiB; target <= 2048)")
     fit = [r for r in results if r["ref_done"]]
     if len(fit) >= 2:  # t_ref(N) = a N + b N^2 through the two largest finished sizes
@@ -697,8 +806,9 @@ def thresholds_part(root, ns, n_large, timeout):
 
   s = gen["sizes"]
   ref_all = s["semantic"] + s["instance"] + s["amodal_instance"]
-  print(f"\nbytes per panorama: store entry {s['store'] / 1e6:.3f} MB; reference semantic .npy "
-        f"{s['semantic'] / 1e6:.1f} MB -> {s['semantic'] / s['store']:.0f}x smaller "
+  print(f"\nbytes per panorama: store entry {s['store'] / 1e6:.3f} MB (of it the confidence "
+        f"histogram {s['hist'] / 1e6:.3f} MB, {s['pairs']:.0f} class/code pairs); reference "
+        f"semantic .npy {s['semantic'] / 1e6:.1f} MB -> {s['semantic'] / s['store']:.0f}x smaller "
         f"(target >= 60x); with its two detection lists ({s['instance'] / 1e6:.1f} + "
         f"{s['amodal_instance'] / 1e6:.1f} MB) {ref_all / 1e6:.1f} MB -> "
         f"{ref_all / s['store']:.0f}x")

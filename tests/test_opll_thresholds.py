@@ -164,3 +164,68 @@ def test_json_round_trip():
   assert j["13"]["name"] == "car" and j["11"]["name"] == "pedestrians"
   assert j["12"] == {"tau": 0.0, "count": 0, "quantile": None, "name": "cyclists"}
   assert th.from_json(j) == got
+
+
+def _dense(h):
+  """The flat [18 * 65536] counts of a sparse histogram, by a Python loop."""
+  out = np.zeros(18 * 65536, np.int64)
+  for k, c in zip(h[0].tolist(), h[1].tolist()):
+    out[k] += c
+  return out
+
+
+def test_sparse_histogram_and_add_sparse_equal_add():
+  rng = np.random.default_rng(5)
+  images = [_random_image(rng) for _ in range(3)]
+  images.append(_random_image(rng, n_codes=2))  # two codes: every bin a tie
+  sem, codes = _random_image(rng)
+  codes[:] = 65535  # saturated, one code
+  images.append((sem, codes))
+  images.append((np.zeros((3, 5), np.uint8), np.zeros((3, 5), np.uint16)))  # key 0 only
+  dense, sparse = th.SemanticHistogram(), th.SemanticHistogram()
+  for sem, codes in images:
+    h = th.sparse_histogram(sem, codes)
+    assert h.dtype == np.int64 and h.shape[0] == 2
+    assert (np.diff(h[0]) > 0).all() and (h[1] >= 1).all() and h[1].sum() == sem.size
+    want = np.zeros(18 * 65536, np.int64)
+    np.add.at(want, sem.ravel().astype(np.int64) * 65536 + codes.ravel(), 1)
+    np.testing.assert_array_equal(_dense(h), want)
+    dense.add(sem, codes)
+    sparse.add_sparse(*h)
+    np.testing.assert_array_equal(sparse.counts, dense.counts)
+  assert not dense.counts[3].any() and not dense.counts[7].any()  # empty classes stay empty
+  for p, t in ((0.8, 0.5), (0.3, 0.5), (0.1, 0.95), (0.5, 0.999)):
+    assert sparse.thresholds(p, t) == dense.thresholds(p, t)
+
+
+def test_sparse_histogram_unique_path_and_edge_cases():
+  rng = np.random.default_rng(6)
+  sem, codes = _random_image(rng)
+  sem[0, :3] = 255  # ignore labels: a key range far beyond the image, so np.unique
+  h = th.sparse_histogram(sem, codes)
+  u, c = np.unique(sem.astype(np.int64) * 65536 + codes, return_counts=True)
+  np.testing.assert_array_equal(h, np.stack([u, c]))
+  assert h[0, -1] // 65536 == 255
+  with pytest.raises(ValueError, match="0..17"):  # as add() rejects class 255
+    th.SemanticHistogram().add_sparse(*h)
+  empty = th.sparse_histogram(np.zeros((0, 4), np.uint8), np.zeros((0, 4), np.uint16))
+  assert empty.shape == (2, 0)
+  with pytest.raises(ValueError, match="uint16"):
+    th.sparse_histogram(sem, codes.astype(np.int32))
+  with pytest.raises(ValueError, match="differ"):
+    th.sparse_histogram(sem[:2], codes)
+
+
+def test_add_sparse_repeated_keys_and_bad_input():
+  s = th.SemanticHistogram()
+  s.add_sparse(np.array([5, 5, 65536 * 17 + 65535]), np.array([2, 3, 1], np.uint32))
+  s.add_sparse(np.zeros(0, np.int64), np.zeros(0, np.int64))
+  assert s.counts[0, 5] == 5 and s.counts[17, 65535] == 1 and s.counts.sum() == 6
+  for keys, counts, match in ((np.array([-1]), np.array([1]), "0..17"),
+                              (np.array([18 * 65536]), np.array([1]), "0..17"),
+                              (np.array([1]), np.array([-1]), "non-negative"),
+                              (np.array([1.0]), np.array([1]), "integers"),
+                              (np.array([1, 2]), np.array([1]), r"\[K\]")):
+    with pytest.raises(ValueError, match=match):
+      s.add_sparse(keys, counts)
+  assert s.counts.sum() == 6

@@ -1,5 +1,7 @@
-"""Tests of the prediction store: round trips, the confidence codec against
-hand-computed bytes, names, integrity checks, errors, atomicity, meta, size."""
+"""Tests of the prediction store: round trips, the confidence and histogram
+codecs against hand-computed bytes, the summary loader, names, integrity
+checks, errors, atomicity, meta, size."""
+import json
 import logging
 import os
 import struct
@@ -130,6 +132,132 @@ def test_confidence_codec_exact_on_extremes(shape):
         store.decode_confidence(store.encode_confidence(code), *shape), code)
 
 
+@pytest.mark.parametrize("hist, header, raw", [
+    # keys 5, 6, 22: the first in the header (nibble 0), gaps 1, 16 -> 0, 15 (escaped:
+    # gap 16 in full); counts 1, 2, 20 -> 0, 1, 15 (escaped: count 20 in full)
+    ([[5, 6, 22], [1, 2, 20]], (3, 5, 1, 1, 1, 1), [0x00, 0x01, 0xFF, 16, 20]),
+    # gap 15 -> 14, the largest literal; count 300 escaped = 0x012C in two planes
+    ([[0, 15], [1, 300]], (2, 0, 0, 1, 1, 2), [0x00, 0xEF, 0x2C, 0x01]),
+    ([[], []], (0, 0, 0, 0, 1, 1), []),
+])
+def test_histogram_codec_bytes_by_hand(hist, header, raw):
+  hist = np.array(hist, np.int64).reshape(2, -1)
+  blob = store.encode_histogram(hist)
+  assert struct.unpack_from("<IIIIBB", blob) == header
+  assert zlib.decompress(blob[18:]) == bytes(raw)
+  got = store.decode_histogram(blob)
+  assert got.dtype == np.int64
+  np.testing.assert_array_equal(got, hist)
+
+
+def test_histogram_codec_exact_on_extremes():
+  rng = np.random.default_rng(7)
+  keys = np.unique(np.concatenate([[0, 14, 15, 16, 31, 32, 2**16, 2**20, 2**31 - 1],
+                                   rng.integers(0, 2**31 - 1, 500)]))
+  counts = rng.choice([1, 2, 15, 16, 17, 255, 256, 2**16, 2**24 + 3, 2**40], keys.size)
+  for h in (np.stack([keys, counts]), np.stack([np.arange(70000), np.ones(70000, np.int64)])):
+    np.testing.assert_array_equal(store.decode_histogram(store.encode_histogram(h)), h)
+  for bad in ([[3, 3], [1, 1]], [[3, 2], [1, 1]], [[-1], [1]], [[2], [0]], [[2**31], [1]]):
+    with pytest.raises(ValueError):
+      store.encode_histogram(np.array(bad))
+  blob = bytearray(store.encode_histogram(np.array([[5, 6, 22], [1, 2, 20]])))
+  blob[8:16] = struct.pack("<II", 0, 2)  # the gap escape counted as a count escape
+  with pytest.raises(ValueError, match="has 1 escapes, its header says 0"):
+    store.decode_histogram(bytes(blob))
+
+
+def _without_histogram(path):
+  """Rewrites an entry as the store wrote it before the histogram was added."""
+  data = open(path, "rb").read()
+  payload = data[24:]
+  (n,) = struct.unpack_from("<I", payload)
+  index = json.loads(payload[4:4 + n])
+  blobs, arrays, offset = [], [], 0
+  for rec in index["arrays"]:
+    if rec["key"] == store.HIST_KEY:
+      continue
+    start = 4 + n + rec["offset"]
+    blobs.append(payload[start:start + rec["size"]])
+    arrays.append(dict(rec, offset=offset))
+    offset += rec["size"]
+  assert len(arrays) == len(index["arrays"]) - 1
+  idx = json.dumps(dict(index, arrays=arrays), separators=(",", ":")).encode()
+  payload = struct.pack("<I", len(idx)) + idx + b"".join(blobs)
+  with open(path, "wb") as f:
+    f.write(struct.pack("<8sIQI", store.MAGIC, store.FORMAT_VERSION, len(payload),
+                        zlib.crc32(payload)) + payload)
+  return len(data) - 24 - len(payload)
+
+
+def _summary_entry(tmp_path, name="c/s", seed=8):
+  rng = np.random.default_rng(seed)
+  sem = rng.integers(0, 18, (H, W)).astype(np.uint8)
+  sem[:4] = 3  # a big class with ties
+  code = rng.choice(np.array([0, 7, 40000, 65535], np.uint16), (H, W))
+  modal, amodal = ellipse_dets(rng, H, W, 3), no_dets(H, W)
+  store.write_prediction(str(tmp_path), name, sem, code, modal, amodal)
+  return sem, code, modal, amodal
+
+
+def test_load_summary_decodes_only_the_small_members(tmp_path, monkeypatch):
+  d = str(tmp_path)
+  sem, code, modal, amodal = _summary_entry(tmp_path)
+  full = store.load_prediction(d, "c/s")
+  assert store.HIST_KEY not in full and full["extra"] == {}
+
+  def boom(*args, **kwargs):
+    raise AssertionError("load_summary must not decode maps or masks")
+  monkeypatch.setattr(store, "decode_confidence", boom)
+  monkeypatch.setattr(store.maskcodec, "unpack", boom)
+  s = store.load_summary(d, "c/s")
+  assert sorted(s) == ["amodal", "conf_hist", "height", "modal", "name", "width"]
+  assert (s["name"], s["height"], s["width"]) == ("c/s", H, W)
+  np.testing.assert_array_equal(s["conf_hist"], thresholds.sparse_histogram(sem, code))
+  for got, want in ((s["modal"], modal), (s["amodal"], amodal)):
+    assert sorted(got) == ["classes", "scores"]
+    assert got["classes"].dtype == np.int32 and got["scores"].dtype == np.float32
+    np.testing.assert_array_equal(got["classes"], want["classes"])
+    np.testing.assert_array_equal(got["scores"], want["scores"])
+  # The histogram gives the same semantic statistics as the maps.
+  a, b = thresholds.SemanticHistogram(), thresholds.SemanticHistogram()
+  a.add(sem, code)
+  b.add_sparse(*s["conf_hist"])
+  np.testing.assert_array_equal(a.counts, b.counts)
+
+  monkeypatch.setattr(store, "decode_histogram", boom)
+  s = store.load_summary(d, "c/s", histogram=False)
+  assert store.HIST_KEY not in s
+  np.testing.assert_array_equal(s["modal"]["scores"], modal["scores"])
+
+
+def test_load_summary_of_an_older_entry_computes_the_histogram(tmp_path, caplog):
+  d = str(tmp_path)
+  store._no_hist_logged.discard(d)  # pylint: disable=protected-access
+  entries = [_summary_entry(tmp_path, f"c/s{i}", seed=i) for i in range(2)]
+  want = [store.load_summary(d, f"c/s{i}") for i in range(2)]
+  for i in range(2):
+    assert _without_histogram(store.entry_path(d, f"c/s{i}")) > 14
+    assert store.is_complete(d, f"c/s{i}")
+    np.testing.assert_array_equal(store.load_prediction(d, f"c/s{i}")["confidence_code"],
+                                  entries[i][1])
+  with caplog.at_level(logging.WARNING):
+    got = [store.load_summary(d, f"c/s{i}") for i in range(2)]
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g["conf_hist"], w["conf_hist"])
+    np.testing.assert_array_equal(g["modal"]["scores"], w["modal"]["scores"])
+  warnings = [r for r in caplog.records if "without the confidence histogram" in r.message]
+  assert len(warnings) == 1  # once per store
+  assert os.path.join(d, "entries") in warnings[0].message and "`predict`" in warnings[0].message
+
+
+def test_load_summary_checks_the_histogram_against_the_image_size(tmp_path, monkeypatch):
+  real = thresholds.sparse_histogram
+  monkeypatch.setattr(thresholds, "sparse_histogram", lambda s, c: real(s[1:], c[1:]))
+  _summary_entry(tmp_path)
+  with pytest.raises(store.StoreError, match=f"counts {(H - 1) * W} pixels, not {H}x{W}"):
+    store.load_summary(str(tmp_path), "c/s")
+
+
 def test_names_with_city_folders_and_list_order(tmp_path):
   d = str(tmp_path)
   assert store.list_predictions(d) == []
@@ -209,35 +337,39 @@ def test_damaged_entry_is_incomplete_and_named(tmp_path, caplog, damage, what):
   with caplog.at_level(logging.WARNING):
     assert not store.is_complete(d, "c/e")
   assert path in caplog.text and what in caplog.text
-  with pytest.raises(store.StoreError) as err:
-    store.load_prediction(d, "c/e")
-  msg = str(err.value)
-  assert path in msg and what in msg and "delete it and rerun the `predict` stage" in msg
+  for load in (store.load_prediction, store.load_summary):
+    with pytest.raises(store.StoreError) as err:
+      load(d, "c/e")
+    msg = str(err.value)
+    assert path in msg and what in msg and "delete it and rerun the `predict` stage" in msg
 
 
 def test_undecodable_payload_raises_store_error(tmp_path):
   d, path = _written(tmp_path)
   _undecodable(path)
   assert store.is_complete(d, "c/e")  # the cheap check trusts a matching checksum
-  with pytest.raises(store.StoreError, match="cannot decode") as err:
-    store.load_prediction(d, "c/e")
-  assert path in str(err.value) and isinstance(err.value, ValueError)
+  for load in (store.load_prediction, store.load_summary):
+    with pytest.raises(store.StoreError, match="cannot decode") as err:
+      load(d, "c/e")
+    assert path in str(err.value) and isinstance(err.value, ValueError)
 
 
 def test_moved_entry_is_detected(tmp_path):
   d, path = _written(tmp_path, "c/e")
   other = store.entry_path(d, "c/f")
   os.rename(path, other)
-  with pytest.raises(store.StoreError, match="holds the entry of 'c/e'"):
-    store.load_prediction(d, "c/f")
+  for load in (store.load_prediction, store.load_summary):
+    with pytest.raises(store.StoreError, match="holds the entry of 'c/e'"):
+      load(d, "c/f")
 
 
 def test_missing_entry(tmp_path):
   d = str(tmp_path)
   assert not store.is_complete(d, "c/none")
-  with pytest.raises(FileNotFoundError) as err:
-    store.load_prediction(d, "c/none")
-  assert store.entry_path(d, "c/none") in str(err.value) and "`predict`" in str(err.value)
+  for load in (store.load_prediction, store.load_summary):
+    with pytest.raises(FileNotFoundError) as err:
+      load(d, "c/none")
+    assert store.entry_path(d, "c/none") in str(err.value) and "`predict`" in str(err.value)
 
 
 def test_writes_are_atomic(tmp_path, monkeypatch):
@@ -358,6 +490,10 @@ def test_panorama_entry_is_under_1mb(tmp_path):
   e = store.load_prediction(d, "city/pano")
   np.testing.assert_array_equal(e["confidence_code"], code)
   assert_branch_equal(e["amodal"], amodal)
-  # the reference keeps 18x400x2048 float32 = 59 MB; measured ≈ 0.68 MB here
+  s = store.load_summary(d, "city/pano")
+  np.testing.assert_array_equal(s["conf_hist"], thresholds.sparse_histogram(sem, code))
+  # the reference keeps 18x400x2048 float32 = 59 MB; measured ≈ 0.80 MB here,
+  # 0.12 MB of it the confidence histogram (~200k class/code pairs)
   assert n < 1_000_000, n
+  assert _without_histogram(store.entry_path(d, "city/pano")) < 160_000
   assert time.perf_counter() - t0 < 5  # budget 2 s on a quiet core; slack for shared CPUs

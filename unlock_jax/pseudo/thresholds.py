@@ -80,6 +80,37 @@ def code_threshold(tau: float) -> int:
   return int(np.searchsorted(_code_values(), float(tau), side="left"))
 
 
+def sparse_histogram(semantic: np.ndarray, codes: np.ndarray) -> np.ndarray:
+  """The nonzero bins of one image's per-class code histogram, ``int64 [2, K]``.
+
+  Row 0: the sorted unique keys ``class * 65536 + code``; row 1: their pixel
+  counts (>= 1). ``SemanticHistogram.add_sparse(*h)`` counts exactly what
+  ``add(semantic, codes)`` counts. ``predict`` stores it with every entry
+  (``store``), so the OPLL threshold pass reads ~200k pairs per 400x2048
+  panorama instead of decoding the maps. ~10-20 ms per panorama (a bincount
+  over the key range; ``np.unique`` when that range is much larger than the
+  image, e.g. for ignore labels 255).
+  """
+  semantic, codes = np.asarray(semantic), np.asarray(codes)
+  if semantic.shape != codes.shape:
+    raise ValueError(f"semantic {semantic.shape} and codes {codes.shape} differ")
+  if codes.dtype != np.uint16 or semantic.dtype.kind not in "iu":
+    raise ValueError(f"need integer semantic and uint16 codes, got {semantic.dtype}, "
+                     f"{codes.dtype}")
+  s = semantic.ravel().astype(np.int64)
+  if s.size and (s.min() < 0 or s.max() > 32767):
+    raise ValueError(f"semantic classes must be in 0..32767, got {s.min()}..{s.max()}")
+  keys = s * (QUANT + 1) + codes.ravel()
+  if not keys.size:
+    return np.zeros((2, 0), np.int64)
+  if keys.max() < max(8 * keys.size, 1 << 21):
+    b = np.bincount(keys)
+    nz = np.flatnonzero(b)
+    return np.stack([nz, b[nz]]).astype(np.int64)
+  u, c = np.unique(keys, return_counts=True)
+  return np.stack([u, c]).astype(np.int64)
+
+
 class SemanticHistogram:
   """Per-class counts of the uint16 confidence codes, ``int64 [18, 65536]``.
 
@@ -115,6 +146,28 @@ class SemanticHistogram:
     b = np.bincount(s * (QUANT + 1) + c)  # only up to the largest index: cheap
     flat = self.counts.reshape(-1)
     flat[:b.size] += b
+
+  def add_sparse(self, keys: np.ndarray, counts: np.ndarray) -> None:
+    """Adds ``counts`` at the flat bins ``keys = class * 65536 + code``.
+
+    With ``(keys, counts) = sparse_histogram(semantic, codes)`` this is
+    exactly ``add(semantic, codes)``; repeated keys add up. ~0.5 ms for the
+    ~200k pairs of a 400x2048 panorama (``np.add.at``, int64 fast path).
+    """
+    keys, counts = np.asarray(keys), np.asarray(counts)
+    if keys.ndim != 1 or keys.shape != counts.shape:
+      raise ValueError(f"keys {keys.shape} and counts {counts.shape} must be equal [K]")
+    if not keys.size:
+      return
+    if keys.dtype.kind not in "iu" or counts.dtype.kind not in "iu":
+      raise ValueError(f"keys and counts must be integers, got {keys.dtype}, {counts.dtype}")
+    flat = self.counts.reshape(-1)
+    if keys.min() < 0 or keys.max() >= flat.size:
+      raise ValueError(f"semantic classes must be in 0..{self.num_classes - 1}, got "
+                       f"{keys.min() // (QUANT + 1)}..{keys.max() // (QUANT + 1)}")
+    if counts.min() < 0:
+      raise ValueError("counts must be non-negative")
+    np.add.at(flat, keys.astype(np.int64, copy=False), counts.astype(np.int64, copy=False))
 
   def merge(self, other: "SemanticHistogram") -> None:
     if other.counts.shape != self.counts.shape:

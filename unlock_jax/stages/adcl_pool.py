@@ -46,8 +46,8 @@ def run(config, workdir: str) -> dict:
   mine = opll_stage.my_share(names)
   prog = progress_lib.Progress(len(mine), "adcl_pool/thresholds", unit="pano")
   for i, n in enumerate(mine):
-    pred = store.load_prediction(store_dir, n)
-    scores.add(pred["amodal"]["classes"], pred["amodal"]["scores"])
+    summ = store.load_summary(store_dir, n, histogram=False)  # scores only: no map decoding
+    scores.add(summ["amodal"]["classes"], summ["amodal"]["scores"])
     prog.update(i + 1)
   scores = opll_stage._merge_all(scores)  # pylint: disable=protected-access
   tau = scores.thresholds(p, t)

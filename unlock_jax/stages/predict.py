@@ -2,11 +2,13 @@
 
 Per panorama the store keeps the semantic argmax (uint8), its max softmax
 probability as a uint16 code (``thresholds.quantize``; OPLL thresholds are
-exact on the stored values) and both branches' detections with box-cropped,
-bit-packed masks (``pseudo/store.py``): well under 1 MB where the reference
-writes 59 MB of float maps. Each entry is written atomically; a rerun skips
-complete entries and rewrites truncated or corrupt ones, so a killed run
-resumes where it stopped. With several processes each predicts its rows of
+exact on the stored values), the per-class histogram of those codes (which
+OPLL's threshold pass reads instead of the maps: ``store.load_summary``) and
+both branches' detections with box-cropped, bit-packed masks
+(``pseudo/store.py``): ~0.8 MB where the reference writes 59 MB of float
+maps. Each entry is written atomically; a rerun skips complete entries and
+rewrites truncated or corrupt ones, so a killed run resumes where it
+stopped. With several processes each predicts its rows of
 every global batch of the (shared) to-do list.
 
 ``config.predict.images`` set to a folder predicts the user's own
