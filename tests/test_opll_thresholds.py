@@ -1,4 +1,5 @@
-"""OPLL thresholds (spec §5.1): streaming accumulators against a sort-and-index oracle."""
+"""OPLL thresholds (spec §5.1): streaming accumulators, and the two-level passes the
+stage uses, against a sort-and-index oracle and the full histogram."""
 import json
 
 import numpy as np
@@ -229,3 +230,151 @@ def test_add_sparse_repeated_keys_and_bad_input():
     with pytest.raises(ValueError, match=match):
       s.add_sparse(keys, counts)
   assert s.counts.sum() == 6
+
+
+# ------------------------------------------------------ two-level quantiles
+
+
+def _two_level(hists, p, shards=1):
+  """The two passes over sparse histograms (``shards`` accumulators merged per pass)."""
+  coarse = [th.BlockCounts() for _ in range(shards)]
+  for k, h in enumerate(hists):
+    coarse[k % shards].add(th.sparse_blocks(h[0], h[1]))
+  for c in coarse[1:]:
+    coarse[0].merge(c)
+  blocks, _ = coarse[0].locate(p)
+  fine = [th.FineCounts(blocks) for _ in range(shards)]
+  for k, h in enumerate(hists):
+    fine[k % shards].add(th.sparse_fine(h[0], h[1], blocks))
+  for f in fine[1:]:
+    fine[0].merge(f)
+  return th.SemanticQuantiles(coarse[0], fine[0], p)
+
+
+def _images_across_blocks(rng):
+  """Random images whose codes straddle block edges (1023/1024, 0, 65535), with ties,
+  empty classes (3, 7), tiny ones (0, 1, 2, 12) and big ones."""
+  images = []
+  edges = np.array([0, 1, 1022, 1023, 1024, 1025, 2047, 2048, 40000, 64511, 64512, 65535])
+  for k in range(5):
+    sem, codes = _random_image(rng, n_codes=[40, 2, 300, 5, 12][k])
+    if k % 2:
+      codes = rng.choice(edges, size=codes.shape).astype(np.uint16)
+    images.append((sem, codes))
+  sem, codes = _random_image(rng)
+  codes[:] = 65535
+  images.append((sem, codes))
+  return images
+
+
+@pytest.mark.parametrize("p", [0.8, 0.1, 0.3, 0.5, 0.9, 0.0, 1.0, 0.55])
+def test_two_level_equals_full_histogram(p):
+  rng = np.random.default_rng(11)
+  images = _images_across_blocks(rng)
+  full = th.SemanticHistogram()
+  for sem, codes in images:
+    full.add(sem, codes)
+  hists = [th.sparse_histogram(*im) for im in images]
+  for shards in (1, 3):
+    two = _two_level(hists, p, shards)
+    for t in (0.5, 0.95, 1.0, 0.0):
+      assert two.thresholds(p, t) == full.thresholds(p, t), (shards, t)
+  got = two.thresholds(p, 1.0)
+  assert got[3] == got[7] == {"tau": 0.0, "count": 0, "quantile": None, "tau_code": 0}
+  assert [got[c]["count"] for c in (0, 1, 2, 12)] == [6, 12, 18, 24]  # 6 images hold them
+  for cls in range(18):  # and the oracle on all the pixels
+    vals = np.concatenate([th.dequantize(c[s == cls]) for s, c in images])
+    want = oracle(vals, p, 1.0)
+    assert {k: got[cls][k] for k in want} == want, cls
+
+
+def test_two_level_random_histograms_many_p():
+  """Random sparse histograms (huge counts, one-pixel classes) and 40 random p."""
+  rng = np.random.default_rng(12)
+  hists = []
+  for _ in range(4):
+    keys = np.unique(rng.integers(0, 18 * 65536, rng.integers(1, 3000)))
+    counts = rng.choice([1, 2, 15, 16, 255, 256, 70000, 2**31], keys.size)
+    hists.append(np.stack([keys, counts]))
+  hists.append(np.array([[5 * 65536 + 1023], [1]]))  # class 5: one more pixel
+  full = th.SemanticHistogram()
+  for h in hists:
+    full.add_sparse(*h)
+  for p in np.concatenate([rng.random(40), [0.8, 0.1]]):
+    assert _two_level(hists, p, 2).thresholds(p, 0.7) == full.thresholds(p, 0.7)
+
+
+def test_two_level_helpers_and_errors():
+  h = np.array([[3, 1024, 1025, 2 * 65536 + 65535], [2, 1, 4, 7]])
+  b = th.sparse_blocks(*h)
+  assert b.shape == (3, 64) and b[0, 0] == 2 and b[0, 1] == 5 and b[2, 63] == 7 and b.sum() == 14
+  assert th.sparse_blocks(*h, num_classes=18).shape == (18, 64)
+  assert th.sparse_blocks(np.zeros(0, np.int64), np.zeros(0, np.int64)).shape == (0, 64)
+  f = th.sparse_fine(*h, [1, -1, 63, 5])
+  assert f.shape == (4, 1024) and f[0, 0] == 1 and f[0, 1] == 4 and f[2, 1023] == 7
+  assert f.sum() == 12  # key 3 is in class 0's block 0, not chosen
+  c = th.BlockCounts()
+  c.add(b)  # fewer rows: zero-padded
+  assert c.counts[:3].sum() == 14
+  c.add(np.zeros((20, 64), np.int64))  # extra rows, empty: fine
+  with pytest.raises(ValueError, match="0..17"):
+    c.add(np.eye(19, 64, k=-18, dtype=np.int64))  # a pixel of class 18
+  with pytest.raises(ValueError, match="non-negative"):
+    c.add(-np.ones((1, 64), np.int64))
+  blocks, ranks = c.locate(0.8)  # class 0: n = 7, i = round(1.4) = 1 -> block 0, rank 1
+  assert blocks[0] == 0 and ranks[0] == 1 and blocks[1] == -1 and blocks[2] == 63
+  fine = th.FineCounts(blocks)
+  with pytest.raises(ValueError, match="different blocks"):
+    fine.merge(th.FineCounts(np.where(blocks >= 0, 0, -1)))
+  with pytest.raises(ValueError, match="blocks must be"):
+    th.FineCounts([64])
+  fine.add(th.sparse_fine(*h, blocks))
+  with pytest.raises(ValueError, match="pass 2 but"):  # fine counts short of pass 1's
+    th.SemanticQuantiles(c, th.FineCounts(blocks), 0.8)
+  q = th.SemanticQuantiles(c, fine, 0.8)
+  assert q.thresholds(0.8, 1.0)[0]["quantile"] == float(th.dequantize(np.uint16(3)))
+  with pytest.raises(ValueError, match="p = 0.8"):
+    q.thresholds(0.3, 1.0)
+  with pytest.raises(ValueError, match="put the p = 0.1 quantiles"):
+    th.SemanticQuantiles(c, fine, 0.1)
+
+
+def test_stage_compute_thresholds_two_passes_legacy_entries_and_rerun(tmp_path, monkeypatch):
+  """``stages.opll.compute_thresholds`` on a store with a two-level, a one-level
+  (``conf_hist``) and a map-only entry equals the full histogram; a rerun with the
+  same fingerprint does not read the store."""
+  import types  # pylint: disable=g-import-not-at-top
+  from unlock_jax.pseudo import store  # pylint: disable=g-import-not-at-top
+  from unlock_jax.stages import opll  # pylint: disable=g-import-not-at-top
+  import test_store  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(13)
+  d, out = str(tmp_path / "store"), str(tmp_path / "out")
+  full, scores = th.SemanticHistogram(), th.ScoreLists()
+  images = _images_across_blocks(rng)[:3]
+  for k, (sem, codes) in enumerate(images):
+    dets = test_store.ellipse_dets(rng, *sem.shape, 3)
+    empty = test_store.no_dets(*sem.shape)
+    store.write_prediction(d, f"c/p{k}", sem, codes, dets, empty)
+    full.add(sem, codes)
+    scores.add(dets["classes"], dets["scores"])
+  # pylint: disable=protected-access
+  test_store._with_sparse_histogram(store.entry_path(d, "c/p1"), *images[1])
+  test_store._without_histogram(store.entry_path(d, "c/p2"))
+  # pylint: enable=protected-access
+  names = store.list_predictions(d)
+  for p in (0.8, 0.1):
+    cfg = types.SimpleNamespace(semantic=types.SimpleNamespace(p=p))
+    acc = opll.compute_thresholds(d, names, out, cfg, f"fp{p}")
+    assert acc["semantic"].thresholds(p, 0.5) == full.thresholds(p, 0.5)
+    assert acc["semantic"].thresholds(p, 1.0) == full.thresholds(p, 1.0)
+    assert acc["modal"].thresholds(0.3, 0.5) == scores.thresholds(0.3, 0.5)
+    assert acc["amodal"].thresholds(0.5, 0.3) == th.ScoreLists().thresholds(0.5, 0.3)
+
+  def boom(*args, **kwargs):
+    raise AssertionError("a finished threshold computation must not read the store again")
+  monkeypatch.setattr(store, "load_blocks", boom)
+  monkeypatch.setattr(store, "load_fine", boom)
+  again = opll.compute_thresholds(d, names, out, cfg, "fp0.1")
+  assert again["semantic"].thresholds(0.1, 0.5) == full.thresholds(0.1, 0.5)
+  with pytest.raises(AssertionError, match="must not read"):  # another fingerprint
+    opll.compute_thresholds(d, names, out, cfg, "fp-other")

@@ -1,5 +1,6 @@
 """Tests of the prediction store: round trips, the confidence and histogram
-codecs against hand-computed bytes, the summary loader, names, integrity
+codecs against hand-computed bytes, the two-level histogram codec, the summary
+and two-level loaders (and their fallbacks for older entries), names, integrity
 checks, errors, atomicity, meta, size."""
 import json
 import logging
@@ -166,27 +167,38 @@ def test_histogram_codec_exact_on_extremes():
     store.decode_histogram(bytes(blob))
 
 
-def _without_histogram(path):
-  """Rewrites an entry as the store wrote it before the histogram was added."""
+def _rewrite(path, drop, add=()):
+  """Rewrites an entry without the members ``drop``, with ``add`` ((record, blob)) appended."""
   data = open(path, "rb").read()
   payload = data[24:]
   (n,) = struct.unpack_from("<I", payload)
   index = json.loads(payload[4:4 + n])
   blobs, arrays, offset = [], [], 0
-  for rec in index["arrays"]:
-    if rec["key"] == store.HIST_KEY:
-      continue
-    start = 4 + n + rec["offset"]
-    blobs.append(payload[start:start + rec["size"]])
+  for rec, blob in [(r, payload[4 + n + r["offset"]:4 + n + r["offset"] + r["size"]])
+                    for r in index["arrays"] if r["key"] not in drop] + list(add):
+    blobs.append(blob)
     arrays.append(dict(rec, offset=offset))
     offset += rec["size"]
-  assert len(arrays) == len(index["arrays"]) - 1
+  assert len(arrays) == len(index["arrays"]) - len(drop) + len(add)
   idx = json.dumps(dict(index, arrays=arrays), separators=(",", ":")).encode()
   payload = struct.pack("<I", len(idx)) + idx + b"".join(blobs)
   with open(path, "wb") as f:
     f.write(struct.pack("<8sIQI", store.MAGIC, store.FORMAT_VERSION, len(payload),
                         zlib.crc32(payload)) + payload)
   return len(data) - 24 - len(payload)
+
+
+def _without_histogram(path):
+  """Rewrites an entry as the store wrote it before any histogram was stored."""
+  return _rewrite(path, (store.BLOCKS_KEY, store.FINE_KEY))
+
+
+def _with_sparse_histogram(path, sem, code):
+  """Rewrites an entry as the store wrote it with the one-level ``conf_hist`` (codec hist)."""
+  rec, blob = store._encode(  # pylint: disable=protected-access
+      store.HIST_KEY, thresholds.sparse_histogram(sem, code), "hist")
+  del rec["crc"]  # not written then
+  return _rewrite(path, (store.BLOCKS_KEY, store.FINE_KEY), [(rec, blob)])
 
 
 def _summary_entry(tmp_path, name="c/s", seed=8):
@@ -225,6 +237,7 @@ def test_load_summary_decodes_only_the_small_members(tmp_path, monkeypatch):
   np.testing.assert_array_equal(a.counts, b.counts)
 
   monkeypatch.setattr(store, "decode_histogram", boom)
+  monkeypatch.setattr(store, "decode_blocks", boom)
   s = store.load_summary(d, "c/s", histogram=False)
   assert store.HIST_KEY not in s
   np.testing.assert_array_equal(s["modal"]["scores"], modal["scores"])
@@ -238,6 +251,7 @@ def test_load_summary_of_an_older_entry_computes_the_histogram(tmp_path, caplog)
   for i in range(2):
     assert _without_histogram(store.entry_path(d, f"c/s{i}")) > 14
     assert store.is_complete(d, f"c/s{i}")
+    assert store.load_blocks(d, f"c/s{i}")["blocks"].sum() == H * W  # via the maps
     np.testing.assert_array_equal(store.load_prediction(d, f"c/s{i}")["confidence_code"],
                                   entries[i][1])
   with caplog.at_level(logging.WARNING):
@@ -256,6 +270,114 @@ def test_load_summary_checks_the_histogram_against_the_image_size(tmp_path, monk
   _summary_entry(tmp_path)
   with pytest.raises(store.StoreError, match=f"counts {(H - 1) * W} pixels, not {H}x{W}"):
     store.load_summary(str(tmp_path), "c/s")
+
+
+def test_block_codec_round_trip_and_formats():
+  rng = np.random.default_rng(9)
+  keys = np.unique(np.concatenate([[0, 1, 1023, 1024, 65535, 65536 + 5, 3 * 65536 + 2047],
+                                   rng.integers(0, 18 * 65536, 3000)]))
+  counts = rng.choice([1, 2, 15], keys.size)  # 4-bit chunks ...
+  counts[keys // 1024 == 1] = 200             # ... uint8
+  counts[keys // 1024 == 65536 // 1024] = 300  # ... uint16 (class 1, block 0)
+  counts[keys == 3 * 65536 + 2047] = 2**32 - 3000 * 300  # ... uint32
+  for h in (np.stack([keys, counts]), np.zeros((2, 0), np.int64),
+            np.array([[255 * 65536 + 7], [3]])):  # ignore label 255: 256 table rows
+    table, chunks = store.encode_blocks(h)
+    c = h[0].max() // 65536 + 1 if h.size else 0
+    assert table.dtype == np.uint32 and table.shape == (4, c, 64)
+    np.testing.assert_array_equal(table[0], thresholds.sparse_blocks(*h))
+    assert ((table[2] == 0) == (table[0] == 0)).all()
+    np.testing.assert_array_equal(store.decode_blocks(table, chunks), h)
+    for cls, block in zip(*np.nonzero(table[0])):
+      blocks = np.full(c, -1)
+      blocks[cls] = block
+      np.testing.assert_array_equal(store.decode_chunk(chunks, table, cls, block),
+                                    thresholds.sparse_fine(*h, blocks)[cls])
+  table, chunks = store.encode_blocks(np.stack([keys, counts]))
+  assert table[2, 0, 0] == 1 and table[2, 0, 1] == 2 and table[2, 1, 0] == 3
+  assert table[2, 3, 1] == 4
+  bad = table.copy()
+  bad[3, 0, 0] ^= 1
+  with pytest.raises(ValueError, match="checksum mismatch"):
+    store.decode_blocks(bad, chunks)
+  with pytest.raises(ValueError, match="do not cover"):
+    store.decode_blocks(table, chunks[:-1])
+
+
+def test_load_blocks_and_fine_read_only_their_members(tmp_path, monkeypatch):
+  d = str(tmp_path)
+  sem, code, modal, amodal = _summary_entry(tmp_path)
+  h = thresholds.sparse_histogram(sem, code)
+
+  def boom(*args, **kwargs):
+    raise AssertionError("the two-level readers must not decode maps, masks or all chunks")
+  for f in ("decode_confidence", "decode_histogram", "decode_blocks", "_verified_payload"):
+    monkeypatch.setattr(store, f, boom)
+  monkeypatch.setattr(store.maskcodec, "unpack", boom)
+  b = store.load_blocks(d, "c/s")
+  assert sorted(b) == ["amodal", "blocks", "height", "modal", "name", "width"]
+  assert (b["name"], b["height"], b["width"]) == ("c/s", H, W)
+  assert b["blocks"].dtype == np.int64
+  np.testing.assert_array_equal(b["blocks"], thresholds.sparse_blocks(*h))
+  for got, want in ((b["modal"], modal), (b["amodal"], amodal)):
+    assert got["classes"].dtype == np.int32 and got["scores"].dtype == np.float32
+    np.testing.assert_array_equal(got["classes"], want["classes"])
+    np.testing.assert_array_equal(got["scores"], want["scores"])
+  for blocks in (np.full(18, -1), np.array([0, 39, 61, 63] * 4 + [0, -1]),
+                 np.full(20, 63), np.full(3, 39)):
+    f = store.load_fine(d, "c/s", blocks)
+    assert f.dtype == np.int64 and f.shape == (blocks.size, 1024)
+    np.testing.assert_array_equal(f, thresholds.sparse_fine(*h, blocks))
+  with pytest.raises(ValueError, match="blocks must be"):
+    store.load_fine(d, "c/s", [64])
+
+
+def test_two_level_readers_fall_back_for_older_entries(tmp_path, caplog):
+  d = str(tmp_path)
+  store._no_hist_logged.discard(d)  # pylint: disable=protected-access
+  blocks = np.array([0, 39, 61, 63, -1] * 3 + [0, 0, 63])
+  want = []
+  for i in range(2):
+    sem, code, _, _ = _summary_entry(tmp_path, f"c/s{i}", seed=i)
+    want.append((store.load_blocks(d, f"c/s{i}"), store.load_fine(d, f"c/s{i}", blocks)))
+  _with_sparse_histogram(store.entry_path(d, "c/s0"), *_summary_entry(tmp_path, "c/x", 0)[:2])
+  _without_histogram(store.entry_path(d, "c/s1"))
+  with caplog.at_level(logging.WARNING):
+    for i, (b, f) in enumerate(want):
+      assert store.is_complete(d, f"c/s{i}")
+      got = store.load_blocks(d, f"c/s{i}")
+      np.testing.assert_array_equal(got["blocks"], b["blocks"])
+      np.testing.assert_array_equal(got["modal"]["scores"], b["modal"]["scores"])
+      np.testing.assert_array_equal(store.load_fine(d, f"c/s{i}", blocks), f)
+  assert sum("without the confidence histogram" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("member", ["table", "chunk"])
+def test_two_level_readers_check_their_members(tmp_path, member):
+  d = str(tmp_path)
+  sem, code, _, _ = _summary_entry(tmp_path)
+  path = store.entry_path(d, "c/s")
+  data = bytearray(open(path, "rb").read())
+  (n,) = struct.unpack_from("<I", data, 24)
+  recs = {r["key"]: r for r in json.loads(data[28:28 + n])["arrays"]}
+  rec = recs[store.BLOCKS_KEY if member == "table" else store.FINE_KEY]
+  at = rec["size"] // 2
+  data[28 + n + rec["offset"] + at] ^= 0x04
+  with open(path, "wb") as f:
+    f.write(data)
+  table, _ = store.encode_blocks(thresholds.sparse_histogram(sem, code))
+  blocks = np.arange(18) % 64
+  if member == "chunk":  # the class and block of the chunk holding byte ``at``
+    flat = int(np.searchsorted(table[1].reshape(-1), at, side="right"))
+    blocks[flat // 64] = flat % 64
+  with pytest.raises(store.StoreError, match="checksum mismatch"):
+    store.load_fine(d, "c/s", blocks)
+  if member == "table":
+    with pytest.raises(store.StoreError, match="checksum mismatch"):
+      store.load_blocks(d, "c/s")
+  else:
+    store.load_blocks(d, "c/s")  # the chunks are not read by pass 1
+  assert not store.is_complete(d, "c/s")
 
 
 def test_names_with_city_folders_and_list_order(tmp_path):
@@ -328,6 +450,10 @@ def _undecodable(path):  # valid header, length and checksum around a broken ind
     f.write(header + payload)
 
 
+_LOADS = (store.load_prediction, store.load_summary, store.load_blocks,
+          lambda d, n: store.load_fine(d, n, np.full(18, 63)))
+
+
 @pytest.mark.parametrize("damage, what", [
     (_truncate, "bad length"), (_flip_bit, "checksum mismatch"), (_garbage, "bad magic"),
     (_short, "truncated"), (_version, "format version")])
@@ -337,7 +463,10 @@ def test_damaged_entry_is_incomplete_and_named(tmp_path, caplog, damage, what):
   with caplog.at_level(logging.WARNING):
     assert not store.is_complete(d, "c/e")
   assert path in caplog.text and what in caplog.text
-  for load in (store.load_prediction, store.load_summary):
+  loads = [store.load_prediction, store.load_summary]
+  if damage is not _flip_bit:  # the two-level readers check only the members they read
+    loads += [store.load_blocks, lambda d, n: store.load_fine(d, n, np.zeros(18, int))]
+  for load in loads:
     with pytest.raises(store.StoreError) as err:
       load(d, "c/e")
     msg = str(err.value)
@@ -348,7 +477,7 @@ def test_undecodable_payload_raises_store_error(tmp_path):
   d, path = _written(tmp_path)
   _undecodable(path)
   assert store.is_complete(d, "c/e")  # the cheap check trusts a matching checksum
-  for load in (store.load_prediction, store.load_summary):
+  for load in _LOADS:
     with pytest.raises(store.StoreError, match="cannot decode") as err:
       load(d, "c/e")
     assert path in str(err.value) and isinstance(err.value, ValueError)
@@ -358,7 +487,7 @@ def test_moved_entry_is_detected(tmp_path):
   d, path = _written(tmp_path, "c/e")
   other = store.entry_path(d, "c/f")
   os.rename(path, other)
-  for load in (store.load_prediction, store.load_summary):
+  for load in _LOADS:
     with pytest.raises(store.StoreError, match="holds the entry of 'c/e'"):
       load(d, "c/f")
 
@@ -366,7 +495,7 @@ def test_moved_entry_is_detected(tmp_path):
 def test_missing_entry(tmp_path):
   d = str(tmp_path)
   assert not store.is_complete(d, "c/none")
-  for load in (store.load_prediction, store.load_summary):
+  for load in _LOADS:
     with pytest.raises(FileNotFoundError) as err:
       load(d, "c/none")
     assert store.entry_path(d, "c/none") in str(err.value) and "`predict`" in str(err.value)
@@ -492,8 +621,8 @@ def test_panorama_entry_is_under_1mb(tmp_path):
   assert_branch_equal(e["amodal"], amodal)
   s = store.load_summary(d, "city/pano")
   np.testing.assert_array_equal(s["conf_hist"], thresholds.sparse_histogram(sem, code))
-  # the reference keeps 18x400x2048 float32 = 59 MB; measured ≈ 0.80 MB here,
-  # 0.12 MB of it the confidence histogram (~200k class/code pairs)
+  # the reference keeps 18x400x2048 float32 = 59 MB; measured ≈ 0.82 MB here,
+  # 0.15 MB of it the two-level confidence histogram (~200k class/code pairs)
   assert n < 1_000_000, n
-  assert _without_histogram(store.entry_path(d, "city/pano")) < 160_000
+  assert _without_histogram(store.entry_path(d, "city/pano")) < 180_000
   assert time.perf_counter() - t0 < 5  # budget 2 s on a quiet core; slack for shared CPUs

@@ -12,6 +12,10 @@ gathers every value with repeated ``np.append``; here semantic confidences are
 counted in a histogram over their stored uint16 codes (``store.QUANT``
 levels), which is exact because every stored value is a bin, and instance
 scores are kept as per-class lists (at most 100 detections per panorama).
+The OPLL stage gets the same semantic result in two passes that read far
+less (``BlockCounts``, ``FineCounts``, ``SemanticQuantiles``: per-class
+counts of 1024-code blocks, then the codes of the one block per class that
+holds the quantile).
 Accumulators merge, so shards held by different processes give the same
 thresholds as one. Comparisons are in float64 of the stored float32 values
 (``tau_code`` gives the same test on the integer codes).
@@ -201,6 +205,182 @@ class SemanticHistogram:
     h = cls(counts.shape[0])
     h.counts[...] = counts
     return h
+
+
+# ------------------------------------------------- two-level exact quantiles
+#
+# Pass 1 counts pixels per (class, block of BLOCK codes); that locates, per
+# class, the block holding the quantile and its rank inside the block. Pass 2
+# counts only the codes of those blocks (one per class), which gives the exact
+# code: the same result as ``SemanticHistogram.thresholds`` (every code is a
+# bin in both). The store keeps both levels per entry (``store.load_blocks``,
+# ``store.load_fine``), so pass 2 reads at most one 1024-code slice per class.
+
+BLOCK = 1024
+NUM_BLOCKS = (QUANT + 1) // BLOCK  # 64
+
+
+def _check_keys(keys: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  keys, counts = np.asarray(keys), np.asarray(counts)
+  if keys.ndim != 1 or keys.shape != counts.shape:
+    raise ValueError(f"keys {keys.shape} and counts {counts.shape} must be equal [K]")
+  if keys.size and (keys.dtype.kind not in "iu" or counts.dtype.kind not in "iu"):
+    raise ValueError(f"keys and counts must be integers, got {keys.dtype}, {counts.dtype}")
+  keys, counts = keys.astype(np.int64, copy=False), counts.astype(np.int64, copy=False)
+  if keys.size and (keys.min() < 0 or counts.min() < 0):
+    raise ValueError("keys and counts must be non-negative")
+  return keys, counts
+
+
+def sparse_blocks(keys: np.ndarray, counts: np.ndarray,
+                  num_classes: int | None = None) -> np.ndarray:
+  """Pixel counts per (class, code block), ``int64 [C, NUM_BLOCKS]``, of a sparse histogram.
+
+  ``(keys, counts)`` as :func:`sparse_histogram` returns them; ``C`` is
+  ``num_classes`` or the largest class + 1.
+  """
+  keys, counts = _check_keys(keys, counts)
+  c = num_classes if num_classes is not None else (
+      int(keys.max()) // (QUANT + 1) + 1 if keys.size else 0)
+  chunk = keys // BLOCK  # class * NUM_BLOCKS + block
+  if chunk.size and chunk.max() >= c * NUM_BLOCKS:
+    raise ValueError(f"classes must be in 0..{c - 1}, got {int(keys.max()) // (QUANT + 1)}")
+  return np.bincount(chunk, counts, minlength=c * NUM_BLOCKS).astype(np.int64).reshape(
+      c, NUM_BLOCKS)
+
+
+def sparse_fine(keys: np.ndarray, counts: np.ndarray, blocks) -> np.ndarray:
+  """Counts of the codes of one block per class, ``int64 [len(blocks), BLOCK]``.
+
+  Row ``c`` counts class ``c``'s codes ``blocks[c] * BLOCK + 0..BLOCK-1``
+  (zeros where ``blocks[c] < 0``); what ``store.load_fine`` returns.
+  """
+  keys, counts = _check_keys(keys, counts)
+  blocks = np.asarray(blocks, np.int64)
+  out = np.zeros((blocks.size, BLOCK), np.int64)
+  if not keys.size:
+    return out
+  cls, code = keys // (QUANT + 1), keys % (QUANT + 1)
+  inside = cls < blocks.size
+  cls, code, cnt = cls[inside], code[inside], counts[inside]
+  sel = code // BLOCK == blocks[cls]  # blocks[cls] = -1 matches nothing
+  np.add.at(out, (cls[sel], code[sel] % BLOCK), cnt[sel])
+  return out
+
+
+def _fit_rows(a: np.ndarray, rows: int, width: int, what: str) -> np.ndarray:
+  """``a`` [c, width] as [rows, width]: zero-padded, or its extra rows must be empty."""
+  a = np.asarray(a)
+  if a.ndim != 2 or a.shape[1] != width or (a.size and a.dtype.kind not in "iu"):
+    raise ValueError(f"{what} must be an integer [C, {width}] array, got {a.dtype} {a.shape}")
+  a = a.astype(np.int64, copy=False)
+  if a.size and a.min() < 0:
+    raise ValueError(f"{what} must be non-negative")
+  if a.shape[0] > rows:
+    bad = np.flatnonzero(a[rows:].any(1))
+    if bad.size:
+      raise ValueError(f"semantic classes must be in 0..{rows - 1}, got {rows + int(bad[-1])}")
+    a = a[:rows]
+  if a.shape[0] < rows:
+    a = np.concatenate([a, np.zeros((rows - a.shape[0], width), np.int64)])
+  return a
+
+
+class BlockCounts:
+  """Pass 1: pixel counts per (class, 1024-code block), ``int64 [C, 64]``; merges."""
+
+  def __init__(self, num_classes: int = 18):
+    self.counts = np.zeros((num_classes, NUM_BLOCKS), np.int64)
+
+  @property
+  def num_classes(self) -> int:
+    return self.counts.shape[0]
+
+  def add(self, blocks: np.ndarray) -> None:
+    """Adds one entry's block counts (``[c, 64]``; rows past ``num_classes`` must be 0)."""
+    self.counts += _fit_rows(blocks, self.num_classes, NUM_BLOCKS, "block counts")
+
+  def merge(self, other: "BlockCounts") -> None:
+    if other.counts.shape != self.counts.shape:
+      raise ValueError(f"cannot merge block counts {other.counts.shape} into "
+                       f"{self.counts.shape}")
+    self.counts += other.counts
+
+  def totals(self) -> np.ndarray:
+    return self.counts.sum(1)
+
+  def locate(self, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, the block holding the :func:`quantile_index` value and that
+    value's 0-based rank inside the block: ``(blocks, ranks)``, -1 for empty classes."""
+    blocks = np.full(self.num_classes, -1, np.int64)
+    ranks = np.full(self.num_classes, -1, np.int64)
+    for cls in range(self.num_classes):
+      cum = np.cumsum(self.counts[cls])
+      n = int(cum[-1])
+      if n:
+        i = quantile_index(n, p)
+        b = int(np.searchsorted(cum, i, side="right"))
+        blocks[cls], ranks[cls] = b, i - (int(cum[b - 1]) if b else 0)
+    return blocks, ranks
+
+
+class FineCounts:
+  """Pass 2: per class, the counts of the codes of its block ``blocks[c]``; merges."""
+
+  def __init__(self, blocks):
+    self.blocks = np.asarray(blocks, np.int64).copy()
+    if self.blocks.ndim != 1 or (self.blocks.size and (
+        self.blocks.min() < -1 or self.blocks.max() >= NUM_BLOCKS)):
+      raise ValueError(f"blocks must be [C] in -1..{NUM_BLOCKS - 1}, got {self.blocks}")
+    self.counts = np.zeros((self.blocks.size, BLOCK), np.int64)
+
+  def add(self, fine: np.ndarray) -> None:
+    """Adds one entry's ``[C, 1024]`` counts of the blocks ``self.blocks``."""
+    self.counts += _fit_rows(fine, self.blocks.size, BLOCK, "fine counts")
+
+  def merge(self, other: "FineCounts") -> None:
+    if not np.array_equal(other.blocks, self.blocks):
+      raise ValueError("cannot merge fine counts of different blocks")
+    self.counts += other.counts
+
+
+class SemanticQuantiles:
+  """The two-level result: ``.thresholds(p, t)`` as ``SemanticHistogram.thresholds``.
+
+  Exact for the ``p`` the blocks were chosen for (any cap ``t``); another
+  ``p`` raises.
+  """
+
+  def __init__(self, coarse: BlockCounts, fine: FineCounts, p: float):
+    self.p = float(p)
+    blocks, ranks = coarse.locate(self.p)
+    if not np.array_equal(blocks, fine.blocks):
+      raise ValueError(f"the fine counts are of blocks {fine.blocks.tolist()}, the block "
+                       f"counts put the p = {p} quantiles in {blocks.tolist()}")
+    self.count = coarse.totals()
+    self.code = np.full(coarse.num_classes, -1, np.int64)
+    for cls in np.flatnonzero(blocks >= 0):
+      b = int(blocks[cls])
+      cum = np.cumsum(fine.counts[cls])
+      if int(cum[-1]) != int(coarse.counts[cls, b]):
+        raise ValueError(f"class {cls}: its codes {b * BLOCK}..{(b + 1) * BLOCK - 1} count "
+                         f"{int(cum[-1])} pixels in pass 2 but {int(coarse.counts[cls, b])} "
+                         "in pass 1 (did the store change between the passes?)")
+      self.code[cls] = b * BLOCK + int(np.searchsorted(cum, ranks[cls], side="right"))
+
+  def thresholds(self, p: float, t: float) -> dict[int, dict]:
+    if float(p) != self.p:
+      raise ValueError(f"these quantiles are for p = {self.p}, not {p}")
+    out = {}
+    for cls in range(self.code.size):
+      if self.code[cls] < 0:
+        out[cls] = {"tau": 0.0, "count": 0, "quantile": None, "tau_code": 0}
+        continue
+      q = float(dequantize(np.uint16(self.code[cls])))
+      tau = min(float(t), q)
+      out[cls] = {"tau": tau, "count": int(self.count[cls]), "quantile": q,
+                  "tau_code": code_threshold(tau)}
+    return out
 
 
 class ScoreLists:
