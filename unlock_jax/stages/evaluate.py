@@ -4,8 +4,8 @@
 written by ``tools/convert_torch``) is scored by every ``config.evals.*``;
 ``results.json`` holds ``{"checkpoint", "step", "results"}``. With
 ``config.evaluate.runs`` set — ``{name: {"checkpoint": path, "tau": (tau_m,
-tau_a)}}``, e.g. ``source_only`` at the reference's 0.95/0.95 and ``unlock``
-at 0.55/0.5 — each named checkpoint is scored with its own fusion
+tau_a)}}``, e.g. ``source_only`` at the reference's 0.95/0.95 and ``UNLOCK``
+at 0.55/0.5 (not ``unlock``: ConfigDict has a method of that name) — each named checkpoint is scored with its own fusion
 thresholds (applied to every ``oass`` evaluator) and ``results.json`` holds
 ``{"runs": {name: {"checkpoint", "step", "results"}}}``, with the usual
 ``<evaluator>/<metric>`` keys, plus a side-by-side table of the headline
