@@ -5,13 +5,14 @@
 
 1. Threshold computation on the same synthetic 400x2048 prediction sets, written once
    into a temp dir in both formats:
-   * ours: stream the compact store as the ``opll`` stage does: ``store.load_summary``
-     per entry (the entry's stored per-class code histogram, ``predict``'s
-     ``thresholds.sparse_histogram``, and the detection scores; no map or mask
-     decoding), ``SemanticHistogram.add_sparse`` + ``ScoreLists.add``, then
-     ``.thresholds`` for semantic (0.8, 0.5), modal (0.3, 0.5), amodal (0.5, 0.3);
-     the per-part times, and (untimed, afterwards) file read + CRC and the histogram
-     decode apart;
+   * ours: the two exact passes of the ``opll`` stage (``compute_thresholds``): pass 1
+     ``store.load_blocks`` per entry (pixel counts per class and 1024-code block, and
+     the detection scores; the file's first ~10 kB), ``BlockCounts.add`` +
+     ``ScoreLists.add``; ``BlockCounts.locate`` finds each class's quantile block;
+     pass 2 ``store.load_fine`` (only those <= 18 blocks' deflated code-count chunks)
+     + ``FineCounts.add``; ``SemanticQuantiles`` gives the exact code; ``.thresholds``
+     for semantic (0.8, 0.5), modal (0.3, 0.5), amodal (0.5, 0.3); the per-part times,
+     and (untimed, afterwards, repeated) each pass's loads alone in CPU time;
    * ours (full decode), for transparency: the earlier pass, ``store.load_prediction``
      (confidence map decoded, masks unpacked) + ``SemanticHistogram.add``;
    * reference: a faithful port of ``get_threshold`` of ``Save_OPLL_Semantic.py``
@@ -44,12 +45,43 @@ at N=200); when the temp dir has too little room the reference files of panorama
 hard links to those of panorama i mod D (D distinct maps fit), and our entries are
 re-encoded copies of the same D, so both sides still read identical data (printed).
 Times are wall-clock and process CPU (user+sys) seconds; ratios are reference/ours.
-Our entries are written by ``store.write_prediction``, which stores the histogram as
-``predict`` does. `--quick`: N=10,20, n-large 40, < 1 min.
+Our entries are written by ``store.write_prediction``, which stores the two-level
+histogram as ``predict`` does. `--quick`: N=10,20, n-large 40, < 1 min.
 
-Measured 2026-11-30 12:35, `python benchmarks/opll.py`, same VM as below but busier
-(training and test jobs of other sessions, load average 5.7-7.7 on the 2 cores, so wall
-times carry waits; CPU times are the steadier measure):
+Measured 2026-11-30 13:00, `python benchmarks/opll.py`, same VM as below (load average
+4.5-5.4 on the 2 cores; the offline-stage tests ran during the N=2000 part):
+
+  N    ours wall / cpu   ours full decode  ref wall / cpu    ref/ours wall / cpu  RSS ours / ref
+  50   0.046 s / 0.038 s  1.39 s / 1.36 s   8.4 s /  7.3 s    183.1x / 190.1x     35 / 1182 MiB
+  200  0.17 s / 0.17 s    5.22 s / 5.06 s  82.8 s / 74.9 s    475.2x / 437.3x     36 / 3531 MiB
+  2000 1.3 s / 1.3 s      not run          not run (extrapolated a N + b N^2: ~6700 s, ~5000x)
+
+  (ref/ours full decode: 6.0x / 5.4x at N=50, 15.9x / 14.8x at N=200.)
+  * Thresholds agree at both sizes for both of our passes (semantic taus identical,
+    uncapped quantiles within 7.3e-6 < 1/65535, equal counts; instance taus exact).
+  * Ours: 0.7-0.9 ms per panorama for both passes whatever N (3.5 ms with the one-level
+    histogram, 30 ms decoding the maps): >= 100x holds at N=50 (183x wall, 190x CPU)
+    and N=200 (475x / 437x). Per panorama: pass 1 load 0.27-0.41 ms wall (0.22-0.24 ms
+    CPU alone: a 64 kB read, header checks, index JSON ~0.06 ms, the block table's
+    CRC-32 and inflate, the four score/class arrays), block add 0.01, score lists
+    0.08-0.10; pass 2 load 0.34-0.44 ms wall (0.47-0.51 ms CPU alone: a ~160 kB read,
+    the table again, <= 18 chunks CRC-checked and inflated), fine add 0.01-0.02. The
+    reference costs ~146 ms CPU per panorama at N=50 here (167 ms in the busier run
+    below).
+  * Ours at N=2000: peak RSS 38 MiB (target <= 2 GB met).
+  * Bytes per panorama: store entry 0.816 MB, of it the two-level histogram 0.145 MB
+    (block table ~8 kB + chunks; the one-level codec of the same pairs: 0.119 MB);
+    vs the 59.0 MB semantic .npy 72x smaller (target >= 60x met), vs all three
+    reference files 112x. Entries stay <= 1 MB (tests/test_store.py asserts it on its
+    realistic 400x2048 panorama with 40 detections).
+  * Generation: 198 s for 200 distinct panoramas (store 41 s = 205 ms per entry write,
+    ~50 ms of it the two-level histogram: sparse histogram ~20 ms, ~900 chunks
+    deflated at level 6 ~30 ms); 2000 large-store entries in 223 s.
+
+Before (the one-level histogram pass as ours: ``store.load_summary`` inflating the
+whole ``conf_hist`` + ``SemanticHistogram.add_sparse``), measured 2026-11-30 12:35 on the
+same VM but busier (training and test jobs of other sessions, load average 5.7-7.7 on
+the 2 cores, so wall times carry waits; CPU times are the steadier measure):
 
   N    ours wall / cpu  ours full decode  ref wall / cpu    ref/ours wall / cpu  RSS ours / ref
   50   0.29 s / 0.18 s  1.55 s / 1.03 s   18.4 s /  8.4 s     64.3x /  45.9x     52 / 1175 MiB
@@ -70,7 +102,7 @@ times carry waits; CPU times are the steadier measure):
     0.7-0.9 ms; the pixel-count check 0.05 ms; ``add_sparse`` 0.5-0.7 ms (range checks
     0.2, ``np.add.at`` 0.3-0.45); score lists 0.05-0.1 ms. The histogram's ~193k pairs
     are the floor of any single-pass exact scheme: inflate plus three numpy passes
-    over them. Two ways below 1.7 ms, neither implemented: storing the tokens
+    over them. Two ways below 1.7 ms (the second is what ours is now, above): storing the tokens
     undeflated saves the inflate (~1.2 ms) for +75 KB per entry (0.87 MB, 68x); or two
     levels, per entry pixel counts per (class, 1024-code chunk), a first pass finding
     each class's quantile chunk, a second inflating only those 18 chunks' pairs
@@ -84,7 +116,7 @@ times carry waits; CPU times are the steadier measure):
   * Generation: 163 s for 200 distinct panoramas (store 27 s = 134 ms per entry write,
     ~25 ms more than before for the histogram); 2000 large-store entries in 301 s.
 
-Before (the full-decode pass above as ours), measured 2026-11-30 on the shared 2-core
+Before that (the full-decode pass above as ours), measured 2026-11-30 on the shared 2-core
 development VM (AMD EPYC, 23 GB RAM, /tmp disk ~220 MB/s write) with a training job busy
 on one core (load average ~3); a first run, with `--predict`, gave ratios 8.6x / 16.7x
 wall and ours at N=2000 in 94 s wall / 40 s CPU under more load:
@@ -237,7 +269,7 @@ def generate(root, n, distinct, seed=0):
     os.makedirs(os.path.join(ref_root, k, CITY), exist_ok=True)
   names = [f"pano_{i:05d}" for i in range(n)]
   t = {"gen": 0.0, "ref_write": 0.0, "store_write": 0.0}
-  sizes = {"store": [], "hist": [], "pairs": [], "semantic": [], "instance": [],
+  sizes = {"store": [], "hist": [], "hist1": [], "pairs": [], "semantic": [], "instance": [],
            "amodal_instance": []}
   for i, name in enumerate(names):
     paths = _ref_paths(ref_root, name)
@@ -260,8 +292,10 @@ def generate(root, n, distinct, seed=0):
       t["ref_write"] += t2 - t1
       t["store_write"] += t3 - t2
       sizes["store"].append(nbytes)
-      hist = thresholds.sparse_histogram(sem, code)  # what write_prediction stored
-      sizes["hist"].append(len(store.encode_histogram(hist)))
+      hist = thresholds.sparse_histogram(sem, code)
+      table, chunks = store.encode_blocks(hist)  # what write_prediction stored
+      sizes["hist"].append(len(zlib.compress(table.tobytes(), 6)) + len(chunks))
+      sizes["hist1"].append(len(store.encode_histogram(hist)))  # the one-level codec
       sizes["pairs"].append(hist.shape[1])
       for k, p in paths.items():
         sizes[k].append(os.path.getsize(p))
@@ -295,25 +329,29 @@ def generate_large(store_src, store_dst, n, distinct):
 # ------------------------------------------------------------------ the two passes
 
 
-def run_ours(store_dir, n, mode="summary"):
-  """The streaming threshold pass of the ``opll`` stage (one process, no resume file).
+def run_ours(store_dir, n, mode="two-level"):
+  """The threshold pass of the ``opll`` stage (one process, no resume file).
 
-  ``summary``: as the stage does it, ``store.load_summary`` per entry (the stored
-  code histogram and the scores) + ``SemanticHistogram.add_sparse``; ``full``: the
-  earlier pass, ``store.load_prediction`` (maps and masks decoded) +
-  ``SemanticHistogram.add``. Per-part wall times are summed alongside.
+  ``two-level``: as the stage does it (``stages.opll.compute_thresholds``):
+  pass 1 ``store.load_blocks`` per entry (block counts and scores) +
+  ``BlockCounts.add`` + ``ScoreLists.add``; ``locate``; pass 2
+  ``store.load_fine`` (the <= 18 chosen code blocks) + ``FineCounts.add``;
+  ``SemanticQuantiles``. ``full``: the first pass, ``store.load_prediction``
+  (maps and masks decoded) + ``SemanticHistogram.add``. Per-part wall times are
+  summed alongside.
   """
   t = _now()
   names = store.list_predictions(store_dir)[:n]
-  sem = thresholds.SemanticHistogram()
+  p_sem = SETTINGS["semantic"][0]
+  coarse, sem = thresholds.BlockCounts(), thresholds.SemanticHistogram()
   acc = {"modal": thresholds.ScoreLists(), "amodal": thresholds.ScoreLists()}
-  t_load = t_add = t_scores = 0.0
+  t_load = t_add = t_scores = t_load2 = t_add2 = 0.0
   for name in names:
     a = time.perf_counter()
-    if mode == "summary":
-      pred = store.load_summary(store_dir, name)
+    if mode == "two-level":
+      pred = store.load_blocks(store_dir, name)
       b = time.perf_counter()
-      sem.add_sparse(*pred[store.HIST_KEY])
+      coarse.add(pred["blocks"])
     else:
       pred = store.load_prediction(store_dir, name)
       b = time.perf_counter()
@@ -326,34 +364,35 @@ def run_ours(store_dir, n, mode="summary"):
     t_add += c - b
     t_scores += d - c
   a = time.perf_counter()
+  if mode == "two-level":
+    blocks, _ = coarse.locate(p_sem)
+    fine = thresholds.FineCounts(blocks)
+    for name in names:
+      b = time.perf_counter()
+      f = store.load_fine(store_dir, name, blocks)
+      c = time.perf_counter()
+      fine.add(f)
+      t_load2 += c - b
+      t_add2 += time.perf_counter() - c
+    sem = thresholds.SemanticQuantiles(coarse, fine, p_sem)
   th = {"semantic": sem.thresholds(*SETTINGS["semantic"])}
   for b in ("modal", "amodal"):
     th[b] = acc[b].thresholds(*SETTINGS[b])
-  t_final = time.perf_counter() - a
+  t_final = time.perf_counter() - a - t_load2 - t_add2
   wall, cpu = _since(t)
   out = {"n": len(names), "mode": mode, "wall": wall, "cpu": cpu, "load_wall": t_load,
-         "add_wall": t_add, "scores_wall": t_scores, "final_wall": t_final}
+         "add_wall": t_add, "scores_wall": t_scores, "load2_wall": t_load2,
+         "add2_wall": t_add2, "final_wall": t_final}
   for k, v in th.items():
     out[k] = {f: [v[c][f] for c in sorted(v)] for f in ("tau", "count", "quantile")}
-  if mode == "summary":  # untimed above: where load_summary's time goes
-    parts = {"read_crc": 0.0, "inflate_hist": 0.0, "decode_hist": 0.0}
-    for name in names:
-      a = time.perf_counter()
-      path = store.entry_path(store_dir, name)
-      payload = store._verified_payload(path)  # pylint: disable=protected-access
-      b = time.perf_counter()
-      (m,) = struct.unpack_from("<I", payload)
-      rec = next(r for r in json.loads(bytes(payload[4:4 + m]))["arrays"]
-                 if r["key"] == store.HIST_KEY)
-      blob = payload[4 + m + rec["offset"]:4 + m + rec["offset"] + rec["size"]]
-      c = time.perf_counter()
-      zlib.decompress(blob[store._HIST.size:])  # pylint: disable=protected-access
-      d = time.perf_counter()
-      store.decode_histogram(blob)
-      e = time.perf_counter()
-      parts["read_crc"] += b - a
-      parts["inflate_hist"] += d - c
-      parts["decode_hist"] += e - d
+  if mode == "two-level":  # untimed above: CPU per pass, repeated (warm page cache)
+    parts = {}
+    for what, fn in (("pass1_cpu", lambda nm: store.load_blocks(store_dir, nm)),
+                     ("pass2_cpu", lambda nm: store.load_fine(store_dir, nm, blocks))):
+      c0 = time.process_time()
+      for name in names:
+        fn(name)
+      parts[what] = time.process_time() - c0
     out["parts"] = parts
   return out
 
@@ -556,13 +595,13 @@ def comparison(root, n, timeout):
     if os.path.exists(p):
       os.remove(p)
   rss = {}
-  for mode, log in (("summary", log_ours), ("full", log_full)):
+  for mode, log in (("two-level", log_ours), ("full", log_full)):
     rc, _, rss[mode] = _spawn(["--worker", "ours", "--root", os.path.join(root, "store"),
                                "--n", str(n), "--log", log, "--mode", mode], None)
     if rc != 0:
       raise RuntimeError(f"ours worker ({mode}) failed (rc {rc})")
   ours, ours_full = _read_jsonl(log_ours)[0], _read_jsonl(log_full)[0]
-  rss_o = rss["summary"]
+  rss_o = rss["two-level"]
   rc, wall_r, rss_r = _spawn(["--worker", "ref", "--root", os.path.join(root, "ref"),
                               "--n", str(n), "--log", log_ref], timeout)
   parts = {r["part"]: r for r in _read_jsonl(log_ref)}
@@ -614,14 +653,18 @@ def _report_ours(what, o, rss):
   ms = lambda k: 1e3 * o[k] / o["n"]
   print(f"  {what:18s} wall {o['wall']:8.2f} s  cpu {o['cpu']:8.2f} s  "
         f"peak RSS {rss:7.0f} MiB")
-  print(f"  {'':18s} {ms('wall'):.2f} ms/pano: load {ms('load_wall'):.2f}, histogram add "
-        f"{ms('add_wall'):.2f}, score lists {ms('scores_wall'):.2f}; thresholds "
-        f"{1e3 * o['final_wall']:.0f} ms once")
-  if "parts" in o:
+  if o["mode"] == "two-level":
+    print(f"  {'':18s} {ms('wall'):.2f} ms/pano: pass 1 load {ms('load_wall'):.2f}, block add "
+          f"{ms('add_wall'):.2f}, score lists {ms('scores_wall'):.2f}; pass 2 load "
+          f"{ms('load2_wall'):.2f}, fine add {ms('add2_wall'):.2f}; thresholds "
+          f"{1e3 * o['final_wall']:.0f} ms once")
     p = {k: 1e3 * v / o["n"] for k, v in o["parts"].items()}
-    print(f"  {'':18s} load = file read + CRC-32 {p['read_crc']:.2f} ms, histogram decode "
-          f"{p['decode_hist']:.2f} ms (of it inflate {p['inflate_hist']:.2f}), rest "
-          f"{ms('load_wall') - p['read_crc'] - p['decode_hist']:.2f} (measured apart)")
+    print(f"  {'':18s} loads alone (CPU, repeated): pass 1 {p['pass1_cpu']:.2f} ms, "
+          f"pass 2 {p['pass2_cpu']:.2f} ms per panorama")
+  else:
+    print(f"  {'':18s} {ms('wall'):.2f} ms/pano: load {ms('load_wall'):.2f}, histogram add "
+          f"{ms('add_wall'):.2f}, score lists {ms('scores_wall'):.2f}; thresholds "
+          f"{1e3 * o['final_wall']:.0f} ms once")
 
 
 # ------------------------------------------------------------------ predict throughput
@@ -725,7 +768,8 @@ def main():
   ap.add_argument("--root", help=argparse.SUPPRESS)
   ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
   ap.add_argument("--log", help=argparse.SUPPRESS)
-  ap.add_argument("--mode", default="summary", choices=("summary", "full"), help=argparse.SUPPRESS)
+  ap.add_argument("--mode", default="two-level", choices=("two-level", "full"),
+                  help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.worker:
     return worker(args)
@@ -806,8 +850,9 @@ def thresholds_part(root, ns, n_large, timeout):
 
   s = gen["sizes"]
   ref_all = s["semantic"] + s["instance"] + s["amodal_instance"]
-  print(f"\nbytes per panorama: store entry {s['store'] / 1e6:.3f} MB (of it the confidence "
-        f"histogram {s['hist'] / 1e6:.3f} MB, {s['pairs']:.0f} class/code pairs); reference "
+  print(f"\nbytes per panorama: store entry {s['store'] / 1e6:.3f} MB (of it the two-level "
+        f"confidence histogram {s['hist'] / 1e6:.3f} MB, {s['pairs']:.0f} class/code pairs; the "
+        f"one-level codec took {s['hist1'] / 1e6:.3f} MB); reference "
         f"semantic .npy {s['semantic'] / 1e6:.1f} MB -> {s['semantic'] / s['store']:.0f}x smaller "
         f"(target >= 60x); with its two detection lists ({s['instance'] / 1e6:.1f} + "
         f"{s['amodal_instance'] / 1e6:.1f} MB) {ref_all / 1e6:.1f} MB -> "
