@@ -32,13 +32,8 @@ INDEX_FILE = "pool_index.npz"
 def run(config, workdir: str) -> dict:
   provenance.record(workdir, "adcl_pool", config)
   a = config.adcl_pool
-  store_dir = fileio.resolve(config.predict.store_dir, workdir)
+  store_dir, names, meta = opll_stage.open_store(config, workdir)
   out_dir = fileio.resolve(a.out_dir, workdir)
-  names = store.list_predictions(store_dir)
-  if not names:
-    raise FileNotFoundError(f"the prediction store {store_dir} is empty: run the "
-                            "`predict` stage first (--config.stage=predict)")
-  meta = store.read_meta(store_dir)
   p, t = (float(v) for v in a.pt)
   fp = opll_stage.fingerprint(names, meta, {"adcl": (p, t)})
 
@@ -49,7 +44,7 @@ def run(config, workdir: str) -> dict:
     summ = store.load_summary(store_dir, n, histogram=False)  # scores only: no map decoding
     scores.add(summ["amodal"]["classes"], summ["amodal"]["scores"])
     prog.update(i + 1)
-  scores = opll_stage._merge_all(scores)  # pylint: disable=protected-access
+  scores = opll_stage.merge_all(scores)
   tau = scores.thresholds(p, t)
   if jax.process_index() == 0:
     fileio.atomic_write_json(os.path.join(out_dir, "thresholds.json"),

@@ -68,7 +68,7 @@ def my_share(items, what: str = ""):
   return items[jax.process_index()::jax.process_count()]
 
 
-def _merge_all(obj):
+def merge_all(obj):
   parts = shd.gather_objects(obj)
   out = parts[0]
   for p in parts[1:]:
@@ -114,14 +114,14 @@ def compute_thresholds(store_dir, names, out_dir, cfg, fp: str) -> dict:
     for b in BRANCHES:
       scores[b].add(summ[b]["classes"], summ[b]["scores"])
     prog.update(i + 1)
-  coarse = _merge_all(coarse)
+  coarse = merge_all(coarse)
   blocks, _ = coarse.locate(p_sem)
   fine = thresholds.FineCounts(blocks)
   for i, name in enumerate(mine):
     fine.add(store.load_fine(store_dir, name, blocks))
     prog.update(len(mine) + i + 1)
-  acc = {"semantic": thresholds.SemanticQuantiles(coarse, _merge_all(fine), p_sem),
-         **{b: _merge_all(scores[b]) for b in BRANCHES}}
+  acc = {"semantic": thresholds.SemanticQuantiles(coarse, merge_all(fine), p_sem),
+         **{b: merge_all(scores[b]) for b in BRANCHES}}
   fileio.atomic_write_bytes(state_path, pickle.dumps({"fp": fp, "acc": acc}))
   return acc
 
@@ -199,7 +199,7 @@ def compute_prototypes(net, store_dir, names, th_sem, out_dir, cfg, fp):
       fileio.atomic_write_bytes(state_path, pickle.dumps({"fp": fp, "sums": acc,
                                                           "step": step + 1}))
     prog.update(step + 1)
-  merged = _merge_all(acc)
+  merged = merge_all(acc)
   protos, present = merged.prototypes()
   if jax.process_index() == 0:
     buf = __import__("io").BytesIO()
@@ -224,16 +224,21 @@ def _variant(sem, inst, pool_entries):
           "uncertain_amodal": inst["amodal"]["uncertain"]}
 
 
-def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "opll", config)
-  o = config.opll
+def open_store(config, workdir: str):
+  """``(store_dir, names, meta)`` of the prediction store; empty → a clear error."""
   store_dir = fileio.resolve(config.predict.store_dir, workdir)
-  out_dir = fileio.resolve(o.out_dir, workdir)
   names = store.list_predictions(store_dir)
   if not names:
     raise FileNotFoundError(f"the prediction store {store_dir} is empty: run the "
                             "`predict` stage first (--config.stage=predict)")
-  meta = store.read_meta(store_dir)
+  return store_dir, names, store.read_meta(store_dir)
+
+
+def run(config, workdir: str) -> dict:
+  provenance.record(workdir, "opll", config)
+  o = config.opll
+  store_dir, names, meta = open_store(config, workdir)
+  out_dir = fileio.resolve(o.out_dir, workdir)
   pt = {b: (float(o[b].p), float(o[b].t)) for b in ("semantic", "modal", "amodal")}
   settings = {"pt": pt, "proto": bool(o.prototype_filter), "margin": float(o.prototype_margin),
               "adcl": tuple(config.adcl_pool.pt)}
@@ -345,7 +350,7 @@ def run(config, workdir: str) -> dict:
     for n in my_share(names):
       with open(part(n), "rb") as f:
         q.merge(pickle.load(f))
-    q = _merge_all(q)
+    q = merge_all(q)
     res = q.result()
     summary["quality"] = res
     if jax.process_index() == 0:
