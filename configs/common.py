@@ -171,7 +171,7 @@ def base() -> ml_collections.ConfigDict:
                  box_rule="positive"),
       ema_max=0.999, teacher_threshold=0.968, ignore_top=11, ignore_bottom=88,
       rows_crop_height=400, jitter_p=0.8, blur_p=0.5, jitter_strength=0.2,
-      reg_weight=10.0, sem_normalize="all_pixels",
+      reg_weight=10.0, mix_weight=1.0, sem_normalize="all_pixels",
       optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
                  end_lr=0.0, warmup_steps=0, match="mmcv", groups=optim.adapt_groups()),
       log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,

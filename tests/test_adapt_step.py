@@ -39,7 +39,7 @@ MOMENTUM = 0.9            # flax = PyTorch BatchNorm momentum 0.1
 
 def _adapt_cfg(jitter_p=0.8, blur_p=0.5):
   return ml_collections.ConfigDict(dict(
-      reg_weight=10.0, ema_max=0.999, teacher_threshold=0.968, ignore_top=11,
+      reg_weight=10.0, mix_weight=1.0, ema_max=0.999, teacher_threshold=0.968, ignore_top=11,
       ignore_bottom=88, rows_crop_height=400, jitter_p=jitter_p, blur_p=blur_p,
       jitter_strength=0.2, sem_normalize="all_pixels"))
 

@@ -83,9 +83,10 @@ def adapt_loss(model, params, batch_stats, source_params, batch, mixed, rng, *, 
       {"params": params, "batch_stats": bs}, mixed["image"], train=True,
       semantic_only=True, rngs={"dropout": r[2]}, mutable=["batch_stats"])
   bs = mut.get("batch_stats", bs)
-  terms["mix/sem"] = losses_lib.semantic_ce(out_mix["sem_logits"], mixed["labels"],
-                                            normalize=cfg.sem_normalize,
-                                            weight=mixed["weights"])
+  # mix_weight 0 is the "without the ClassMix branch" ablation (1 = reference).
+  terms["mix/sem"] = cfg.mix_weight * losses_lib.semantic_ce(
+      out_mix["sem_logits"], mixed["labels"], normalize=cfg.sem_normalize,
+      weight=mixed["weights"])
   return sum(terms.values()), (terms, bs)
 
 
@@ -109,7 +110,7 @@ def mixed_batch(model, teacher, batch_stats, batch, rng, *, cfg):
 def make_adapt_step(model, tx, schedule, mesh, state, *, cfg):
   """Jitted ``(state, batch, source_params, base_rng) -> (state, measurements)``.
 
-  ``cfg`` = ``config.adapt`` (reg_weight, ema_max, teacher_threshold,
+  ``cfg`` = ``config.adapt`` (reg_weight, mix_weight, ema_max, teacher_threshold,
   ignore_top, ignore_bottom, rows_crop_height, jitter_p, blur_p,
   jitter_strength, sem_normalize). The state is donated; the source
   parameters are read only.
