@@ -31,6 +31,7 @@ import pytest
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.models import amodalpass
+from unlock_jax.models import layers
 from unlock_jax.train import adapt, optim, steps
 
 B, H, W = 4, 32, 32
@@ -104,7 +105,7 @@ def _capturing(fn, paths):
     def interceptor(next_fun, a, kw, ctx):
       out = next_fun(*a, **kw)
       if ctx.method_name == "__call__":
-        if isinstance(ctx.module, nn.BatchNorm):
+        if isinstance(ctx.module, layers.BatchNorm):
           bn.append(a[0])
           paths.append("/".join(ctx.module.path))
         elif isinstance(ctx.module, nn.Dropout):
@@ -118,10 +119,12 @@ def _capturing(fn, paths):
 
 
 def _bn_batch_stats(x) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel mean and (biased) variance over all but the channel axis, float64."""
+  """Per-channel mean and the unbiased variance (what PyTorch's running
+  variance takes) over all but the channel axis, float64."""
   x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
   m = x.mean(0)
-  return m, ((x - m) ** 2).mean(0)
+  n = x.shape[0]
+  return m, ((x - m) ** 2).sum(0) / max(n - 1, 1)
 
 
 def _momentum(old, *batch_values):
@@ -317,7 +320,7 @@ def test_teacher_uses_batch_statistics_not_stored_ones(sem):
   eps = {}
 
   def batchnorm_from_batch(next_fun, a, kw, ctx):
-    if ctx.method_name == "__call__" and isinstance(ctx.module, nn.BatchNorm):
+    if ctx.method_name == "__call__" and isinstance(ctx.module, layers.BatchNorm):
       x_in = a[0].astype(jnp.float32)
       m = jnp.mean(x_in, (0, 1, 2))
       v = jnp.mean(jnp.square(x_in - m), (0, 1, 2))

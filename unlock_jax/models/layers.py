@@ -1,6 +1,7 @@
 """Small layers shared by the backbone, the decode head and the FPN (NHWC)."""
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,6 +151,46 @@ class DepthwiseConv3x3(nn.Module):
     return y
 
 
+class BatchNorm(nn.Module):
+  """``torch.nn.BatchNorm2d`` on NHWC maps (flax's names: ``scale``, ``bias``,
+  batch_stats ``mean``, ``var``, so checkpoints and the converter are unchanged).
+
+  Unlike ``flax.linen.BatchNorm``, the running variance is updated with the
+  *unbiased* batch variance (× n/(n−1), n = elements per channel), as PyTorch
+  does; normalisation uses the biased one, as both do. The difference matters
+  where n is small: in the DAFormer head's image-pool branch n is the batch
+  size, and flax's rule leaves that running variance at (B−1)/B of the
+  reference's (0.75 at batch 4). ``momentum`` follows flax's convention
+  (0.9 = PyTorch's 0.1).
+  """
+  use_running_average: bool
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      xf = x.astype(jnp.float32)
+      axes = tuple(range(x.ndim - 1))
+      mean = jnp.mean(xf, axes)
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      n = math.prod(x.shape[:-1])
+      if not self.is_initializing():
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1 - m) * mean
+        ra_var.value = m * ra_var.value + (1 - m) * var * (n / max(n - 1, 1))
+    y = (x.astype(jnp.float32) - mean) * jax.lax.rsqrt(var + self.epsilon)
+    return (y * scale + bias).astype(self.dtype)
+
+
 class ConvModule(nn.Module):
   """mmcv ConvModule: conv (+ BatchNorm) (+ ReLU); submodules `conv`, `bn`.
 
@@ -194,9 +235,8 @@ class ConvModule(nn.Module):
                   kernel_init=self.kernel_init or torch_conv_init,
                   name="conv")(x)
     if self.norm:
-      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
-                       epsilon=BN_EPS, dtype=self.dtype,
-                       param_dtype=jnp.float32, name="bn")(x)
+      x = BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM,
+                    epsilon=BN_EPS, dtype=self.dtype, name="bn")(x)
     if self.act:
       x = nn.relu(x)
     return x
