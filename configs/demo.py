@@ -8,8 +8,8 @@ Generates a small synthetic set (pinhole source domain in the KITTI-360 APS
 layout, 360° target panoramas in the BlendPASS layout, scale 0.25), trains a
 small AmodalPASS (deformable MiT + SimPool, DAFormer-SimPool head) on source
 crops, and evaluates on whole source-val images and whole target panoramas.
-Expected (2-core CPU; see README for the measured run): source-val mIoU ≥ 50%,
-target-val mIoU clearly lower (the domain gap UNLOCK closes).
+Measured (2-core CPU, README "What the demo shows"): source-val mIoU 70.0,
+target-val mIoU 27.7 (the domain gap UNLOCK closes), 4.5 min.
 """
 from configs import common
 
