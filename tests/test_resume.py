@@ -10,7 +10,6 @@ from configs.synth import tiny
 from unlock_jax import checkpoint
 from unlock_jax.data.synthpass import testing as synth_testing
 from unlock_jax.models import amodalpass
-from unlock_jax.stages import evaluate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +25,7 @@ def _config(root):
 def _params(config, workdir):
   model = amodalpass.build(config.model)
   mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-  abstract = evaluate.abstract_variables(model, (1, 32, 32, 3), mesh)
+  abstract = checkpoint.abstract_variables(model, (1, 32, 32, 3), mesh)
   variables, step = checkpoint.load_variables(
       os.path.join(workdir, "train_source", "checkpoints"), abstract)
   return jax.device_get(variables), step

@@ -11,6 +11,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from unlock_jax import sharding as shd
+from unlock_jax.train import steps
+
 
 class Checkpointer:
   """Thin wrapper: save/restore a state pytree, an iterator and metadata."""
@@ -62,6 +65,17 @@ def abstract_like(state):
   """ShapeDtypeStructs carrying each leaf's sharding (the restore target)."""
   return jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def abstract_variables(model, image_shape, mesh):
+  """Shapes (with replicated sharding) of the model's params and batch_stats:
+  the restore target of :func:`load_variables`."""
+  shapes = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape),
+                          jax.random.key(0))
+  repl = shd.replicated(mesh)
+  return {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
+                          shapes.get(k, {}))
+          for k in ("params", "batch_stats")}
 
 
 def load_variables(path: str, abstract_variables):

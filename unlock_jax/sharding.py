@@ -46,13 +46,17 @@ def put_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
 
   Keys starting with ``_host`` stay on the host (ragged ground truth).
   """
-  sharding = data_sharding(mesh)
   out = {}
   for k, v in batch.items():
     if k.startswith("_host"):
       continue
-    out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    out[k] = put_array(v, mesh)
   return out
+
+
+def put_array(x, mesh) -> jax.Array:
+  """One process-local numpy array → a global array sharded over ``data``."""
+  return jax.make_array_from_process_local_data(data_sharding(mesh), np.asarray(x))
 
 
 def gather_objects(obj: Any) -> list[Any]:

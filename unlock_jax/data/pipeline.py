@@ -12,9 +12,12 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from unlock_jax.data import adcl_paste
 from unlock_jax.data import keys
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import common as layouts_common
+from unlock_jax.pseudo import labels as pl_labels
+from unlock_jax.pseudo import pool as pool_lib
 
 
 def open_reader(layout: str, root: str, split: str, image_size=None):
@@ -127,20 +130,26 @@ def eval_batches(reader, *, global_batch_size: int, image_size,
   rows ``[p*b, (p+1)*b)`` of every global batch, so all processes run
   ``ceil(n / global_batch_size)`` steps and padded rows have ``_mask=False``.
   """
+  rows = process_rows(len(reader), global_batch_size, process_index, process_count)
+  ds = grain.MapDataset.source(rows.ravel().tolist()).map(
+      EvalLoad(reader, tuple(image_size)))
+  ds = ds.batch(rows.shape[1], drop_remainder=True, batch_fn=collate)
+  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
+                                              prefetch_buffer_size=2))
+
+
+def process_rows(n: int, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> np.ndarray:
+  """``[steps, local]`` indices into ``range(n)`` of this process's rows of
+  every global batch, ``-1`` for padding (all processes run ``steps``)."""
   if global_batch_size % process_count:
-    raise ValueError(f"eval batch {global_batch_size} not divisible by "
+    raise ValueError(f"batch {global_batch_size} not divisible by "
                      f"{process_count} processes")
   local = global_batch_size // process_count
-  n = len(reader)
   steps = math.ceil(n / global_batch_size)
   padded = np.full(steps * global_batch_size, -1, np.int64)
   padded[:n] = np.arange(n)
-  mine = padded.reshape(steps, process_count, local)[:, process_index].ravel()
-  ds = grain.MapDataset.source(mine.tolist()).map(
-      EvalLoad(reader, tuple(image_size)))
-  ds = ds.batch(local, drop_remainder=True, batch_fn=collate)
-  return ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
-                                              prefetch_buffer_size=2))
+  return padded.reshape(steps, process_count, local)[:, process_index]
 
 
 def num_eval_steps(n: int, global_batch_size: int) -> int:
@@ -153,7 +162,6 @@ _POOLS: dict = {}
 def _pool(path: str):
   """The ADCL pool index, loaded once per process (grain workers included)."""
   if path not in _POOLS:
-    from unlock_jax.pseudo import pool as pool_lib  # pylint: disable=g-import-not-at-top
     _POOLS[path] = pool_lib.PoolIndex.load(path) if path else None
   return _POOLS[path]
 
@@ -178,8 +186,6 @@ class AdaptPairTransform:
   paste: dict = dataclasses.field(default_factory=dict)
 
   def _pl(self, i: int, rng: np.random.Generator) -> dict:
-    from unlock_jax.data import adcl_paste  # pylint: disable=g-import-not-at-top
-    from unlock_jax.pseudo import labels as pl_labels  # pylint: disable=g-import-not-at-top
     name = self.reader.keys[i]
     lab = pl_labels.load_packed(os.path.join(self.packed_dir, name + ".npz"))
     image = self.reader.load_image(i)
@@ -212,10 +218,9 @@ class AdaptPairTransform:
     pl_index, u_index = int(pair[0]), int(pair[1])
     ex = self._pl(pl_index, rng)
     image = self.reader.load_image(u_index)
-    h, w = image.shape[:2]
-    ch, cw = self.crop_size
-    y1, x1 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    image = image[y1:y1 + ch, x1:x1 + cw]
+    # No class check on this branch; the image's shape is all the crop needs.
+    y1, y2, x1, x2 = transforms.random_crop_box(image[..., 0], self.crop_size, rng)
+    image = image[y1:y2, x1:x2]
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     ex[keys.UNLABELED_IMAGE] = transforms.normalize(np.ascontiguousarray(image))

@@ -68,9 +68,6 @@ def _no_detections(h: int, w: int) -> dict:
           "valid": np.zeros((0,), bool)}
 
 
-local_rows = shd.local_rows
-
-
 class SemanticEvaluator:
   """mIoU and per-class IoU (reference rules) on whole images of one split."""
 
@@ -89,7 +86,7 @@ class SemanticEvaluator:
     for i, batch in enumerate(pipeline.eval_batches(
         self.reader, global_batch_size=bs, image_size=self.image_size,
         process_index=jax.process_index(), process_count=jax.process_count())):
-      pred = local_rows(predict(variables, shd.put_batch(
+      pred = shd.local_rows(predict(variables, shd.put_batch(
           {keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]))
       for row, gt in zip(pred, batch["_host_gt"]):
         if gt is not None:
@@ -150,7 +147,7 @@ class OassEvaluator:
         self.reader, global_batch_size=bs, image_size=self.image_size,
         process_index=jax.process_index(), process_count=jax.process_count())):
       image = shd.put_batch({keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]
-      out = jax.tree.map(local_rows, predict(variables, image))
+      out = jax.tree.map(shd.local_rows, predict(variables, image))
       for r, gt in enumerate(batch["_host_gt"]):
         if gt is None:
           continue

@@ -2,7 +2,7 @@
 
 One jitted, batch-sharded function per model returns what the prediction
 store keeps (semantic argmax, its max softmax probability, both branches'
-detections) and, for the prototype filter, the decode head's features. As
+detections). As
 the reference's ``MaskRCNNPanoptic_PL_ALL`` (spec §4): whole image, no flip,
 logits bilinearly resized to the image before the softmax.
 """
@@ -10,23 +10,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlock_jax import checkpoint
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import pipeline
+from unlock_jax.models import amodalpass
 from unlock_jax.models import layers
 
 _CACHE: dict = {}
 
 
-def predict_fn(model, mesh, with_features: bool = False):
+def predict_fn(model, mesh):
   """Jitted ``(variables, image [B,H,W,3]) -> dict`` of device arrays.
 
   Keys: ``semantic`` uint8 [B,H,W], ``confidence`` float32 [B,H,W], and with
-  instance heads ``modal``/``amodal`` padded detections (classes 0..6);
-  ``features`` [B,H/4,W/4,C] float32 when ``with_features``.
+  instance heads ``modal``/``amodal`` padded detections (classes 0..6).
   """
-  key = (id(model), id(mesh), with_features)
+  key = (id(model), id(mesh))
   if key not in _CACHE:
     def predict(variables, image):
       out = model.apply(variables, image, train=False)
@@ -38,8 +39,6 @@ def predict_fn(model, mesh, with_features: bool = False):
       for b in ("modal", "amodal"):
         if b in out:
           res[b] = out[b]
-      if with_features:
-        res["features"] = out["sem_features"].astype(jnp.float32)
       return res
     _CACHE[key] = (model, jax.jit(predict, out_shardings=shd.data_sharding(mesh)))
   return _CACHE[key][1]
@@ -68,25 +67,25 @@ class Subset:
 
   def load(self, i: int) -> dict:
     j = self.indices[i]
-    return dict(name=self.reader.keys[j], index=j, image=self.reader.load_image(j))
+    return dict(name=self.reader.keys[j], image=self.reader.load_image(j))
 
 
 def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
-            with_features: bool = False, on_batch=None):
+            on_batch=None):
   """Yields ``(example, outputs)`` for this process's share of ``indices``.
 
   ``indices`` must be the same list on every process: each process loads its
   rows of every global batch (``pipeline.eval_batches``) and all run the same
   number of steps. ``outputs`` holds numpy ``semantic``, ``confidence``,
-  ``modal``/``amodal`` (the store's per-branch dicts) and ``features``.
+  ``modal``/``amodal`` (the store's per-branch dicts).
   """
-  predict = predict_fn(model, mesh, with_features)
+  predict = predict_fn(model, mesh)
   sub = Subset(reader, indices)
   for step, batch in enumerate(pipeline.eval_batches(
       sub, global_batch_size=batch_size, image_size=reader.image_size,
       process_index=jax.process_index(), process_count=jax.process_count())):
-    image = shd.put_batch({keys.IMAGE: batch[keys.IMAGE]}, mesh)[keys.IMAGE]
-    out = jax.tree.map(shd.local_rows, predict(variables, image))
+    out = jax.tree.map(shd.local_rows,
+                       predict(variables, shd.put_array(batch[keys.IMAGE], mesh)))
     h, w = reader.image_size
     for r, ex in enumerate(batch["_host_gt"]):
       if ex is None:  # padding row
@@ -94,8 +93,6 @@ def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
       row = {"semantic": out["semantic"][r], "confidence": out["confidence"][r]}
       for b in ("modal", "amodal"):
         row[b] = detections_row(out.get(b), r, h, w)
-      if with_features:
-        row["features"] = out["features"][r]
       yield ex, row
     if on_batch is not None:
       on_batch(step + 1)
@@ -107,11 +104,8 @@ def load_model(model_cfg, checkpoint_path: str, mesh):
   A checkpoint written for another architecture fails with a message that
   names the folder and the fix, instead of orbax's shape dump alone.
   """
-  from unlock_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
-  from unlock_jax.stages import evaluate  # pylint: disable=g-import-not-at-top
   model = amodalpass.build(model_cfg)
-  abstract = evaluate.abstract_variables(model, (1, 64, 64, 3), mesh)
+  abstract = checkpoint.abstract_variables(model, (1, 64, 64, 3), mesh)
   try:
     variables, step = checkpoint.load_variables(checkpoint_path, abstract)
   except FileNotFoundError:

@@ -501,18 +501,24 @@ def write_prediction(store_dir: str, name: str, semantic, confidence_code, modal
 # ------------------------------------------------------------------- reading
 
 
-def _verified_payload(path: str) -> bytes:
-  """The payload of an entry file after the header checks; StoreError naming the fault."""
-  with open(path, "rb") as f:
-    data = f.read()
-  if len(data) < _HEADER.size:
-    raise StoreError(f"{path}: truncated ({len(data)} bytes, shorter than the header); {_REDO}")
+def _header(path: str, data) -> tuple[int, int]:
+  """``(payload length, crc)`` from an entry's header, after its magic and version checks."""
   magic, version, length, crc = _HEADER.unpack_from(data)
   if magic != MAGIC:
     raise StoreError(f"{path}: not a prediction store entry (bad magic {magic!r}); {_REDO}")
   if version != FORMAT_VERSION:
     raise StoreError(f"{path}: written in store format version {version}, this code reads "
                      f"version {FORMAT_VERSION}; {_REDO}")
+  return length, crc
+
+
+def _verified_payload(path: str) -> bytes:
+  """The payload of an entry file after the header checks; StoreError naming the fault."""
+  with open(path, "rb") as f:
+    data = f.read()
+  if len(data) < _HEADER.size:
+    raise StoreError(f"{path}: truncated ({len(data)} bytes, shorter than the header); {_REDO}")
+  length, crc = _header(path, data)
   payload = memoryview(data)[_HEADER.size:]  # no copy of the ~0.7 MB
   if len(payload) != length:
     raise StoreError(f"{path}: bad length, payload is {len(payload)} bytes but the header "
@@ -684,12 +690,7 @@ def _fast_read(store_dir: str, name: str, keys: tuple) -> tuple | None:
     size = os.fstat(f.fileno()).st_size
     if len(buf) < _HEADER.size + 4:
       raise StoreError(f"{path}: truncated ({len(buf)} bytes); {_REDO}")
-    magic, version, length, _ = _HEADER.unpack_from(buf)
-    if magic != MAGIC:
-      raise StoreError(f"{path}: not a prediction store entry (bad magic {magic!r}); {_REDO}")
-    if version != FORMAT_VERSION:
-      raise StoreError(f"{path}: written in store format version {version}, this code reads "
-                       f"version {FORMAT_VERSION}; {_REDO}")
+    length, _ = _header(path, buf)
     if size - _HEADER.size != length:
       raise StoreError(f"{path}: bad length, payload is {size - _HEADER.size} bytes but the "
                        f"header says {length} (truncated or appended to); {_REDO}")

@@ -14,7 +14,6 @@ result is the last step: no checkpoint is ever selected on an evaluation
 split (the reference's test config loads iter_4600 although training keeps
 only the last, spec §10 item 9).
 """
-import json
 import os
 
 import jax
@@ -85,8 +84,7 @@ def run(config, workdir: str) -> dict:
   base_rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), 4),
                             shd.replicated(mesh))
 
-  def evaluate(state, step):
-    del step
+  def evaluate(state, _):
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     out = {}
     for name in a.evals:
@@ -103,12 +101,5 @@ def run(config, workdir: str) -> dict:
       state, step_fn, data_iter, mesh=mesh, ckpt=ckpt, writer=writer, config=loop_cfg,
       total=total, stage="adapt", step_args=(source_params, base_rng),
       evaluate=evaluate if a.evals else None, eval_every=int(a.eval_every))
-  path = os.path.join(stage_dir, "summary.json")
-  if measurements is None and os.path.exists(path):
-    return json.load(open(path))
-  final = jax.device_get(measurements) if measurements is not None else {}
-  summary = {"step": int(jax.device_get(state["step"])), "source": src_path,
-             "final": {k: float(v) for k, v in final.items()}}
-  if pi == 0:
-    fileio.atomic_write_json(path, summary)
-  return summary
+  return loop.write_summary(os.path.join(stage_dir, "summary.json"), state,
+                            measurements, source=src_path)

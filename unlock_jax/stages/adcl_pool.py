@@ -12,6 +12,7 @@ panorama by panorama (a complete shard is skipped).
 import os
 
 import jax
+import numpy as np
 from absl import logging
 from clu import metric_writers
 
@@ -24,7 +25,6 @@ from unlock_jax.pseudo import pool
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
 from unlock_jax.stages import opll as opll_stage
-from unlock_jax.stages import predict as predict_stage
 
 INDEX_FILE = "pool_index.npz"
 
@@ -52,23 +52,18 @@ def run(config, workdir: str) -> dict:
   logging.info("adcl_pool thresholds: %s",
                {labels_lib.CLASS_NAMES[c]: round(v["tau"], 4) for c, v in tau.items()})
 
-  reader = predict_stage.open_target(config, workdir)
-  index = {k: i for i, k in enumerate(reader.keys)}
+  images = opll_stage.TargetImages(config, workdir)
+  h, w = meta["image_size"]
   shards = os.path.join(out_dir, "shards")
   todo = [n for n in mine if not os.path.exists(pool.shard_path(shards, n))]
   prog = progress_lib.Progress(len(todo), "adcl_pool/entries", unit="pano")
   for i, n in enumerate(todo):
     pred = store.load_prediction(store_dir, n)
     entries = pool.pool_entries(pred, tau)
-    if n not in index:
-      raise ValueError(f"prediction store entry {n} has no image in the target split; "
-                       "was the store written for another data set?")
+    j = images.index_of(n)
     pool.write_reference(os.path.join(out_dir, "ADCL"), n, entries)
-    image = reader.load_image(index[n]) if entries else None
-    if image is None:
-      h, w = meta["image_size"]
-      import numpy as np  # pylint: disable=g-import-not-at-top
-      image = np.zeros((h, w, 3), np.uint8)
+    # An empty shard needs no pixels: don't read its panorama.
+    image = images.reader.load_image(j) if entries else np.zeros((h, w, 3), np.uint8)
     pool.write_shard(pool.shard_path(shards, n), pool.entry_record(n, image, entries))
     prog.update(i + 1)
   # Every process's shards are on the shared workdir; one index for all.

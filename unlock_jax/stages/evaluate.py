@@ -23,19 +23,8 @@ from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.evaluation import evaluators
 from unlock_jax.models import amodalpass
-from unlock_jax.train import steps
 
 HEADLINE = ("mIoU", "mPQ", "mAP", "mAAP", "mAPQ")
-
-
-def abstract_variables(model, image_shape, mesh):
-  """Shapes (with replicated sharding) of the model's params and batch_stats."""
-  shapes = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape),
-                          jax.random.key(0))
-  repl = shd.replicated(mesh)
-  return {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),
-                          shapes.get(k, {}))
-          for k in ("params", "batch_stats")}
 
 
 def format_table(results: dict) -> str:
@@ -60,7 +49,7 @@ def comparison_table(runs: dict) -> str:
 
 
 def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None):
-  abstract = abstract_variables(model, (1, 64, 64, 3), mesh)
+  abstract = checkpoint.abstract_variables(model, (1, 64, 64, 3), mesh)
   variables, step = checkpoint.load_variables(ckpt_path, abstract)
   logging.info("Evaluating %s (step %s)", ckpt_path, step)
   results = {}

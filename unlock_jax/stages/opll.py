@@ -25,6 +25,7 @@ panoramas too), so a rerun does not redo them; labels, the long part, are
 skipped per panorama when complete.
 """
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -38,8 +39,8 @@ from unlock_jax import fileio
 from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
-from unlock_jax.data import keys as keys_lib
 from unlock_jax.data import labels as labels_lib
+from unlock_jax.data import pipeline
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.evaluation import pictures
@@ -62,9 +63,8 @@ def fingerprint(names, meta: dict, settings: dict) -> str:
   return h.hexdigest()[:16]
 
 
-def my_share(items, what: str = ""):
+def my_share(items):
   """This process's items (strided, so shares stay balanced)."""
-  del what
   return items[jax.process_index()::jax.process_count()]
 
 
@@ -128,44 +128,38 @@ def compute_thresholds(store_dir, names, out_dir, cfg, fp: str) -> dict:
 
 def _batches(n: int, global_bs: int):
   """This process's rows (-1 = padding) of every global batch over ``range(n)``."""
-  pc, pi = jax.process_count(), jax.process_index()
-  if global_bs % pc:
-    raise ValueError(f"opll batch size {global_bs} not divisible by {pc} processes")
-  local = global_bs // pc
-  steps = -(-n // global_bs)
-  padded = np.full(steps * global_bs, -1, np.int64)
-  padded[:n] = np.arange(n)
-  return padded.reshape(steps, pc, local)[:, pi]
+  return pipeline.process_rows(n, global_bs, jax.process_index(), jax.process_count())
 
 
-class _Network:
-  """The source model, the target images and the jitted prototype functions."""
+class TargetImages:
+  """The panoramas behind the store's entries, by entry name."""
 
-  def __init__(self, config, workdir, mesh):
+  def __init__(self, config, workdir):
     self.reader = predict_stage.open_target(config, workdir)
     self.index = {k: i for i, k in enumerate(self.reader.keys)}
-    ckpt = fileio.resolve(config.predict.checkpoint, workdir)
-    self.model, self.variables, _ = inference.load_model(config.model, ckpt, mesh)
-    self.mesh = mesh
-    self.max_dets = int(config.model.rcnn.max_dets) if config.model.instance_heads else 1
+
+  def index_of(self, name) -> int:
+    if name not in self.index:
+      raise ValueError(f"prediction store entry {name} has no image in the target "
+                       f"split ({self.reader.__class__.__module__}); was the store "
+                       "written for another data set?")
+    return self.index[name]
 
   def images(self, names):
     h, w = self.reader.image_size
     out = np.zeros((len(names), h, w, 3), np.float32)
     for r, n in enumerate(names):
       if n is not None:
-        if n not in self.index:
-          raise ValueError(f"prediction store entry {n} has no image in the target "
-                           f"split ({self.reader.__class__.__module__}); was the store "
-                           "written for another data set?")
-        out[r] = transforms.normalize(self.reader.load_image(self.index[n]))
+        out[r] = transforms.normalize(self.image(n))
     return out
 
-  def put(self, x):
-    return shd.put_batch({keys_lib.IMAGE: x}, self.mesh)[keys_lib.IMAGE]
+  def image(self, name) -> np.ndarray:
+    """uint8 RGB of a store entry's panorama."""
+    return self.reader.load_image(self.index_of(name))
 
 
-def compute_prototypes(net, store_dir, names, th_sem, out_dir, cfg, fp):
+def compute_prototypes(model, variables, mesh, images, store_dir, names, th_sem,
+                       out_dir, cfg, fp):
   """Whole-set prototypes (one network pass, resumable per batch)."""
   path = os.path.join(out_dir, "prototypes.npz")
   if os.path.exists(path):
@@ -179,10 +173,10 @@ def compute_prototypes(net, store_dir, names, th_sem, out_dir, cfg, fp):
       saved = pickle.load(f)
     if saved["fp"] == fp:
       acc, start = saved["sums"], saved["step"]
-  fn = prototypes.sums_fn(net.model, net.mesh)
+  fn = prototypes.sums_fn(model, mesh)
   plan = _batches(len(names), int(cfg.batch_size))
   prog = progress_lib.Progress(len(plan), "opll/prototypes", unit="batch")
-  h, w = net.reader.image_size
+  h, w = images.reader.image_size
   for step in range(start, len(plan)):
     rows = [names[i] if i >= 0 else None for i in plan[step]]
     lab = np.full((len(rows), h, w), labels_lib.IGNORE, np.int32)
@@ -192,8 +186,8 @@ def compute_prototypes(net, store_dir, names, th_sem, out_dir, cfg, fp):
         pred = store.load_prediction(store_dir, n)
         lab[r] = labels.semantic_labels(pred, th_sem)
         wt[r] = pred["confidence"]
-    put = lambda x: shd.put_batch({"x": x}, net.mesh)["x"]
-    s, wsum = fn(net.variables, net.put(net.images(rows)), put(lab), put(wt))
+    put = lambda x: shd.put_array(x, mesh)
+    s, wsum = fn(variables, put(images.images(rows)), put(lab), put(wt))
     acc.add(shd.local_rows(s).sum(0), shd.local_rows(wsum).sum(0))
     if (step + 1) % max(1, int(cfg.state_every) // int(cfg.batch_size)) == 0:
       fileio.atomic_write_bytes(state_path, pickle.dumps({"fp": fp, "sums": acc,
@@ -202,7 +196,7 @@ def compute_prototypes(net, store_dir, names, th_sem, out_dir, cfg, fp):
   merged = merge_all(acc)
   protos, present = merged.prototypes()
   if jax.process_index() == 0:
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     np.savez(buf, prototypes=protos, present=present, weights=merged.weights,
              fingerprint=np.asarray(fp))
     fileio.atomic_write_bytes(path, buf.getvalue())
@@ -263,11 +257,14 @@ def run(config, workdir: str) -> dict:
     gt_index = {k: i for i, k in enumerate(gt_reader.keys)}
   use_proto = bool(o.prototype_filter) or gt_reader is not None
   mesh = shd.make_mesh()
-  net = protos = None
+  images = TargetImages(config, workdir)
   if use_proto:
-    net = _Network(config, workdir, mesh)
-    protos, present = compute_prototypes(net, store_dir, names, th["semantic"], out_dir, o, fp)
-    filt = prototypes.filter_fn(net.model, mesh)
+    ckpt = fileio.resolve(config.predict.checkpoint, workdir)
+    model, variables, _ = inference.load_model(config.model, ckpt, mesh)
+    protos, present = compute_prototypes(model, variables, mesh, images, store_dir, names,
+                                         th["semantic"], out_dir, o, fp)
+    filt = prototypes.filter_fn(model, mesh)
+    n_max = int(config.model.rcnn.max_dets) if config.model.instance_heads else 1
 
   ref_root = os.path.join(out_dir, "OPLL")
   packed = lambda n: os.path.join(out_dir, "packed", n + ".npz")
@@ -282,25 +279,22 @@ def run(config, workdir: str) -> dict:
   first = set(names[:int(o.num_pictures)]) if jax.process_index() == 0 else set()
   h, w = meta["image_size"]
   zero_tau = {c: {"tau": 0.0, "tau_code": 0} for c in range(labels_lib.NUM_CLASSES)}
+  no_dets = inference.detections_row(None, 0, h, w)
+  put = lambda x: shd.put_array(x, mesh)
   written = 0
   for step, rows in enumerate(plan):
     rows = [todo[i] if i >= 0 else None for i in rows]
     preds = [store.load_prediction(store_dir, n) if n else None for n in rows]
     sems = [labels.semantic_labels(p, th["semantic"]) if p else None for p in preds]
     if use_proto:
-      n_max = net.max_dets
       lab = np.stack([s.astype(np.int32) if s is not None else
                       np.full((h, w), labels_lib.IGNORE, np.int32) for s in sems])
-      mm, cm, ma, ca = [], [], [], []
-      for p in preds:
-        empty = inference.detections_row(None, 0, h, w)
-        a, b = _padded_masks(p["modal"] if p else empty, n_max, h, w)
-        c_, d = _padded_masks(p["amodal"] if p else empty, n_max, h, w)
-        mm.append(a); cm.append(b); ma.append(c_); ca.append(d)
-      put = lambda x: shd.put_batch({"x": np.stack(x) if isinstance(x, list) else x},
-                                    mesh)["x"]
+      padded = {b: [_padded_masks(p[b] if p else no_dets, n_max, h, w) for p in preds]
+                for b in BRANCHES}
+      mm, cm = (np.stack(x) for x in zip(*padded["modal"]))
+      ma, ca = (np.stack(x) for x in zip(*padded["amodal"]))
       pk, km, ka = jax.tree.map(shd.local_rows, filt(
-          net.variables, net.put(net.images(rows)), put(lab), put(mm), put(cm),
+          variables, put(images.images(rows)), put(lab), put(mm), put(cm),
           put(ma), put(ca), protos, present, np.float32(o.prototype_margin)))
     for r, (n, pred, sem) in enumerate(zip(rows, preds, sems)):
       if n is None:
@@ -333,9 +327,7 @@ def run(config, workdir: str) -> dict:
         fileio.atomic_write_bytes(part(n), pickle.dumps(q))
       if n in first:
         shown = variants["opll+proto" if o.prototype_filter else "opll"]
-        img_reader = net.reader if net else predict_stage.open_target(config, workdir)
-        image = img_reader.load_image(img_reader.keys.index(n))
-        pic = viewer.render_pseudo_labels(image, shown, title=n)
+        pic = viewer.render_pseudo_labels(images.image(n), shown, title=n)
         pictures.save_png(os.path.join(pictures_dir, n.replace("/", "_") + ".png"), pic)
         writer.write_images(0, {f"opll/{n}": pic[None]})
       labels.write_packed(packed(n), n, chosen_sem, chosen["modal"], chosen["amodal"])

@@ -29,6 +29,7 @@ from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
 from unlock_jax.data.layouts import folder
+from unlock_jax.evaluation import pictures
 from unlock_jax.pseudo import inference
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
@@ -95,11 +96,9 @@ def run(config, workdir: str) -> dict:
     n += 1
     debug_kill(config, n)
     if jax.process_index() == 0 and drawn < num_pictures:
-      pred = dict(row, confidence=row["confidence"])
-      pic = viewer.render_prediction(ex["image"], pred, title=ex["name"])
-      viewer_path = os.path.join(pictures_dir, ex["name"].replace("/", "_") + ".png")
-      from unlock_jax.evaluation import pictures  # pylint: disable=g-import-not-at-top
-      pictures.save_png(viewer_path, pic)
+      pic = viewer.render_prediction(ex["image"], row, title=ex["name"])
+      pictures.save_png(os.path.join(pictures_dir, ex["name"].replace("/", "_") + ".png"),
+                        pic)
       drawn += 1
   secs = time.monotonic() - t0
   summary = {"predicted": n, "total": len(reader), "seconds": secs,

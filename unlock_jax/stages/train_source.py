@@ -6,7 +6,6 @@ Resume order (first that applies): (1) the latest checkpoint in
 model); (3) from scratch. The grain iterator state is restored with the model,
 so a resumed run sees exactly the batches an uninterrupted run would.
 """
-import json
 import os
 
 import jax
@@ -62,7 +61,7 @@ def run(config, workdir: str) -> dict:
     logging.info("Initialising parameters from %s", path)
     variables, _ = checkpoint.load_variables(path, checkpoint.abstract_like(state))
     state = state | variables
-  state, step = loop.restore_or_init(ckpt, state, data_iter)
+  state, _ = loop.restore_or_init(ckpt, state, data_iter)
 
   train_step = steps.make_source_step(model, tx, schedule, mesh, state,
                                       loss_cfg=config.loss)
@@ -70,12 +69,5 @@ def run(config, workdir: str) -> dict:
   state, measurements = loop.run(state, train_step, data_iter, mesh=mesh, ckpt=ckpt,
                                  writer=writer, config=config, total=total,
                                  stage="train_source", step_args=(base_rng,))
-  step = int(jax.device_get(state["step"]))
-  path = os.path.join(stage_dir, "summary.json")
-  if measurements is None and os.path.exists(path):
-    return json.load(open(path))  # rerun of a finished run: keep its summary
-  final = jax.device_get(measurements) if measurements is not None else {}
-  summary = {"step": step, "final": {k: float(v) for k, v in final.items()}}
-  if pi == 0:
-    fileio.atomic_write_json(path, summary)
-  return summary
+  return loop.write_summary(os.path.join(stage_dir, "summary.json"), state,
+                            measurements)

@@ -9,6 +9,7 @@ of the bad state), checkpoints the state and the grain iterator state every
 optional periodic ``evaluate(state, step) -> dict`` whose scalars go to the
 same writer.
 """
+import json
 import os
 import signal
 from typing import Callable
@@ -18,6 +19,8 @@ import jax.numpy as jnp
 from absl import logging
 from clu import periodic_actions
 
+from unlock_jax import checkpoint
+from unlock_jax import fileio
 from unlock_jax import sharding as shd
 
 
@@ -46,12 +49,28 @@ def interval_means(last: dict, total: dict, count: int) -> dict:
 
 def restore_or_init(ckpt, state, data_iter):
   """``(state, step)``: the latest checkpoint's, or ``state`` at its own step."""
-  from unlock_jax import checkpoint  # pylint: disable=g-import-not-at-top
   start = ckpt.latest_step()
   if start is not None:
     logging.info("Resuming from step %d in %s", start, ckpt.directory)
     state, _ = ckpt.restore(start, checkpoint.abstract_like(state), data_iter)
   return state, int(jax.device_get(state["step"]))
+
+
+def write_summary(path: str, state, measurements, **extra) -> dict:
+  """``summary.json`` of a training stage: its step and last measurements.
+
+  A rerun of a finished run trains nothing (``measurements`` is None) and
+  keeps the summary it wrote before.
+  """
+  if measurements is None and os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  final = jax.device_get(measurements) if measurements is not None else {}
+  summary = {"step": int(jax.device_get(state["step"])), **extra,
+             "final": {k: float(v) for k, v in final.items()}}
+  if jax.process_index() == 0:
+    fileio.atomic_write_json(path, summary)
+  return summary
 
 
 def run(state, train_step, data_iter, *, mesh, ckpt, writer, config, total: int,
