@@ -117,7 +117,7 @@ class AmodalPASS(nn.Module):
                             num_outs=int(cfg.fpn_outs), dtype=dtype)
     if cfg.instance_heads:
       # Reference keys rpn_head.* / roi_head.* live under "modal",
-      # rpn_head_amodal.* / roi_head_amodal.* under "amodal".
+      # rpn_head_amodal.* / roi_head_amodal.* under "amodal" (reference_names.py).
       self.modal = rcnn_branch.MaskRCNNBranch(cfg.rcnn)
       self.amodal = rcnn_branch.MaskRCNNBranch(cfg.rcnn)
 

@@ -40,14 +40,11 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from unlock_jax.models import reference_names
+
 IGNORED_PREFIXES = ("ema_model.", "source_model.", "imnet_model.")
 # Where `AmodalPASS` keeps the reference's two R-CNN branches.
-DEFAULT_RENAMES = {
-    "rpn_head": "modal/rpn_head",
-    "roi_head": "modal/roi_head",
-    "rpn_head_amodal": "amodal/rpn_head",
-    "roi_head_amodal": "amodal/roi_head",
-}
+DEFAULT_RENAMES = reference_names.REFERENCE_BRANCHES
 _BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
 
 

@@ -23,15 +23,10 @@ from typing import Sequence
 import jax
 import optax
 
-# Flax prefix -> reference module of the R-CNN branches; the inverse of
-# tools/convert_torch.DEFAULT_RENAMES (a test keeps them equal). Not imported:
-# that module defines absl flags, which would clash with the trainer's.
-_BRANCHES = {
-    "modal/rpn_head": "rpn_head",
-    "modal/roi_head": "roi_head",
-    "amodal/rpn_head": "rpn_head_amodal",
-    "amodal/roi_head": "roi_head_amodal",
-}
+from unlock_jax.models import reference_names
+
+# Flax prefix -> reference module of the R-CNN branches.
+_BRANCHES = {v: k for k, v in reference_names.REFERENCE_BRANCHES.items()}
 _LEAVES = {"kernel": "weight", "scale": "weight"}
 _GLUED = re.compile(r"^(.+)_(\d+)$")
 # Reference parameter names use only these; anything else (``^``, ``/``,
