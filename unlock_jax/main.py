@@ -3,7 +3,9 @@
 ``config.stage`` names what runs: one stage, or several separated by commas
 (``"generate,train_source,evaluate"``), each a module in ``unlock_jax.stages``
 exposing ``run(config, workdir)``. Multi-host runs set
-``UNLOCK_JAX_DISTRIBUTED=1`` (see launch/).
+``UNLOCK_JAX_DISTRIBUTED=1``: ``jax.distributed.initialize`` then finds the
+coordinator itself on Cloud TPU VMs and under SLURM; elsewhere pass
+``--coordinator_address``, ``--num_processes`` and ``--process_id`` (see launch/).
 """
 import importlib
 import os
@@ -11,10 +13,17 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from unlock_jax import fileio
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (resumes if it exists).")
 flags.mark_flags_as_required(["config", "workdir"])
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-host runs that "
+    "jax cannot detect (not TPU VMs or SLURM); implies distributed initialisation.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator_address.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 
 
 def main(argv):
@@ -24,10 +33,11 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], "GPU")
   import jax  # pylint: disable=g-import-not-at-top
-  if os.environ.get("UNLOCK_JAX_DISTRIBUTED"):
-    jax.distributed.initialize()
-  config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
-  os.makedirs(workdir, exist_ok=True)
+  if os.environ.get("UNLOCK_JAX_DISTRIBUTED") or _COORDINATOR.value:
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  # URL workdirs (gs://bucket/run on TPU VMs) pass through untouched.
+  config, workdir = _CONFIG.value, fileio.absolute(_WORKDIR.value)
+  fileio.makedirs(workdir)
   logging.info("process %d/%d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
   for stage in [s.strip() for s in config.stage.split(",") if s.strip()]:
