@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import tarfile
 
 import pytest
@@ -251,3 +252,22 @@ def test_main_distributed_initialisation(monkeypatch, tmp_path, env_flag, argv, 
     main_lib.main(["main"])
   assert calls == ([] if expected is None else [expected])
 
+
+
+def test_two_processes_meet_through_the_explicit_coordinator_flags(tmp_path):
+  """What multinode_gpu.sh --coordinator starts on each node, here as two local processes."""
+  import portpicker  # pylint: disable=g-import-not-at-top
+  port = portpicker.pick_unused_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("UNLOCK_JAX_DISTRIBUTED", None)
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "unlock_jax.main", "--config", "configs/synth/tiny.py",
+       "--workdir", str(tmp_path), "--config.stage=generate",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, out[-3000:]
+    assert f"process {i}/2" in out
+  assert (tmp_path / "data" / "synthpass.json").exists()  # written once, by process 0
