@@ -19,7 +19,8 @@
 #   --create TYPE   create the TPU VM first, with accelerator type TYPE
 #   --version V     TPU VM runtime for --create (default tpu-ubuntu2204-base)
 #   --spot          create a Spot VM
-#   --git URL[@REF] clone URL on the workers instead of copying (REF: default this HEAD)
+#   --git URL[@REF] clone URL on the workers instead of copying (REF: a commit, tag or
+#                   branch without "/"; default this checkout's HEAD, so push first)
 #   --venv DIR      venv on the workers, no spaces (default $HOME/unlock_jax_venv;
 #                   $HOME is expanded there)
 #   --detach        start in the background (nohup), log in $HOME/unlock_jax_logs/ on each worker
@@ -94,13 +95,20 @@ if [ -z "$GIT" ]; then
     trap 'rm -f "$TARBALL"' EXIT
     list_files | tar -C "$REPO" -czf "$TARBALL" -T -
   fi
-  run gcloud compute tpus tpu-vm scp "$TARBALL" "$NAME:unlock_jax_code.tgz" "${GCLOUD_OPTS[@]}" --worker=all
-  FETCH="rm -rf $CODE.new && mkdir -p $CODE.new && tar xzf \$HOME/unlock_jax_code.tgz -C $CODE.new
+  run gcloud compute tpus tpu-vm scp "$TARBALL" "$NAME:unlock_jax_code.tgz" "${GCLOUD_OPTS[@]}" \
+    --worker=all
+  FETCH="rm -rf $CODE.new && mkdir -p $CODE.new
+tar xzf \$HOME/unlock_jax_code.tgz -C $CODE.new
 rm -rf $CODE && mv $CODE.new $CODE"
 else
-  URL=${GIT%@*} REF=${GIT#"$URL"}; REF=${REF#@}
+  # URL@REF; an @ inside the URL (git@host:repo) is not a REF separator.
+  URL=$GIT REF=""
+  if [[ $GIT == *@* && ${GIT##*@} != */* && ${GIT##*@} != *:* ]]; then
+    URL=${GIT%@*} REF=${GIT##*@}
+  fi
   [ -n "$REF" ] || REF=$(git -C "$REPO" rev-parse HEAD)
-  FETCH="if [ -d $CODE/.git ]; then git -C $CODE fetch -q origin; else rm -rf $CODE && git clone -q $(quote "$URL") $CODE; fi
+  FETCH="if [ -d $CODE/.git ]; then git -C $CODE fetch -q origin
+else rm -rf $CODE && git clone -q $(quote "$URL") $CODE; fi
 git -C $CODE checkout -q --detach $(quote "$REF")"
 fi
 
@@ -127,7 +135,8 @@ else
   export PATH=\"\$HOME/.local/bin:\$PATH\"
   command -v uv > /dev/null || curl -LsSf https://astral.sh/uv/install.sh | sh
   uv venv --quiet --python $PYTHON_VERSION \"\$VENV\"
-  uv pip install --quiet --python \"\$VENV/bin/python\" -r requirements.txt \"jax[tpu]==$JAX_VERSION\"
+  uv pip install --quiet --python \"\$VENV/bin/python\" -r requirements.txt \\
+    \"jax[tpu]==$JAX_VERSION\"
   touch \"\$MARK\"
 fi
 export UNLOCK_JAX_DISTRIBUTED=1

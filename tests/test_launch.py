@@ -12,7 +12,6 @@ import re
 import stat
 import subprocess
 import sys
-import tarfile
 
 import pytest
 from absl import flags
@@ -57,22 +56,18 @@ case "$4" in
        HOME=$FAKE_HOME bash -c "$cmd" ;;
 esac
 ''')
+  _write(tmp_path / "logged", "#!/usr/bin/env bash\n" + logger)  # logs as its own name
   # uv venv DIR makes DIR/bin/python, a fake that logs how it was called.
   _write(bin_dir / "uv", "#!/usr/bin/env bash\n" + logger + r'''
 if [ "$1" = venv ]; then
-  dir=${@: -1}; mkdir -p "$dir/bin"
-  printf '#!/usr/bin/env bash\nprintf -- "--- python\\n" >> "$FAKE_LOG/calls"; printf "%%s\\n" "$@" >> "$FAKE_LOG/calls"\n' > "$dir/bin/python"
-  chmod +x "$dir/bin/python"
+  dir=${@: -1}; mkdir -p "$dir/bin"; cp "$FAKE_LOG/../logged" "$dir/bin/python"
 fi
 ''')
   # python3 -m venv DIR makes DIR/bin/{pip,python} fakes (the GPU script's install).
   _write(bin_dir / "fakepython3", "#!/usr/bin/env bash\n" + logger + r'''
 if [ "$2" = venv ]; then
   mkdir -p "$3/bin"
-  for t in pip python; do
-    printf '#!/usr/bin/env bash\nprintf -- "--- %s\\n" >> "$FAKE_LOG/calls"; printf "%%s\\n" "$@" >> "$FAKE_LOG/calls"\n' $t > "$3/bin/$t"
-    chmod +x "$3/bin/$t"
-  done
+  for t in pip python; do cp "$FAKE_LOG/../logged" "$3/bin/$t"; done
 fi
 ''')
   for tool in ("srun", "sbatch", "curl"):
@@ -119,7 +114,7 @@ def test_tpu_dry_run_prints_the_exact_commands_and_runs_nothing(fakes):
   assert lines[3].startswith("gcloud compute tpus tpu-vm ssh my-tpu --zone=us-central2-b "
                              "--project=proj --worker=all '--command=")
   remote = out[out.index("--command="):]
-  assert f'-r requirements.txt "jax[tpu]=={_jax_version()}"' in remote
+  assert f'-r requirements.txt \\\n    "jax[tpu]=={_jax_version()}"' in remote
   assert 'MARK="$VENV/.unlock_jax-py3.11-$(sha256sum requirements.txt | cut -c1-16)"' in remote
   assert 'if [ -f "$MARK" ]; then' in remote
   assert "export UNLOCK_JAX_DISTRIBUTED=1" in remote
@@ -164,6 +159,10 @@ def test_tpu_git_mode_clones_on_the_workers(fakes):
                         text=True).stdout.strip()
   out = _sh(TPU, "--dry-run", "--git", "https://example.com/u/unlock_jax.git", "t", "z",
             "--", *MAIN_FLAGS, env=fakes["env"]).stdout
+  assert f"checkout -q --detach {head}" in out
+  out = _sh(TPU, "--dry-run", "--git", "git@github.com:u/unlock_jax.git", "t", "z",
+            "--", *MAIN_FLAGS, env=fakes["env"]).stdout
+  assert "git clone -q git@github.com:u/unlock_jax.git $HOME/unlock_jax" in out
   assert f"checkout -q --detach {head}" in out
 
 
@@ -237,7 +236,8 @@ def test_gpu_without_slurm_passes_explicit_coordinator_flags(fakes):
 def test_main_distributed_initialisation(monkeypatch, tmp_path, env_flag, argv, expected):
   import jax  # pylint: disable=g-import-not-at-top
   from unlock_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  from unlock_jax.stages import evaluate, generate, train_source  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from unlock_jax.stages import evaluate, generate, train_source
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a: calls.append(a))
   for module in (generate, train_source, evaluate):

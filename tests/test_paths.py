@@ -13,7 +13,6 @@ import os
 import sys
 import uuid
 
-import fsspec
 import pytest
 from absl import flags
 from absl.testing import flagsaver
