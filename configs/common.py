@@ -5,6 +5,9 @@ sections, and ends with the ``runlocal`` shrink, as big_vision configs do.
 """
 import ml_collections
 
+from unlock_jax.evaluation import instance_ap
+from unlock_jax.evaluation import panoptic_fusion
+from unlock_jax.evaluation import report
 from unlock_jax.models import amodalpass
 from unlock_jax.train import optim
 
@@ -37,27 +40,58 @@ def data_section(layout_root_source: str, layout_root_target: str,
   ))
 
 
-def semantic_eval(layout: str, root: str, split: str, image_size,
+def follow(section: ml_collections.ConfigDict, key: str):
+  """``section[key]``, tracking later overrides of it until set itself.
+
+  A derived ``FieldReference`` (``identity()``): assigning to the field that
+  holds it re-points that field only (``FieldReference.set`` drops the op),
+  whereas a plain ``get_ref`` would write the new value back into
+  ``section``. So ``--config.data.target.root=X`` moves an evaluator built
+  on ``follow(c.data.target, "root")``, and ``--config.evals.<name>.root=Y``
+  moves that evaluator alone.
+  """
+  return section.get_ref(key).identity()
+
+
+def semantic_eval(layout, root, split: str, image_size,
                   batch_size: int = 4) -> ml_collections.ConfigDict:
+  """mIoU and per-class IoU; layout/root/image_size may be :func:`follow` refs."""
+  if not isinstance(image_size, ml_collections.FieldReference):
+    image_size = tuple(image_size)
   return ml_collections.ConfigDict(dict(
       type="semantic", layout=layout, root=root, split=split,
-      image_size=tuple(image_size), batch_size=batch_size))
+      image_size=image_size, batch_size=batch_size))
 
 
-def oass_eval(layout: str, root: str, split: str, image_size, *, scale: float = 1.0,
-              tau=(0.55, 0.5), num_pictures: int = 0,
+def oass_eval(layout, root, split: str, image_size, *, scale: float = 1.0,
+              tau=report.TAU_ADAPTED, num_pictures: int = 0,
               batch_size: int = 4) -> ml_collections.ConfigDict:
-  """The five OASS metrics; tau = (0.55, 0.5) adapted, (0.95, 0.95) source-only."""
+  """The five OASS metrics; tau: ``report.TAU_ADAPTED`` or ``TAU_SOURCE_ONLY``.
+
+  ``scale``: the image size relative to the reference's 2048x400 panoramas,
+  for which its pixel thresholds (stuff area, minimum region) are set.
+  """
   c = semantic_eval(layout, root, split, image_size, batch_size)
   c.type = "oass"
-  c.tau_m, c.tau_a = tau
-  # The reference's pixel thresholds are for 2048x400 panoramas: scale them.
-  c.stuff_area = max(1, round(2048 * scale * scale))
-  c.min_region_size = max(1, round(100 * scale * scale))
+  c.tau_m, c.tau_a = (float(t) for t in tau)
+  c.stuff_area = max(1, round(panoptic_fusion.STUFF_AREA * scale * scale))
+  c.min_region_size = max(1, round(instance_ap.MIN_REGION_SIZE * scale * scale))
   c.one_to_one = False
   c.num_pictures = num_pictures
   c.pictures_dir = "{workdir}/pictures"
+  c.picture_scale = 1.0
   return c
+
+
+def domain_eval(domain: ml_collections.ConfigDict, split: str, make=semantic_eval,
+                **kwargs) -> ml_collections.ConfigDict:
+  """An evaluator on ``split`` of a ``config.data`` domain (``c.data.target``).
+
+  Its layout, root and image size follow the domain's, overrides included,
+  unless set on the evaluator itself (:func:`follow`).
+  """
+  return make(follow(domain, "layout"), follow(domain, "root"), split,
+              follow(domain, "image_size"), **kwargs)
 
 
 def use_synthpass(c: ml_collections.ConfigDict, scale: float, source=(300, 40),
@@ -87,8 +121,18 @@ def runlocal_synthpass(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every = 2
 
 
-def synth_evals(src, tgt, make=semantic_eval, **kwargs) -> ml_collections.ConfigDict:
-  """``source_val`` and ``target_val`` evaluators on the synthpass val splits."""
+def synth_evals(src, tgt, make=semantic_eval, data=None,
+                **kwargs) -> ml_collections.ConfigDict:
+  """``source_val`` and ``target_val`` evaluators on the synthpass val splits.
+
+  With ``data`` (the config's ``data`` section) they follow its source and
+  target domains (:func:`domain_eval`); without it they are fixed to the
+  synthpass folders and the sizes ``src``/``tgt``.
+  """
+  if data is not None:
+    return ml_collections.ConfigDict(dict(
+        source_val=domain_eval(data.source, "val", make, **kwargs),
+        target_val=domain_eval(data.target, "val", make, **kwargs)))
   return ml_collections.ConfigDict(dict(
       source_val=make("kitti360aps", SYNTH_ROOT + "/KITTI360_APS", "val", src, **kwargs),
       target_val=make("blendpass", SYNTH_ROOT + "/BlendPASS", "val", tgt, **kwargs)))

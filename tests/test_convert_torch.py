@@ -6,6 +6,8 @@ them exactly.
 """
 
 import re
+import sys
+import zipfile
 
 import jax
 import numpy as np
@@ -198,25 +200,37 @@ def test_renames_map_reference_prefixes():
   assert path == ("modal", "roi_head", "bbox_head", "fc_cls")
 
 
-def test_convert_writes_orbax_and_strict_fails(tmp_path):
+_TINY_CFG = (
+    "import ml_collections\n"
+    "from unlock_jax.models import amodalpass\n"
+    "def get_config(arg=None):\n"
+    "  return ml_collections.ConfigDict(\n"
+    "      dict(model=amodalpass.tiny_model_config()))\n")
+
+
+@pytest.fixture
+def cfg_file(tmp_path):
+  path = tmp_path / "tiny_cfg.py"
+  path.write_text(_TINY_CFG)
+  return str(path)
+
+
+def _save(torch, sd, path, **extra):
+  torch.save({"state_dict": {k: torch.from_numpy(np.asarray(v)) for k, v in sd.items()},
+              **extra}, path)
+
+
+def test_convert_writes_orbax_and_fails_by_default(tmp_path, cfg_file):
   torch = pytest.importorskip("torch")
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
-  cfg_file = tmp_path / "tiny_cfg.py"
-  cfg_file.write_text(
-      "import ml_collections\n"
-      "from unlock_jax.models import amodalpass\n"
-      "def get_config(arg=None):\n"
-      "  return ml_collections.ConfigDict(\n"
-      "      dict(model=amodalpass.tiny_model_config()))\n")
   variables = _template()
   sd = _synthetic_state_dict(variables)
   pth = tmp_path / "model.pth"
-  torch.save({"state_dict": {k: torch.from_numpy(np.asarray(v))
-                             for k, v in sd.items()}, "meta": {}}, pth)
+  _save(torch, sd, pth, meta={"mmcv_version": "1.3.7", "CLASSES": ("road",),
+                              "iter": 4000, "best_score": np.float64(0.5)})
   out = tmp_path / "converted"
-  report = convert_torch.convert(str(pth), str(out), config=str(cfg_file),
-                                 strict=True)
+  report = convert_torch.convert(str(pth), str(out), config=cfg_file)
   assert report.clean
   restored = ocp.StandardCheckpointer().restore(str(out))
   _assert_trees_equal(restored["params"], variables["params"])
@@ -225,13 +239,146 @@ def test_convert_writes_orbax_and_strict_fails(tmp_path):
   bad = dict(sd)
   bad["decode_head.extra.weight"] = np.zeros(3)
   bad["neck.lateral_convs.0.conv.weight"] = np.zeros((16, 9, 1, 1))
-  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in bad.items()},
-             tmp_path / "bad.pth")
-  with pytest.raises(ValueError) as err:
+  del bad["decode_head.conv_seg.bias"]
+  _save(torch, bad, tmp_path / "bad.pth")
+  with pytest.raises(convert_torch.ConversionError) as err:
     convert_torch.convert(str(tmp_path / "bad.pth"), str(tmp_path / "o2"),
-                          config=str(cfg_file), strict=True)
-  assert "decode_head.extra.weight" in str(err.value)
-  assert "neck.lateral_convs.0.conv.weight" in str(err.value)
+                          config=cfg_file)
+  for key in ("decode_head.extra.weight", "neck.lateral_convs.0.conv.weight",
+              "params/decode_head/conv_seg/bias", "--allow_missing"):
+    assert key in str(err.value)
   assert not (tmp_path / "o2").exists()
   with pytest.raises(FileExistsError):
-    convert_torch.convert(str(pth), str(out), config=str(cfg_file))
+    convert_torch.convert(str(pth), str(out), config=cfg_file)
+
+  # --allow_missing: written; the leaves the file lacks are freshly initialised,
+  # everything else comes from the file.
+  report = convert_torch.convert(str(tmp_path / "bad.pth"), str(tmp_path / "o3"),
+                                 config=cfg_file, allow_missing=True)
+  assert not report.clean
+  assert sorted(report.missing) == ["params/decode_head/conv_seg/bias",
+                                    "params/neck/lateral_convs_0/conv/kernel"]
+  restored = ocp.StandardCheckpointer().restore(str(tmp_path / "o3"))
+  np.testing.assert_array_equal(restored["params"]["decode_head"]["conv_seg"]["bias"],
+                                np.zeros(18))  # a conv bias starts at zero
+  np.testing.assert_array_equal(restored["params"]["decode_head"]["conv_seg"]["kernel"],
+                                variables["params"]["decode_head"]["conv_seg"]["kernel"])
+
+
+def test_command_line_exit_codes_and_summary(tmp_path, cfg_file, capsys):
+  torch = pytest.importorskip("torch")
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+
+  sd = _synthetic_state_dict(_template())
+  del sd["decode_head.conv_seg.bias"]
+  _save(torch, sd, tmp_path / "partial.pth")
+  args = dict(checkpoint=str(tmp_path / "partial.pth"), config=cfg_file)
+  with flagsaver.flagsaver(out=str(tmp_path / "a"), **args):
+    assert convert_torch.main(["convert_torch"]) == 1
+  err = capsys.readouterr().err
+  assert "params/decode_head/conv_seg/bias" in err and "nothing written" in err
+  assert not (tmp_path / "a").exists()
+  with flagsaver.flagsaver(out=str(tmp_path / "b"), allow_missing=True, **args):
+    assert convert_torch.main(["convert_torch"]) == 0
+  captured = capsys.readouterr()
+  assert "WARNING (--allow_missing): 1 model leaves are NOT from the checkpoint" in (
+      captured.err)
+  assert "params/decode_head/conv_seg/bias" in captured.out
+  assert (tmp_path / "b").is_dir()
+
+
+class _Payload:
+  """Pickles as a call that creates ``marker``: what a hostile checkpoint does."""
+
+  def __init__(self, marker):
+    self.marker = str(marker)
+
+  def __reduce__(self):
+    return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_pickled_code_does_not_run_unless_trusted(tmp_path):
+  torch = pytest.importorskip("torch")
+  marker = tmp_path / "payload_ran"
+  pth = tmp_path / "hostile.pth"
+  _save(torch, {"backbone.norm1.weight": np.ones(8, np.float32)}, pth,
+        meta={"hook": _Payload(marker)})
+  with pytest.raises(ValueError) as err:
+    convert_torch.read_pth(str(pth))
+  assert not marker.exists()
+  assert "builtins.exec" in str(err.value) and "--trust_checkpoint" in str(err.value)
+  assert str(pth) in str(err.value)
+  sd = convert_torch.read_pth(str(pth), trust_checkpoint=True)
+  assert marker.exists()  # the full unpickler ran it
+  np.testing.assert_array_equal(sd["backbone.norm1.weight"], np.ones(8))
+
+
+def test_numpy_meta_loads_safely_under_both_numpy_names(tmp_path):
+  """mmcv's meta may hold numpy scalars/arrays, pickled by numpy 2 or numpy 1."""
+  torch = pytest.importorskip("torch")
+  pth = tmp_path / "np2.pth"
+  _save(torch, {"a.weight": np.arange(3, dtype=np.float32)}, pth,
+        meta={"best": np.float64(0.25), "palette": np.zeros((2, 3), np.uint8),
+              "seed": np.int64(7)})
+  np.testing.assert_array_equal(convert_torch.read_pth(str(pth))["a.weight"], [0, 1, 2])
+  # The same file as numpy 1.x writes it (numpy.core.multiarray.*).
+  old = tmp_path / "np1.pth"
+  with zipfile.ZipFile(pth) as zin, zipfile.ZipFile(old, "w", zipfile.ZIP_STORED) as zout:
+    for info in zin.infolist():
+      data = zin.read(info.filename)
+      if info.filename.endswith("data.pkl"):
+        assert b"numpy._core.multiarray" in data
+        data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+      zout.writestr(info.filename, data)
+  assert "numpy.core.multiarray._reconstruct" in (
+      torch.serialization.get_unsafe_globals_in_checkpoint(str(old)))
+  np.testing.assert_array_equal(convert_torch.read_pth(str(old))["a.weight"], [0, 1, 2])
+
+
+def test_missing_torch_says_how_to_install(monkeypatch, tmp_path):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now fails
+  with pytest.raises(ImportError, match=re.escape("pip install -e '.[convert]'")):
+    convert_torch.read_pth(str(tmp_path / "x.pth"))
+
+
+def test_imagenet_mit_weights_fill_the_backbone(tmp_path, cfg_file):
+  """SegFormer's mit_b*.pth: bare keys + an ImageNet classifier, no deformable/SimPool."""
+  torch = pytest.importorskip("torch")
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  variables = _template()
+  ref = _synthetic_state_dict(variables)
+  plain_mit = {k[len("backbone."):]: v for k, v in ref.items() if k.startswith("backbone.")
+               and not any(f".{m}." in k for m in convert_torch.NOT_IN_IMAGENET_MIT)}
+  assert "patch_embed2.proj.weight" in plain_mit and "block1.0.attn.kv.weight" in plain_mit
+  plain_mit["head.weight"] = np.ones((1000, 32), np.float32)
+  plain_mit["head.bias"] = np.zeros(1000, np.float32)
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in plain_mit.items()},
+             tmp_path / "mit_b0.pth")
+  report = convert_torch.convert(str(tmp_path / "mit_b0.pth"), str(tmp_path / "out"),
+                                 config=cfg_file)
+  assert report.clean, report.format()
+  assert report.ignored == ["head.bias", "head.weight"]
+  assert "params/backbone/patch_embed2/offset_conv/kernel" in report.fresh
+  assert "params/backbone/block1_0/attn/image_pool/wq/kernel" in report.fresh
+  assert any(f.startswith("params/decode_head/") for f in report.fresh)
+  assert not any(f.startswith("params/backbone/") and "/image_pool/" not in f
+                 and "_conv/" not in f for f in report.fresh)
+  assert "params/backbone/*/offset_conv" in report.format()
+  restored = ocp.StandardCheckpointer().restore(str(tmp_path / "out"))
+  got = dict(_flat(restored["params"]["backbone"]))
+  want = dict(_flat(variables["params"]["backbone"]))
+  for path, value in got.items():
+    if set(path) & set(convert_torch.NOT_IN_IMAGENET_MIT):
+      assert not np.array_equal(value, want[path]), path  # not from the file
+    else:
+      np.testing.assert_array_equal(value, want[path], err_msg="/".join(path))
+  assert set(restored["params"]) == set(variables["params"])  # heads present too
+
+  # A real backbone leaf missing from the file is still an error.
+  del plain_mit["block1.0.attn.q.weight"]
+  torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in plain_mit.items()},
+             tmp_path / "broken.pth")
+  with pytest.raises(convert_torch.ConversionError, match="block1_0/attn/q/kernel"):
+    convert_torch.convert(str(tmp_path / "broken.pth"), str(tmp_path / "out2"),
+                          config=cfg_file)

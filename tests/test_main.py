@@ -5,6 +5,8 @@ import subprocess
 import sys
 
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from configs import common
 
@@ -38,11 +40,49 @@ def test_config_arguments_are_typed_and_checked():
     common.parse_arg("stpes=3", steps=1)
 
 
+def _parse(*overrides):
+  """The config as main builds it from these command-line overrides."""
+  argv = ["main", "--config=configs/k2b/source_b5.py", *overrides]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True,
+                                  sys_argv=argv)
+  values(argv)
+  return values.config
+
+
+def test_evaluators_follow_the_data_section_unless_set():
+  cwd = os.getcwd()
+  os.chdir(REPO)
+  try:
+    default = _parse()
+    moved = _parse("--config.data.target.root=/mnt/BlendPASS",
+                   "--config.data.target.image_size=(200, 1024)")
+    pinned = _parse("--config.data.target.root=/mnt/BlendPASS",
+                    "--config.evals.target_val.root=/elsewhere")
+  finally:
+    os.chdir(cwd)
+  ev = default.evals.target_val
+  assert (ev.root, ev.layout, ev.image_size, ev.split) == (
+      "/data/BlendPASS", "blendpass", (400, 2048), "val")
+  ev = moved.evals.target_val
+  assert (ev.root, ev.image_size) == ("/mnt/BlendPASS", (200, 1024))
+  assert moved.data.target.root == "/mnt/BlendPASS"
+  # Set on the evaluator itself: it alone moves, the data section keeps its value.
+  assert pinned.evals.target_val.root == "/elsewhere"
+  assert pinned.data.target.root == "/mnt/BlendPASS"
+  # The stage's tau override copies the evaluator with its values resolved.
+  resolved = moved.evals.target_val.copy_and_resolve_references()
+  assert resolved.root == "/mnt/BlendPASS" and resolved.tau_m == 0.95
+
+
 def test_tiny_pipeline_end_to_end(tmp_path):
   """generate → train_source → evaluate through main, as a user runs it."""
   proc = _main("--config", "configs/synth/tiny.py:steps=2", "--workdir", str(tmp_path))
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "source_val/mIoU" in proc.stdout and "target_val/mIoU" in proc.stdout
+  # Each evaluator's table is printed once, with its mIoU line.
+  for split in ("source_val", "target_val"):
+    assert proc.stdout.count(f"== {split} (") == 1, proc.stdout
+  assert proc.stdout.count("-mIoU:") == 2
   results = json.load(open(tmp_path / "evaluate" / "results.json"))
   assert results["step"] == 2
   for split in ("source_val", "target_val"):
@@ -56,3 +96,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   again = _main("--config", "configs/synth/tiny.py:steps=2", "--workdir", str(tmp_path))
   assert again.returncode == 0, again.stderr[-4000:]
   assert json.load(open(tmp_path / "evaluate" / "results.json")) == results
+  # Every stage kept its log in the workdir; the rerun appended to it.
+  for stage in ("generate", "train_source", "evaluate"):
+    text = open(tmp_path / "logs" / f"{stage}.log").read()
+    assert text.count(f"Stage {stage} logs to") == 2, stage
+  evaluate_log = open(tmp_path / "logs" / "evaluate.log").read()
+  assert evaluate_log.count("== target_val (") == 2  # the printed tables too
+  assert "Resuming from step 2" in open(tmp_path / "logs" / "train_source.log").read()

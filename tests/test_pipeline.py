@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from unlock_jax import sharding as shd
 from unlock_jax.data import keys, pipeline, transforms
 
 
@@ -89,6 +90,24 @@ def test_eval_batches_pad_and_mask():
   assert parts[0][0][keys.INDEX].tolist() == [0, 1]
   assert parts[1][0][keys.INDEX].tolist() == [2, 3]
   assert parts[1][1][keys.INDEX].tolist() == [-1, -1]
+
+
+def test_eval_steps_are_counted_once():
+  """``process_rows`` has ``num_eval_steps`` rows (hand-counted: ceil(n / batch))."""
+  for n, bs, procs, steps in ((5, 4, 1, 2), (8, 4, 2, 2), (9, 4, 2, 3), (1, 8, 4, 1)):
+    assert pipeline.num_eval_steps(n, bs) == steps
+    for p in range(procs):
+      rows = pipeline.process_rows(n, bs, p, procs)
+      assert rows.shape == (steps, bs // procs)
+
+
+def test_put_batch_leaves_host_keys_out():
+  mesh = shd.make_mesh()
+  batch = {keys.IMAGE: np.zeros((4, 2, 2, 3), np.float32), keys.MASK: np.ones(4, bool),
+           "_host_gt": [None] * 4}
+  out = shd.put_batch(batch, mesh)
+  assert sorted(out) == sorted([keys.IMAGE, keys.MASK])
+  assert out[keys.IMAGE].shape == (4, 2, 2, 3)
 
 
 class _ScriptedRng:

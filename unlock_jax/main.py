@@ -14,6 +14,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from unlock_jax import fileio
+from unlock_jax import logfile
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True)
@@ -51,7 +52,8 @@ def main(argv):
       stages = sorted(f[:-3] for f in os.listdir(folder)
                       if f.endswith(".py") and not f.startswith("_"))
       raise app.UsageError(f"unknown stage {stage!r}; available: {stages}") from None
-    module.run(config, workdir)
+    with logfile.stage_log(workdir, stage, jax.process_index()):
+      module.run(config, workdir)
 
 
 if __name__ == "__main__":

@@ -44,14 +44,11 @@ def local_batch_size(global_batch_size: int, mesh) -> int:
 def put_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
   """Process-local numpy batch → global arrays sharded over ``data``.
 
-  Keys starting with ``_host`` stay on the host (ragged ground truth).
+  Keys starting with ``_host`` (ragged ground truth, kept as Python lists)
+  are left out of the result: the caller reads them from its own batch.
   """
-  out = {}
-  for k, v in batch.items():
-    if k.startswith("_host"):
-      continue
-    out[k] = put_array(v, mesh)
-  return out
+  return {k: put_array(v, mesh) for k, v in batch.items()
+          if not k.startswith("_host")}
 
 
 def put_array(x, mesh) -> jax.Array:

@@ -19,6 +19,7 @@ backbone from an ImageNet MiT-B5 conversion with
 import ml_collections
 
 from configs import common
+from unlock_jax.evaluation import report
 
 
 def get_config(arg=None):
@@ -35,8 +36,9 @@ def get_config(arg=None):
   c.total_steps = 40_000
   c.checkpoint_every = 2000
 
-  c.evals = ml_collections.ConfigDict(dict(target_val=common.oass_eval(
-      "blendpass", c.data.target.root, "val", (400, 2048), tau=(0.95, 0.95),
+  # Follows --config.data.target.* (root, layout, size) unless set itself.
+  c.evals = ml_collections.ConfigDict(dict(target_val=common.domain_eval(
+      c.data.target, "val", common.oass_eval, tau=report.TAU_SOURCE_ONLY,
       num_pictures=8, batch_size=8)))
 
   if arg.runlocal:

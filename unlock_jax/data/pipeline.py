@@ -106,7 +106,11 @@ def train_iterator(reader, *, batch_size: int, crop_size, seed: int,
 
 @dataclasses.dataclass(frozen=True)
 class EvalLoad:
-  """Padded index → whole image + host-side ground truth; -1 is padding."""
+  """Padded index → whole image + host-side ground truth; -1 is padding.
+
+  A padding row has ``_mask=False`` (what consumers test) and ``_host_gt``
+  None (a placeholder, so the host list keeps one entry per row).
+  """
   reader: Any
   image_size: tuple[int, int]
 
@@ -128,7 +132,8 @@ def eval_batches(reader, *, global_batch_size: int, image_size,
 
   The index list is padded with -1 to whole global batches; process p takes
   rows ``[p*b, (p+1)*b)`` of every global batch, so all processes run
-  ``ceil(n / global_batch_size)`` steps and padded rows have ``_mask=False``.
+  ``num_eval_steps(n, global_batch_size)`` steps and padded rows have
+  ``_mask=False``.
   """
   rows = process_rows(len(reader), global_batch_size, process_index, process_count)
   ds = grain.MapDataset.source(rows.ravel().tolist()).map(
@@ -136,6 +141,11 @@ def eval_batches(reader, *, global_batch_size: int, image_size,
   ds = ds.batch(rows.shape[1], drop_remainder=True, batch_fn=collate)
   return ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
                                               prefetch_buffer_size=2))
+
+
+def num_eval_steps(n: int, global_batch_size: int) -> int:
+  """Steps every process runs to cover ``n`` examples once (last batch padded)."""
+  return math.ceil(n / global_batch_size)
 
 
 def process_rows(n: int, global_batch_size: int, process_index: int = 0,
@@ -146,14 +156,10 @@ def process_rows(n: int, global_batch_size: int, process_index: int = 0,
     raise ValueError(f"batch {global_batch_size} not divisible by "
                      f"{process_count} processes")
   local = global_batch_size // process_count
-  steps = math.ceil(n / global_batch_size)
+  steps = num_eval_steps(n, global_batch_size)
   padded = np.full(steps * global_batch_size, -1, np.int64)
   padded[:n] = np.arange(n)
   return padded.reshape(steps, process_count, local)[:, process_index]
-
-
-def num_eval_steps(n: int, global_batch_size: int) -> int:
-  return math.ceil(n / global_batch_size)
 
 
 _POOLS: dict = {}

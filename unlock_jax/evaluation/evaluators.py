@@ -1,10 +1,14 @@
 """Evaluators: small objects built from ``config.evals.<name>``, run on whole images.
 
-Each evaluator has ``run(variables) -> Iterator[(metric_name, value)]``. The
+Each evaluator has ``run(variables) -> Iterator[(metric_name, value)]`` and,
+after a run, ``table()`` (its per-class text table, which the calling stage
+prints) and ``pictures`` (``(name, uint8 image)`` pairs for the writers). The
 jitted predict function is cached per model, batches are padded with
-``_mask=False`` rows so every process runs the same number of steps, and each
-process's accumulator is merged on all processes at the end. Plug-ins by
-name: ``config.evals.<name>.type`` is a key of :data:`TYPES`.
+``_mask=False`` rows (skipped here) so every process runs the same number of
+steps, and each process's accumulator is merged on all processes at the end.
+Plug-ins by name: ``config.evals.<name>.type`` is a key of :data:`TYPES`.
+Every key an evaluator reads is set by its builder in ``configs/common.py``
+(``semantic_eval``, ``oass_eval``): no defaults live here.
 """
 from typing import Iterator
 
@@ -21,7 +25,7 @@ from unlock_jax.data import pipeline
 from unlock_jax.evaluation import pictures as pictures_lib
 from unlock_jax.evaluation import report
 from unlock_jax.evaluation import semantic
-from unlock_jax.train import losses
+from unlock_jax.models import layers
 
 _PREDICT_CACHE: dict = {}
 
@@ -36,8 +40,8 @@ def _cached_jit(model, mesh, kind: str, predict):
 
 
 def _argmax_at_input_size(out, image):
-  logits = losses.resize_logits(out["sem_logits"].astype(jnp.float32),
-                                image.shape[1:3])
+  logits = layers.resize_bilinear(out["sem_logits"].astype(jnp.float32),
+                                  image.shape[1:3])
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
@@ -68,14 +72,23 @@ def _no_detections(h: int, w: int) -> dict:
           "valid": np.zeros((0,), bool)}
 
 
+def _open(cfg, workdir: str):
+  return pipeline.open_reader(cfg.layout, fileio.resolve(cfg.root, workdir),
+                              cfg.split, cfg.image_size)
+
+
 class SemanticEvaluator:
-  """mIoU and per-class IoU (reference rules) on whole images of one split."""
+  """mIoU and per-class IoU (reference rules) on whole images of one split.
+
+  Config keys: layout, root, split, image_size, batch_size.
+  """
 
   def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "semantic"):
     self.cfg, self.model, self.mesh, self.name = cfg, model, mesh, name
-    self.reader = pipeline.open_reader(cfg.layout, fileio.resolve(cfg.root, workdir),
-                                       cfg.split, cfg.get("image_size"))
+    self.reader = _open(cfg, workdir)
     self.image_size = tuple(cfg.image_size)
+    self.result: dict = {}
+    self.pictures: list[tuple[str, np.ndarray]] = []  # none drawn
 
   def _accumulate(self, variables) -> semantic.SemanticAccumulator:
     predict = semantic_predict_fn(self.model, self.mesh)
@@ -88,8 +101,8 @@ class SemanticEvaluator:
         process_index=jax.process_index(), process_count=jax.process_count())):
       pred = shd.local_rows(predict(variables, shd.put_batch(
           {keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]))
-      for row, gt in zip(pred, batch["_host_gt"]):
-        if gt is not None:
+      for row, gt, real in zip(pred, batch["_host_gt"], batch[keys.MASK]):
+        if real:
           acc.add(row, gt["semantic"])
       prog.update(i + 1)
     merged = semantic.SemanticAccumulator(labels.NUM_CLASSES)
@@ -98,48 +111,46 @@ class SemanticEvaluator:
     return merged
 
   def run(self, variables) -> Iterator[tuple[str, float]]:
-    res = self._accumulate(variables).result()
-    yield "mIoU", float(res["mIoU"])
-    for name, iou, counted in zip(labels.CLASS_NAMES, res["class_iou"],
-                                  res["class_counted"]):
-      if counted:
-        yield f"IoU/{name}", float(iou)
+    self.result = report.semantic_result(self._accumulate(variables).result())
+    yield "mIoU", self.result["mIoU"]
+    for row in self.result["per_class"]:
+      if row["IoU"] == row["IoU"]:  # NaN: class in neither GT nor prediction
+        yield f"IoU/{row['name']}", row["IoU"]
+
+  def table(self) -> str:
+    return report.format_table(self.result)
 
 
 class OassEvaluator:
   """mIoU, mPQ, mAP, mAAP, mAPQ (the reference's rules) and pictures.
 
   Config keys: layout, root, split, image_size, batch_size, tau_m, tau_a
-  (0.55/0.5 adapted, 0.95/0.95 source-only), stuff_area (2048 px for
-  2048×400 panoramas), min_region_size (100 px), one_to_one (published APQ
-  matching instead of the reference's), num_pictures, pictures_dir.
-  A model without instance heads is scored with no detections.
+  (``report.TAU_ADAPTED`` / ``TAU_SOURCE_ONLY``), stuff_area and
+  min_region_size (the reference's pixel counts, scaled with the image),
+  one_to_one (published APQ matching instead of the reference's),
+  num_pictures, pictures_dir, picture_scale. A model without instance heads
+  is scored with no detections.
   """
 
   def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "oass"):
     self.cfg, self.model, self.mesh, self.name = cfg, model, mesh, name
-    self.reader = pipeline.open_reader(cfg.layout, fileio.resolve(cfg.root, workdir),
-                                       cfg.split, cfg.get("image_size"))
+    self.reader = _open(cfg, workdir)
     self.image_size = tuple(cfg.image_size)
-    self.pictures_dir = fileio.resolve(cfg.get("pictures_dir", "{workdir}/pictures"),
-                                       workdir)
+    self.pictures_dir = fileio.resolve(cfg.pictures_dir, workdir)
     self.pictures: list[tuple[str, np.ndarray]] = []  # (name, uint8 image) for writers
     self.result: dict = {}
 
   def _new_metrics(self) -> report.OassMetrics:
     c = self.cfg
     return report.OassMetrics(
-        tau_m=float(c.get("tau_m", report.TAU_ADAPTED[0])),
-        tau_a=float(c.get("tau_a", report.TAU_ADAPTED[1])),
-        stuff_area=int(c.get("stuff_area", 2048)),
-        one_to_one=bool(c.get("one_to_one", False)),
-        min_region_size=int(c.get("min_region_size", 100)))
+        tau_m=float(c.tau_m), tau_a=float(c.tau_a), stuff_area=int(c.stuff_area),
+        one_to_one=bool(c.one_to_one), min_region_size=int(c.min_region_size))
 
   def run(self, variables) -> Iterator[tuple[str, float]]:
     predict = oass_predict_fn(self.model, self.mesh)
     metrics = self._new_metrics()
     bs = int(self.cfg.batch_size)
-    num_pictures = int(self.cfg.get("num_pictures", 0))
+    num_pictures = int(self.cfg.num_pictures)
     prog = progress_lib.Progress(pipeline.num_eval_steps(len(self.reader), bs),
                                  f"eval/{self.name}", unit="batch")
     self.pictures = []
@@ -148,8 +159,8 @@ class OassEvaluator:
         process_index=jax.process_index(), process_count=jax.process_count())):
       image = shd.put_batch({keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]
       out = jax.tree.map(shd.local_rows, predict(variables, image))
-      for r, gt in enumerate(batch["_host_gt"]):
-        if gt is None:
+      for r, (gt, real) in enumerate(zip(batch["_host_gt"], batch[keys.MASK])):
+        if not real:
           continue
         pred = {"sem": out["sem"][r]}
         for branch in ("modal", "amodal"):
@@ -163,8 +174,6 @@ class OassEvaluator:
     for part in shd.gather_objects(metrics):
       merged.merge(part)
     self.result = merged.result()
-    if jax.process_index() == 0:
-      print(report.format_table(self.result), flush=True)
     for k in report.HEADLINE + ("AP50", "AAP50"):
       yield k, float(self.result[k])
     for row in self.result["per_class"]:
@@ -172,11 +181,14 @@ class OassEvaluator:
         if row[k] == row[k]:  # NaN: class not evaluated for this metric
           yield f"{k}/{row['name']}", float(row[k])
 
+  def table(self) -> str:
+    return report.format_table(self.result)
+
   def _picture(self, gt, pred, fused) -> None:
     name = f"{self.name}_{gt['name'].replace('/', '_')}"
     array = pictures_lib.render_panels(
         gt["image"], gt, pred["sem"], fused["panoptic"], fused["amodal_panoptic"],
-        fused["instance_map"], scale=float(self.cfg.get("picture_scale", 1.0)),
+        fused["instance_map"], scale=float(self.cfg.picture_scale),
         title=gt["name"])
     pictures_lib.save_png(f"{self.pictures_dir}/{name}.png", array)
     self.pictures.append((name, array))

@@ -112,22 +112,42 @@ def _fmt(v) -> str:
   return "    -" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:5.1f}"
 
 
+_COLUMNS = ("IoU", "PQ", "APQ", "AP", "AAP")
+# The reference's log line, then the IoU-0.5 readings.
+_SUMMARY_LINES = (("mIoU", "mAPQ", "mPQ", "mAAP", "mAP"), ("AP50", "AAP50"))
+
+
 def format_table(result: dict) -> str:
-  """Per-class rows and the headline line, in the reference's log order."""
-  lines = [f"{'class':16s} {'IoU':>5s} {'PQ':>5s} {'APQ':>5s} {'AP':>5s} {'AAP':>5s}"]
-  for r in result["per_class"]:
-    lines.append(f"{r['name']:16s} {_fmt(r['IoU'])} {_fmt(r['PQ'])} {_fmt(r['APQ'])} "
-                 f"{_fmt(r['AP'])} {_fmt(r['AAP'])}")
-  lines.append("-" * 44)
+  """Per-class rows and the headline numbers, in the reference's log order.
+
+  ``result`` is :meth:`OassMetrics.result` or :func:`semantic_result`; columns
+  and numbers it does not have are left out.
+  """
+  rows = result["per_class"]
+  cols = [k for k in _COLUMNS if k in rows[0]]
+  header = f"{'class':16s}" + "".join(f" {k:>5s}" for k in cols)
+  lines = [header]
+  for r in rows:
+    lines.append(f"{r['name']:16s}" + "".join(f" {_fmt(r[k])}" for k in cols))
+  lines.append("-" * len(header))
+  for names in _SUMMARY_LINES:
+    if any(k in result for k in names):
+      lines.append(" ".join(f"-{k}: {result[k]:<8.2f}" for k in names
+                            if k in result).rstrip())
   flags = [k for k, v in result["undefined"].items() if v]
-  lines.append("-mIoU: {:<8.2f} -mAPQ: {:<8.2f} -mPQ: {:<8.2f} -mAAP: {:<8.2f} "
-               "-mAP: {:<8.2f}".format(result["mIoU"], result["mAPQ"], result["mPQ"],
-                                       result["mAAP"], result["mAP"]))
-  if "AP50" in result:
-    lines.append("-AP50: {:<8.2f} -AAP50: {:<8.2f}".format(result["AP50"], result["AAP50"]))
   if flags:
     lines.append("undefined (no GT/prediction at all, reported as 0): " + ", ".join(flags))
   return "\n".join(lines)
+
+
+def semantic_result(sem: dict) -> dict:
+  """A ``SemanticAccumulator`` result shaped as :meth:`OassMetrics.result`
+  (mIoU and per-class IoU only; NaN for a class in neither GT nor prediction)."""
+  rows = [{"id": c, "name": name,
+           "IoU": float(sem["class_iou"][c]) if sem["class_counted"][c] else math.nan}
+          for c, name in enumerate(labels.CLASS_NAMES)]
+  return {"mIoU": float(sem["mIoU"]), "undefined": {"mIoU": sem["mIoU_undefined"]},
+          "per_class": rows, "details": {"semantic": sem}}
 
 
 def to_jsonable(obj):

@@ -9,7 +9,8 @@ at 0.55/0.5 (not ``unlock``: ConfigDict has a method of that name) — each name
 thresholds (applied to every ``oass`` evaluator) and ``results.json`` holds
 ``{"runs": {name: {"checkpoint", "step", "results"}}}``, with the usual
 ``<evaluator>/<metric>`` keys, plus a side-by-side table of the headline
-metrics. TensorBoard scalars go under ``<results_dir>[/<name>]``.
+metrics. Each evaluator's per-class table is printed once, by this stage.
+TensorBoard scalars go under ``<results_dir>[/<name>]``.
 """
 import os
 
@@ -22,24 +23,15 @@ from unlock_jax import fileio
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.evaluation import evaluators
+from unlock_jax.evaluation import report
 from unlock_jax.models import amodalpass
-
-HEADLINE = ("mIoU", "mPQ", "mAP", "mAAP", "mAPQ")
-
-
-def format_table(results: dict) -> str:
-  """Two-column text table, one row per metric."""
-  width = max((len(k) for k in results), default=10)
-  lines = [f"{'metric':<{width}}  value", "-" * (width + 9)]
-  lines += [f"{k:<{width}}  {v:7.2f}" for k, v in results.items()]
-  return "\n".join(lines)
 
 
 def comparison_table(runs: dict) -> str:
   """Headline metrics of every evaluator, one column per named run."""
   names = list(runs)
   keys = [k for k in next(iter(runs.values()))["results"]
-          if k.split("/")[-1] in HEADLINE and k.count("/") == 1]
+          if k.split("/")[-1] in report.HEADLINE and k.count("/") == 1]
   width = max([len(k) for k in keys] + [6])
   lines = [f"{'metric':<{width}}" + "".join(f"  {n:>12}" for n in names)]
   for k in keys:
@@ -60,7 +52,9 @@ def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None):
     ev = evaluators.from_config(name, ecfg, model=model, mesh=mesh, workdir=workdir)
     for metric, value in ev.run(variables):
       results[f"{name}/{metric}"] = value
-    for pic_name, array in getattr(ev, "pictures", []):
+    if jax.process_index() == 0:
+      print(f"== {name} ({ckpt_path}, step {step}) ==\n{ev.table()}", flush=True)
+    for pic_name, array in ev.pictures:
       writer.write_images(step or 0, {pic_name: array[None]})
   writer.write_scalars(step or 0, results)
   writer.flush()
@@ -75,12 +69,11 @@ def run(config, workdir: str) -> dict:
   mesh = shd.make_mesh()
   model = amodalpass.build(config.model)
   just_log = jax.process_index() > 0
-  runs_cfg = config.evaluate.get("runs") or {}
+  runs_cfg = config.evaluate.runs
   if not runs_cfg:
     writer = metric_writers.create_default_writer(out_dir, just_logging=just_log)
     out = _score(config, model, mesh, workdir,
                  fileio.resolve(config.evaluate.checkpoint, workdir), writer)
-    print(format_table(out["results"]), flush=True)
   else:
     runs = {}
     for name, r in runs_cfg.items():
@@ -88,7 +81,8 @@ def run(config, workdir: str) -> dict:
                                                     just_logging=just_log)
       runs[name] = _score(config, model, mesh, workdir,
                           fileio.resolve(r.checkpoint, workdir), writer, r.get("tau"))
-    print(comparison_table(runs), flush=True)
+    if jax.process_index() == 0:
+      print(comparison_table(runs), flush=True)
     out = {"runs": runs}
   if jax.process_index() == 0:
     fileio.atomic_write_json(os.path.join(out_dir, "results.json"), out)

@@ -1,7 +1,25 @@
 r"""Converts a reference PyTorch checkpoint into an Orbax `{params, batch_stats}`.
 
+    pip install -e '.[convert]'   # torch, for reading .pth files
     python -m unlock_jax.tools.convert_torch --checkpoint model.pth --out DIR \
-        [--strict] [--config configs/x.py[:arg]]
+        [--config configs/x.py[:arg]] [--allow_missing] [--trust_checkpoint]
+
+Every leaf of the configured model must come from the checkpoint, else the
+conversion fails and lists what is unmatched, missing or mis-shaped;
+`--allow_missing` writes anyway, those leaves keeping a fresh initialisation,
+and ends with a loud summary of them.
+
+The public ImageNet MiT weights (SegFormer's `mit_b*.pth`: bare backbone keys,
+plus a `head.*` classifier) are recognised and fill the backbone only, as
+the reference's backbone `init_cfg` loads them (`load_state_dict(strict=
+False)`): the classifier is dropped, and what plain MiT lacks (deformable
+offset/modulator convs, SimPool) and everything outside the backbone keep a
+fresh initialisation. Use the result as `config.init_checkpoint`.
+
+Files are read with `torch.load(weights_only=True)`: tensors, plain containers
+and the numpy scalars/arrays mmcv's `meta` can carry, nothing else, so a
+downloaded checkpoint cannot run code. `--trust_checkpoint` unpickles in full
+(only for files from a source you trust).
 
 The reference (mmdet/mmseg, NVlabs SegFormer naming) state dict maps onto our
 flax tree mechanically: split the key on ".", glue a list index to the module
@@ -32,17 +50,22 @@ from collections.abc import Callable, Mapping
 import dataclasses
 import importlib.util
 import os
+import pickle
 import re
 import sys
 from typing import Any
 
 from absl import app
 from absl import flags
+from absl import logging
 import numpy as np
 
 from unlock_jax.models import reference_names
 
 IGNORED_PREFIXES = ("ema_model.", "source_model.", "imnet_model.")
+# Backbone modules plain (ImageNet) MiT does not have; the reference's
+# non-strict backbone load leaves them to their own initialisation.
+NOT_IN_IMAGENET_MIT = ("offset_conv", "modulator_conv", "image_pool")
 # Where `AmodalPASS` keeps the reference's two R-CNN branches.
 DEFAULT_RENAMES = reference_names.REFERENCE_BRANCHES
 _BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
@@ -57,12 +80,18 @@ class Report:
     missing: flax leaves ("params/a/b/kernel") no torch key filled.
     mis_shaped: (torch key, torch shape, converted shape, expected shape).
     converted: number of leaves converted.
+    fresh: flax leaves outside what the checkpoint covers by design (the
+      non-backbone part of the model, for ImageNet MiT weights): freshly
+      initialised, not an error.
+    ignored: torch keys dropped by design (the ImageNet classifier).
   """
   unmatched: list[str] = dataclasses.field(default_factory=list)
   missing: list[str] = dataclasses.field(default_factory=list)
   mis_shaped: list[tuple[str, tuple, tuple, tuple]] = dataclasses.field(
       default_factory=list)
   converted: int = 0
+  fresh: list[str] = dataclasses.field(default_factory=list)
+  ignored: list[str] = dataclasses.field(default_factory=list)
 
   @property
   def clean(self) -> bool:
@@ -70,6 +99,16 @@ class Report:
 
   def format(self) -> str:
     lines = [f"converted {self.converted} leaves"]
+    if self.ignored:
+      lines.append(f"{len(self.ignored)} torch keys ignored (ImageNet "
+                   f"classifier): {', '.join(self.ignored)}")
+    if self.fresh:
+      groups: dict[str, int] = {}
+      for leaf in self.fresh:
+        groups[_group(leaf)] = groups.get(_group(leaf), 0) + 1
+      lines.append(f"{len(self.fresh)} leaves freshly initialised (not in "
+                   "this kind of checkpoint): " + ", ".join(
+                       f"{g} ({n})" for g, n in groups.items()))
     if self.unmatched:
       lines.append(f"{len(self.unmatched)} unmatched torch keys:")
       lines += [f"  {k}" for k in self.unmatched]
@@ -81,6 +120,15 @@ class Report:
       lines += [f"  {k}: torch {t} -> {c}, expected {e}"
                 for k, t, c, e in self.mis_shaped]
     return "\n".join(lines)
+
+
+def _group(leaf: str) -> str:
+  """"params/backbone/block1_0/attn/image_pool/wq/kernel" -> "params/backbone/*/image_pool"."""
+  parts = leaf.split("/")
+  for name in NOT_IN_IMAGENET_MIT:
+    if name in parts:
+      return "/".join(parts[:2] + ["*", name])
+  return "/".join(parts[:2])
 
 
 def select_model_state(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -309,13 +357,68 @@ def hf_segformer_to_reference(state_dict: Mapping[str, Any],
   return out, unmatched
 
 
-def read_pth(path: str) -> dict[str, np.ndarray]:
-  """Reads a `.pth` (mmcv dict with `state_dict`, or a bare state dict)."""
-  import torch  # pylint: disable=g-import-not-at-top
+def import_torch():
+  """torch, or an ImportError that says how to install it."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        "reading PyTorch .pth checkpoints needs torch, which unlock_jax does "
+        "not install by default: pip install -e '.[convert]' (CPU-only "
+        "wheels: add --extra-index-url https://download.pytorch.org/whl/cpu)"
+    ) from e
+  return torch
 
+
+def _safe_globals() -> list:
+  """What mmcv checkpoints' `meta` holds beyond tensors and plain containers:
+  numpy scalars and arrays (e.g. a best score), under numpy 2 and numpy 1 names."""
+  from numpy._core import multiarray  # pylint: disable=g-import-not-at-top
+
+  dtypes = sorted({type(np.dtype(c)) for c in np.typecodes["All"] if c not in "OMmV"},
+                  key=lambda t: t.__name__)
+  return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,  # pylint: disable=protected-access
+          *dtypes,
+          (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),  # pylint: disable=protected-access
+          (multiarray.scalar, "numpy.core.multiarray.scalar")]
+
+
+def load_pth(path: str, *, trust_checkpoint: bool = False) -> Any:
+  """`torch.load` of `path`, refusing anything but weights unless trusted.
+
+  Raises:
+    ValueError: the file pickles other objects (which could run code on
+      loading); names them and the `--trust_checkpoint` way out.
+  """
+  torch = import_torch()
   if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint {path} does not exist")
-  ckpt = torch.load(path, map_location="cpu", weights_only=False)
+  if trust_checkpoint:
+    logging.warning("--trust_checkpoint: unpickling %s in full, which runs any "
+                    "code the file carries", path)
+    return torch.load(path, map_location="cpu", weights_only=False)
+  try:
+    with torch.serialization.safe_globals(_safe_globals()):
+      return torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as e:
+    try:
+      found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # pylint: disable=broad-except
+      found = []
+    allowed = {g if isinstance(g, str) else f"{g.__module__}.{g.__qualname__}"
+               for g in (x[1] if isinstance(x, tuple) else x for x in _safe_globals())}
+    refused = [g for g in found if g not in allowed] or [str(e).splitlines()[-1]]
+    raise ValueError(
+        f"{path} was not loaded: besides weights it pickles "
+        f"{', '.join(refused)}, and unpickling that can run arbitrary code. "
+        "If the file comes from a source you trust, rerun with "
+        "--trust_checkpoint.") from None
+
+
+def read_pth(path: str, *, trust_checkpoint: bool = False) -> dict[str, np.ndarray]:
+  """Reads a `.pth` (mmcv dict with `state_dict`, or a bare state dict)."""
+  torch = import_torch()
+  ckpt = load_pth(path, trust_checkpoint=trust_checkpoint)
   if isinstance(ckpt, Mapping) and "state_dict" in ckpt:
     ckpt = ckpt["state_dict"]
   elif isinstance(ckpt, Mapping) and "model" in ckpt and isinstance(
@@ -351,13 +454,26 @@ def load_model_config(spec: str | None):
   return cfg.model
 
 
+def is_imagenet_mit(state_dict: Mapping[str, Any]) -> bool:
+  """SegFormer's ImageNet `mit_b*.pth`: bare `patch_embed1.`/`block1.` keys."""
+  return any(k.startswith("patch_embed1.") for k in state_dict) and not any(
+      k.startswith("backbone.") for k in state_dict)
+
+
+class ConversionError(ValueError):
+  """The checkpoint does not fill the configured model (see the report)."""
+
+
 def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
-            strict: bool = False,
+            allow_missing: bool = False, trust_checkpoint: bool = False,
             renames: Mapping[str, str] | None = None) -> Report:
   """Reads `checkpoint`, converts it for the configured model, saves Orbax.
 
-  `renames` defaults to `DEFAULT_RENAMES` (R-CNN branches under
-  `modal`/`amodal`).
+  Fails (ConversionError, nothing written) unless every leaf the checkpoint
+  should fill is filled exactly; with `allow_missing` the rest keeps a fresh
+  initialisation (the report lists it). ImageNet MiT weights fill the backbone
+  only (module doc). `renames` defaults to `DEFAULT_RENAMES` (R-CNN branches
+  under `modal`/`amodal`).
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -365,30 +481,41 @@ def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
 
   from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
 
+  out_dir = os.path.abspath(out_dir)
+  if os.path.exists(out_dir):
+    raise FileExistsError(f"output {out_dir} already exists")
   model_cfg = load_model_config(config)
   model = amodalpass.build(model_cfg)
-  roi_size = 7
-  if model_cfg.get("instance_heads") and "roi_size" in model_cfg.rcnn:
-    roi_size = int(model_cfg.rcnn.roi_size)
+  roi_size = int(model_cfg.rcnn.roi_size) if model_cfg.instance_heads else 7
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   init = lambda: model.init({"params": jax.random.key(0),  # noqa: E731
                              "dropout": jax.random.key(1)}, x, train=False)
   template = dict(jax.eval_shape(init))
+  sd = select_model_state(read_pth(checkpoint, trust_checkpoint=trust_checkpoint))
+  backbone_only = is_imagenet_mit(sd)
+  ignored = sorted(k for k in sd if backbone_only and k.startswith("head."))
+  if backbone_only:
+    logging.info("%s: ImageNet MiT weights, loaded into the backbone", checkpoint)
+    sd = {f"backbone.{k}": v for k, v in sd.items() if not k.startswith("head.")}
   params, stats, report = torch_to_flax(
-      read_pth(checkpoint), template,
-      renames=DEFAULT_RENAMES if renames is None else renames,
+      sd, template, renames=DEFAULT_RENAMES if renames is None else renames,
       roi_size=roi_size)
-  if strict and not report.clean:
-    raise ValueError(f"{checkpoint}: strict conversion failed\n"
-                     f"{report.format()}")
-  if report.missing:
+  report.ignored = ignored
+  if backbone_only:
+    expected = [m for m in report.missing
+                if not m.startswith("params/backbone/")
+                or set(m.split("/")) & set(NOT_IN_IMAGENET_MIT)]
+    report.fresh = expected
+    report.missing = [m for m in report.missing if m not in set(expected)]
+  if not report.clean and not allow_missing:
+    raise ConversionError(
+        f"{checkpoint} does not fill the configured model, nothing written "
+        f"(--allow_missing writes it with fresh values there):\n{report.format()}")
+  if report.missing or report.fresh:
     # Fill what the checkpoint lacks from a real initialisation.
     fresh = jax.jit(init)()
     params = _fill(params, fresh["params"])
     stats = _fill(stats, fresh.get("batch_stats", {}))
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir):
-    raise FileExistsError(f"output {out_dir} already exists")
   ckptr = ocp.StandardCheckpointer()
   # Orbax writes into a temporary folder and renames it when complete.
   ckptr.save(out_dir, {"params": params, "batch_stats": stats})
@@ -405,8 +532,12 @@ def _fill(tree: dict, fresh: Mapping) -> dict:
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "reference .pth file")
 _OUT = flags.DEFINE_string("out", None, "output Orbax checkpoint folder")
-_STRICT = flags.DEFINE_bool("strict", False,
-                            "fail on unmatched, missing or mis-shaped keys")
+_ALLOW_MISSING = flags.DEFINE_bool(
+    "allow_missing", False, "write the checkpoint even if torch keys are "
+    "unmatched or flax leaves missing/mis-shaped (those keep fresh values)")
+_TRUST = flags.DEFINE_bool(
+    "trust_checkpoint", False, "unpickle the .pth in full (runs any code it "
+    "carries): only for files from a source you trust")
 _CONFIG = flags.DEFINE_string("config", None,
                               "experiment config file[:arg] whose `model` "
                               "section describes the network")
@@ -417,12 +548,22 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   if not _CHECKPOINT.value or not _OUT.value:
     raise app.UsageError("--checkpoint and --out are required")
-  report = convert(_CHECKPOINT.value, _OUT.value, config=_CONFIG.value,
-                   strict=_STRICT.value)
+  try:
+    report = convert(_CHECKPOINT.value, _OUT.value, config=_CONFIG.value,
+                     allow_missing=_ALLOW_MISSING.value,
+                     trust_checkpoint=_TRUST.value)
+  except (ImportError, OSError, ValueError) as e:  # ConversionError included
+    print(f"convert_torch: {e}", file=sys.stderr)
+    return 1
   print(report.format())
   print(f"wrote {os.path.abspath(_OUT.value)}")
+  if not report.clean:
+    print(f"\nWARNING (--allow_missing): {len(report.missing)} model leaves are "
+          "NOT from the checkpoint and keep fresh random values (missing or "
+          f"mis-shaped); {len(report.unmatched)} torch keys were not used. "
+          "See the lists above.", file=sys.stderr)
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(app.run(main))
+  app.run(main)

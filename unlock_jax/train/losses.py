@@ -3,12 +3,7 @@ import jax
 import jax.numpy as jnp
 
 from unlock_jax.data import labels
-
-
-def resize_logits(logits: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """Bilinear resize [B,h,w,C] → [B,H,W,C], align_corners=False semantics."""
-  b, _, _, c = logits.shape
-  return jax.image.resize(logits, (b, *size, c), "bilinear", antialias=False)
+from unlock_jax.models import layers
 
 
 def semantic_ce(logits: jax.Array, target: jax.Array, *,
@@ -24,7 +19,7 @@ def semantic_ce(logits: jax.Array, target: jax.Array, *,
       number of non-ignored pixels.
     weight: optional [B,H,W] or [B,1,1] per-pixel weight (pseudo-label weight).
   """
-  logits = resize_logits(logits.astype(jnp.float32), target.shape[1:])
+  logits = layers.resize_bilinear(logits.astype(jnp.float32), target.shape[1:])
   valid = target != labels.IGNORE
   safe = jnp.where(valid, target, 0).astype(jnp.int32)
   logp = jax.nn.log_softmax(logits, axis=-1)
