@@ -375,11 +375,11 @@ def _safe_globals() -> list:
   numpy scalars and arrays (e.g. a best score), under numpy 2 and numpy 1 names."""
   from numpy._core import multiarray  # pylint: disable=g-import-not-at-top
 
+  reconstruct = multiarray._reconstruct  # pylint: disable=protected-access
   dtypes = sorted({type(np.dtype(c)) for c in np.typecodes["All"] if c not in "OMmV"},
                   key=lambda t: t.__name__)
-  return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype,  # pylint: disable=protected-access
-          *dtypes,
-          (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),  # pylint: disable=protected-access
+  return [reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes,
+          (reconstruct, "numpy.core.multiarray._reconstruct"),
           (multiarray.scalar, "numpy.core.multiarray.scalar")]
 
 
@@ -407,7 +407,8 @@ def load_pth(path: str, *, trust_checkpoint: bool = False) -> Any:
       found = []
     allowed = {g if isinstance(g, str) else f"{g.__module__}.{g.__qualname__}"
                for g in (x[1] if isinstance(x, tuple) else x for x in _safe_globals())}
-    refused = [g for g in found if g not in allowed] or [str(e).splitlines()[-1]]
+    refused = [g for g in found if g not in allowed] or [
+        f"objects torch's safe loader refused ({type(e).__name__})"]
     raise ValueError(
         f"{path} was not loaded: besides weights it pickles "
         f"{', '.join(refused)}, and unpickling that can run arbitrary code. "
