@@ -65,8 +65,7 @@ def bench_paste(args):
 def _model(args):
   cfg = branch.tiny_rcnn_config() if args.tiny else (
       branch.default_rcnn_config())
-  cfg.compute_dtype = args.dtype
-  model = branch.MaskRCNNBranch(branch.freeze(cfg))
+  model = branch.MaskRCNNBranch(branch.freeze(cfg), dtype=jnp.dtype(args.dtype))
   return model, cfg
 
 

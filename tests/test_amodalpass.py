@@ -6,12 +6,14 @@ RNG-heavy `init` costs tens of seconds on CPU and is not what is under test.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from unlock_jax.models import amodalpass
+from unlock_jax.models.rcnn import roi_heads
 
 
 def _variables(cfg, shape=(2, 64, 64, 3), seed=0):
@@ -83,6 +85,39 @@ def test_bfloat16_compute_keeps_float32_params():
   err = np.abs(np.asarray(out["sem_logits"]) - np.asarray(ref["sem_logits"]))
   scale = np.abs(np.asarray(ref["sem_logits"])).mean()
   assert err.mean() < 0.1 * scale
+
+
+def test_bfloat16_reaches_the_rcnn_branches():
+  """One compute dtype: model.compute_dtype also sets the R-CNN heads' (RPN
+  conv, box FCs, mask convs) activations; their parameters stay float32."""
+  cfg = amodalpass.tiny_model_config()
+  cfg.instance_heads = True
+  cfg.compute_dtype = "bfloat16"
+  model = amodalpass.build(cfg)
+  variables = _variables(cfg, shape=(1, 64, 64, 3))
+  for b in ("modal", "amodal"):
+    leaves = jax.tree.leaves(variables["params"][b])
+    assert leaves and {a.dtype for a in leaves} == {jnp.dtype(jnp.float32)}
+  layers = (nn.Dense, nn.Conv, roi_heads.TransposeConv2x2)
+  out, state = jax.jit(lambda v, x: model.apply(
+      v, x, train=False, mutable=["intermediates"],
+      capture_intermediates=lambda m, name: isinstance(m, layers)))(
+          variables, _image((1, 64, 64, 3)))
+  inter = state["intermediates"]
+  for b in ("modal", "amodal"):
+    heads = {
+        "rpn_conv": inter[b]["rpn_head"]["rpn_conv"],
+        "shared_fcs_0": inter[b]["roi_head"]["bbox_head"]["shared_fcs_0"],
+        "fc_cls": inter[b]["roi_head"]["bbox_head"]["fc_cls"],
+        "convs_0": inter[b]["roi_head"]["mask_head"]["convs_0"],
+        "upsample": inter[b]["roi_head"]["mask_head"]["upsample"],
+        "conv_logits": inter[b]["roi_head"]["mask_head"]["conv_logits"]}
+    for name, captured in heads.items():
+      outs = jax.tree.leaves(captured)
+      assert outs and all(a.dtype == jnp.bfloat16 for a in outs), (b, name)
+    # Scores and boxes leave the branch in float32.
+    assert out[b]["scores"].dtype == jnp.float32
+    assert out[b]["boxes"].dtype == jnp.float32
 
 
 def test_train_mode_updates_batch_stats_and_is_stochastic():

@@ -245,9 +245,8 @@ def test_inference_outputs(setup):
 
 def test_bf16_compute_with_f32_params_and_losses(setup):
   _, variables, loss_fn, _ = setup
-  cfg = branch.tiny_rcnn_config()
-  cfg.compute_dtype = "bfloat16"
-  model = branch.MaskRCNNBranch(branch.freeze(cfg))
+  model = branch.MaskRCNNBranch(branch.freeze(branch.tiny_rcnn_config()),
+                                dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   key = jax.random.key(0)
   out = jax.jit(lambda v, f, t: model.apply(

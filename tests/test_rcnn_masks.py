@@ -1,5 +1,7 @@
 """Mask targets with ignore (and the reference bug), mask/box losses, and
 mask pasting vs mmdet's ``_do_paste_mask`` (torch ``grid_sample``)."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,25 +28,109 @@ def test_mask_targets_ignore_and_reference_bug():
   masks = jnp.asarray(_hand_mask()[None])
   rois = jnp.asarray([[0.0, 0.0, 16.0, 16.0]])
   gi = jnp.asarray([0])
-  t, w = roi_heads.mask_targets(masks, rois, gi, size=4)
-  t, w = np.asarray(t)[0], np.asarray(w)[0]
   want_t = np.zeros((4, 4))
   want_t[0, 0] = want_t[0, 2] = want_t[1, 0] = 1
+  # Default (reference intent): only the all-ignore cell (0, 1) is ignored.
+  t, w = roi_heads.mask_targets(masks, rois, gi, size=4)
   want_w = np.ones((4, 4))
-  want_w[0, 1] = want_w[0, 2] = want_w[0, 3] = want_w[1, 0] = 0
-  np.testing.assert_array_equal(t, want_t)
-  np.testing.assert_array_equal(w, want_w)
+  want_w[0, 1] = 0
+  np.testing.assert_array_equal(np.asarray(t)[0], want_t)
+  np.testing.assert_array_equal(np.asarray(w)[0], want_w)
+  # Threshold 0: every cell with an ignore pixel is ignored.
+  t, w = roi_heads.mask_targets(masks, rois, gi, size=4,
+                                ignore_rule="threshold")
+  want_w[0, 2] = want_w[0, 3] = want_w[1, 0] = 0
+  np.testing.assert_array_equal(np.asarray(t)[0], want_t)
+  np.testing.assert_array_equal(np.asarray(w)[0], want_w)
   # Reference (boolean target array): ignore fraction == 1 → foreground,
   # nothing ignored.
   t, w = roi_heads.mask_targets(masks, rois, gi, size=4, reference_bug=True)
   want_t[0, 1] = 1
   np.testing.assert_array_equal(np.asarray(t)[0], want_t)
   np.testing.assert_array_equal(np.asarray(w)[0], np.ones((4, 4)))
-  # A looser ignore rule: ignore only cells that are at least half ignore.
-  t, w = roi_heads.mask_targets(masks, rois, gi, size=4, ignore_frac=0.49)
+  # A looser threshold: ignore only cells that are at least half ignore.
+  t, w = roi_heads.mask_targets(masks, rois, gi, size=4,
+                                ignore_rule="threshold", ignore_frac=0.49)
   want_zero = np.zeros((4, 4), bool)
   want_zero[0, 1] = want_zero[0, 2] = True
   np.testing.assert_array_equal(np.asarray(w)[0] == 0, want_zero)
+  with pytest.raises(ValueError, match="ignore rule"):
+    roi_heads.mask_targets(masks, rois, gi, size=4, ignore_rule="any")
+
+
+def _np_roi_align_1ch(img, box, out):
+  """mmcv roi_align_forward (aligned, scale 1, sampling_ratio 0, avg) of one
+  [H, W] map: a direct loop over bins and samples."""
+  h, w = img.shape
+  x0, y0 = box[0] - 0.5, box[1] - 0.5
+  rw, rh = box[2] - box[0], box[3] - box[1]
+  bw, bh = rw / out, rh / out
+  gh, gw = math.ceil(rh / out), math.ceil(rw / out)
+  res = np.zeros((out, out))
+
+  def bilinear(y, x):
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+      return 0.0
+    y, x = max(y, 0.0), max(x, 0.0)
+    yl, xl = int(y), int(x)
+    yh, xh = yl + 1, xl + 1
+    if yl >= h - 1:
+      yh = yl = h - 1
+      y = float(yl)
+    if xl >= w - 1:
+      xh = xl = w - 1
+      x = float(xl)
+    ly, lx = y - yl, x - xl
+    return ((1 - ly) * (1 - lx) * img[yl, xl] + (1 - ly) * lx * img[yl, xh]
+            + ly * (1 - lx) * img[yh, xl] + ly * lx * img[yh, xh])
+
+  for py in range(out):
+    for px in range(out):
+      acc = 0.0
+      for iy in range(gh):
+        y = y0 + py * bh + (iy + 0.5) * bh / gh
+        for ix in range(gw):
+          acc += bilinear(y, x0 + px * bw + (ix + 0.5) * bw / gw)
+      res[py, px] = acc / max(gh * gw, 1)
+  return res
+
+
+def test_mask_target_rules_vs_numpy_on_partial_ignore():
+  """Random 0/1/255 masks where ignore covers parts of the objects; all three
+  rules vs RoIAlign of the ==1 and ==255 maps in a numpy loop."""
+  rs = np.random.RandomState(3)
+  h, w, size = 24, 30, 7
+  masks = np.zeros((3, h, w), np.uint8)
+  masks[0, 3:20, 4:25] = 1
+  masks[1, 6:22, 2:14] = 1
+  masks[2, 0:10, 10:30] = 1
+  unc = rs.uniform(size=(h, w)) < 0.25          # scattered uncertain pixels
+  unc[12:20, 15:24] = True                      # and one solid block
+  masks[:, unc] = 255                            # every mask carries them
+  rois = np.array([[2.0, 1.5, 27.3, 22.0], [0.0, 4.2, 16.8, 24.0],
+                   [9.5, 0.0, 30.0, 11.1], [14.0, 11.0, 25.0, 21.0],
+                   [3.3, 2.2, 9.9, 8.8]], np.float32)
+  gi = np.array([0, 1, 2, 0, 1])
+  obj = np.stack([_np_roi_align_1ch((masks[g] == 1).astype(float), r, size)
+                  for r, g in zip(rois, gi)])
+  ign = np.stack([_np_roi_align_1ch((masks[g] == 255).astype(float), r, size)
+                  for r, g in zip(rois, gi)])
+  full = ign >= 1 - 1e-6  # "== 1" up to float rounding of the sample points
+  assert full.any() and ((ign > 0) & ~full).any()  # both kinds of cells occur
+  cases = (
+      (dict(), obj >= 0.5, ~full),
+      (dict(ignore_rule="threshold"), obj >= 0.5, ign <= 1e-6),
+      (dict(ignore_rule="threshold", ignore_frac=0.3), obj >= 0.5,
+       ign <= 0.3 + 1e-6),
+      (dict(reference_bug=True), (obj >= 0.5) | full, np.ones_like(full)),
+  )
+  for kwargs, want_t, want_w in cases:
+    t, wt = roi_heads.mask_targets(jnp.asarray(masks), jnp.asarray(rois),
+                                   jnp.asarray(gi), size=size, **kwargs)
+    np.testing.assert_array_equal(np.asarray(t), want_t.astype(np.float32),
+                                  err_msg=str(kwargs))
+    np.testing.assert_array_equal(np.asarray(wt), want_w.astype(np.float32),
+                                  err_msg=str(kwargs))
 
 
 def test_mask_targets_clip_rois_and_pick_gt():

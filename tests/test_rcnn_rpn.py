@@ -123,10 +123,12 @@ def test_rcnn_sample_adds_gt_and_respects_padding():
   gv = np.array([True, True, False])
   gc = np.array([4, 1, 6], np.int32)
   s = jax.jit(roi_heads.rcnn_sample, static_argnames=(
-      "num", "pos_fraction", "iou_thr", "num_classes"))(
+      "num", "pos_fraction", "pos_iou_thr", "neg_iou_thr", "min_pos_iou",
+      "num_classes"))(
           jnp.asarray(props, jnp.float32), jnp.asarray(pv), jnp.asarray(gts),
           jnp.asarray(gv), jnp.asarray(gc), jax.random.key(0), num=16,
-          pos_fraction=0.25, iou_thr=0.5, num_classes=7)
+          pos_fraction=0.25, pos_iou_thr=0.5, neg_iou_thr=0.5,
+          min_pos_iou=0.5, num_classes=7)
   s = {k: np.asarray(v) for k, v in s.items()}
   cand = np.concatenate([gts, props])
   cand_ok = np.concatenate([gv, pv])

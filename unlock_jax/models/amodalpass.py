@@ -118,8 +118,9 @@ class AmodalPASS(nn.Module):
     if cfg.instance_heads:
       # Reference keys rpn_head.* / roi_head.* live under "modal",
       # rpn_head_amodal.* / roi_head_amodal.* under "amodal" (reference_names.py).
-      self.modal = rcnn_branch.MaskRCNNBranch(cfg.rcnn)
-      self.amodal = rcnn_branch.MaskRCNNBranch(cfg.rcnn)
+      # One compute dtype for the whole network (model.compute_dtype).
+      self.modal = rcnn_branch.MaskRCNNBranch(cfg.rcnn, dtype=dtype)
+      self.amodal = rcnn_branch.MaskRCNNBranch(cfg.rcnn, dtype=dtype)
 
   def __call__(self, image: jax.Array, *, train: bool,
                targets: dict | None = None, semantic_only: bool = False,

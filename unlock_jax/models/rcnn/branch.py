@@ -9,7 +9,7 @@ names of ``rpn_head.*`` / ``roi_head.*``; conversion notes in
 
 Usage::
 
-  model = MaskRCNNBranch(default_rcnn_config())
+  model = MaskRCNNBranch(default_rcnn_config(), dtype=jnp.bfloat16)
   params = model.init({"params": key}, fpn,
                       method=MaskRCNNBranch.init_heads)["params"]
   losses = model.apply({"params": params}, fpn, (H, W), train=True,
@@ -70,7 +70,10 @@ def default_rcnn_config() -> ml_collections.ConfigDict:
   c.conv_dim = 256
   # Mask targets / loss.
   c.reference_mask_ignore_bug = False
-  c.mask_ignore_frac = 0.0       # cell ignored if its ignore fraction > this
+  # "full": a cell is ignored only if all of it is ignore (reference intent);
+  # "threshold": ignored if its ignore fraction > mask_ignore_frac (0: any).
+  c.mask_ignore_rule = "full"
+  c.mask_ignore_frac = 0.0
   c.mask_avg_non_ignore = False  # mmdet default: ignored cells in denominator
   c.box_rule = "positive"        # "positive" | "nonzero" (ref bug) | "given"
   # Test.
@@ -79,7 +82,6 @@ def default_rcnn_config() -> ml_collections.ConfigDict:
   c.max_dets = 100
   c.mask_thr = 0.5
   c.paste_chunk = 10
-  c.compute_dtype = "float32"
   return c
 
 
@@ -108,8 +110,14 @@ def freeze(cfg: Any) -> ml_collections.FrozenConfigDict:
 
 
 class MaskRCNNBranch(nn.Module):
-  """RPN + R-CNN (box and mask) on five FPN maps; losses or detections."""
+  """RPN + R-CNN (box and mask) on five FPN maps; losses or detections.
+
+  ``dtype`` is the compute dtype of the heads and RoI features (the network
+  passes its ``model.compute_dtype``); parameters, losses, boxes and scores
+  stay float32.
+  """
   cfg: Any  # ConfigDict or FrozenConfigDict; frozen on construction
+  dtype: Any = jnp.float32
 
   def __post_init__(self):
     # A frozen config is hashable, as flax module fields should be.
@@ -118,7 +126,7 @@ class MaskRCNNBranch(nn.Module):
 
   def setup(self):
     c = self.cfg
-    dt = jnp.dtype(c.compute_dtype)
+    dt = jnp.dtype(self.dtype)
     self.rpn_head = rpn.RPNHead(len(c.anchor_ratios) * len(c.anchor_scales),
                                 c.feat_channels, dt)
     self.roi_head = roi_heads.RoIHead(c.num_classes, c.fc_dim, c.conv_dim, dt)
@@ -128,7 +136,7 @@ class MaskRCNNBranch(nn.Module):
     ``model.init(rngs, fpn, method=MaskRCNNBranch.init_heads)`` creates the
     same parameters as ``__call__`` at a fraction of the compile time."""
     c = self.cfg
-    dt = jnp.dtype(c.compute_dtype)
+    dt = jnp.dtype(self.dtype)
     cls_l, _ = self.rpn_head([f.astype(dt) for f in fpn])
     ch = fpn[0].shape[-1]
     box_x = jnp.zeros((1, c.roi_size, c.roi_size, ch), dt)
@@ -160,7 +168,7 @@ class MaskRCNNBranch(nn.Module):
       valid [B,D]}`` with ``D = max_dets``.
     """
     c = self.cfg
-    dt = jnp.dtype(c.compute_dtype)
+    dt = jnp.dtype(self.dtype)
     fpn = [f.astype(dt) for f in fpn]
     image_shape = (int(image_shape[0]), int(image_shape[1]))
     cls_l, reg_l = self.rpn_head(fpn)
@@ -217,7 +225,8 @@ class MaskRCNNBranch(nn.Module):
     # R-CNN boxes.
     sfn = lambda p, pv, gb, gv, gc, k: roi_heads.rcnn_sample(
         p, pv, gb, gv, gc, k, num=c.rcnn_samples,
-        pos_fraction=c.rcnn_pos_fraction, iou_thr=c.rcnn_iou,
+        pos_fraction=c.rcnn_pos_fraction, pos_iou_thr=c.rcnn_iou,
+        neg_iou_thr=c.rcnn_iou, min_pos_iou=c.rcnn_iou,
         num_classes=c.num_classes)
     s = jax.vmap(sfn)(props, prop_valid, gt_boxes, gt_valid, gt_classes,
                       keys[:, 1])
@@ -236,7 +245,7 @@ class MaskRCNNBranch(nn.Module):
     mt = lambda m, r, g: roi_heads.mask_targets(
         m, r, g, size=c.mask_size,
         reference_bug=c.reference_mask_ignore_bug,
-        ignore_frac=c.mask_ignore_frac)
+        ignore_rule=c.mask_ignore_rule, ignore_frac=c.mask_ignore_frac)
     m_t, m_w = jax.vmap(mt)(targets["masks"], m_rois, s["gt_index"][:, :p])
     loss_mask = roi_heads.mask_loss(logits, s["labels"][:, :p], m_t, m_w,
                                     m_pos, c.mask_avg_non_ignore)

@@ -92,8 +92,13 @@ class MaskHead(nn.Module):
 def rcnn_sample(proposals: jnp.ndarray, prop_valid: jnp.ndarray,
                 gt_boxes: jnp.ndarray, gt_valid: jnp.ndarray,
                 gt_classes: jnp.ndarray, key: jax.Array, *, num: int,
-                pos_fraction: float, iou_thr: float, num_classes: int):
-  """Assign and sample ``num`` RoIs for one image, GT boxes added first.
+                pos_fraction: float, pos_iou_thr: float, neg_iou_thr: float,
+                min_pos_iou: float, num_classes: int):
+  """Assign and sample ``num`` RoIs for one image, as mmdet 2.x: the
+  ``MaxIoUAssigner`` (``match_low_quality``, ``gt_max_assign_all``) runs on
+  the proposals only, then ``add_gt_as_proposals`` prepends the GT boxes, each
+  assigned to itself. (Assigning with the GT boxes among the candidates would
+  make every GT its own best match and disable the low-quality re-assignment.)
 
   Returns a dict of ``[num]``-leading arrays: ``rois``, ``valid``, ``pos``,
   ``labels`` (0..C-1, background = C), ``deltas`` (stds 0.1/0.1/0.2/0.2),
@@ -102,12 +107,13 @@ def rcnn_sample(proposals: jnp.ndarray, prop_valid: jnp.ndarray,
   """
   n = gt_boxes.shape[0]
   k = proposals.shape[0]
-  cand = jnp.concatenate([gt_boxes.astype(jnp.float32),
-                          jax.lax.stop_gradient(proposals)], 0)
-  cand_valid = jnp.concatenate([gt_valid, prop_valid], 0)
-  assigned, _ = assign.max_iou_assign(
-      cand, cand_valid, gt_boxes, gt_valid, pos_iou_thr=iou_thr,
-      neg_iou_thr=iou_thr, min_pos_iou=iou_thr)
+  proposals = jax.lax.stop_gradient(proposals)
+  cand = jnp.concatenate([gt_boxes.astype(jnp.float32), proposals], 0)
+  prop_assigned, _ = assign.max_iou_assign(
+      proposals, prop_valid, gt_boxes, gt_valid, pos_iou_thr=pos_iou_thr,
+      neg_iou_thr=neg_iou_thr, min_pos_iou=min_pos_iou)
+  gt_assigned = jnp.where(gt_valid, jnp.arange(1, n + 1, dtype=jnp.int32), -1)
+  assigned = jnp.concatenate([gt_assigned, prop_assigned], 0)
   kg, kp = jax.random.split(key)
   # Separate streams so that the proposals' keys do not depend on N.
   u = jnp.concatenate([sampling.random_keys(kg, n),
@@ -148,7 +154,7 @@ def bbox_losses(cls_logits: jnp.ndarray, reg: jnp.ndarray,
 
 def mask_targets(masks: jnp.ndarray, rois: jnp.ndarray, gt_index: jnp.ndarray,
                  *, size: int = 28, reference_bug: bool = False,
-                 ignore_frac: float = 0.0
+                 ignore_rule: str = "full", ignore_frac: float = 0.0
                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
   """28×28 mask targets and per-cell weights for one image's mask RoIs.
 
@@ -157,13 +163,22 @@ def mask_targets(masks: jnp.ndarray, rois: jnp.ndarray, gt_index: jnp.ndarray,
   sampling, RoIs clipped to the image) the ``==1`` map and the ``==255`` map
   separately; target = object fraction >= 0.5.
 
-  Ignore (our definition): a cell whose RoIAligned ignore fraction is
-  ``> ignore_frac`` (default 0: any ignore pixel influences the cell) gets
-  weight 0. ``reference_bug=True`` reproduces the reference instead: its
-  boolean target array turns cells with ignore fraction == 1 (numerically,
-  ``>= 1 - 1e-6``) into **foreground** and no cell is ever ignored.
+  Ignored cells (weight 0):
+  * ``ignore_rule="full"`` (default, the reference's intent, spec §7.5): only
+    cells whose RoIAligned ignore fraction is 1 (``>= 1 - 1e-6`` for float
+    rounding). A pseudo-label mask carries every uncertain pixel of its image,
+    so a stricter rule would drop much of the foreground.
+  * ``ignore_rule="threshold"``: cells whose ignore fraction is
+    ``> ignore_frac`` (``0``: any ignore pixel in the cell; the rule
+    unlock_jax used before), with the same 1e-6 rounding margin.
+  ``reference_bug=True`` reproduces the reference instead: its boolean target
+  array turns cells with ignore fraction 1 into **foreground** and no cell is
+  ever ignored.
   Returns ``(targets [P, size, size] float32, weights [P, size, size])``.
   """
+  if ignore_rule not in ("full", "threshold"):
+    raise ValueError(f"mask ignore rule must be 'full' or 'threshold', got "
+                     f"{ignore_rule!r}")
   h, w = masks.shape[-2:]
   hi = jnp.asarray([w, h, w, h], jnp.float32)
   rois = jnp.clip(rois.astype(jnp.float32), 0.0, hi)
@@ -173,11 +188,14 @@ def mask_targets(masks: jnp.ndarray, rois: jnp.ndarray, gt_index: jnp.ndarray,
   ign = roi_align.separable_roi_align((sel == 255).astype(jnp.float32), rois,
                                       size)
   target = obj >= 0.5
+  full = ign >= 1.0 - 1e-6
   if reference_bug:
-    target = target | (ign >= 1.0 - 1e-6)
+    target = target | full
     weight = jnp.ones_like(obj)
+  elif ignore_rule == "full":
+    weight = (~full).astype(jnp.float32)
   else:
-    weight = (ign <= ignore_frac).astype(jnp.float32)
+    weight = (ign <= ignore_frac + 1e-6).astype(jnp.float32)
   return target.astype(jnp.float32), weight
 
 
