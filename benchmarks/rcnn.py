@@ -1,9 +1,13 @@
 """Mask R-CNN branch cost on the local backend: compile time, step time and
-XLA's peak-memory estimate for mask pasting, inference and the train loss.
+XLA's peak-memory estimate for mask pasting, RoIAlign, inference and the
+train loss.
 
-Usage: python benchmarks/rcnn.py [paste|infer|loss ...] [--batch B]
+Usage: python benchmarks/rcnn.py [paste|roi|infer|loss ...] [--batch B]
 Sizes follow the reference: panoramas 400×2048 for paste/inference, crops
 400×400 for the loss, default (reference) budgets unless --tiny.
+``roi`` times the exact RoIAlign (``roi_max_samples=0``) against the capped
+form (2 samples per axis) in the same run, at the B5 sizes and at the tiny
+CPU config's, and prints exact / capped.
 """
 import argparse
 import resource
@@ -14,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlock_jax.models.rcnn import branch
+from unlock_jax.models.rcnn import roi_align
 from unlock_jax.models.rcnn import roi_heads
 
 STRIDES = (4, 8, 16, 32, 64)
@@ -62,9 +67,64 @@ def bench_paste(args):
           f"compile {tc:.1f}s, run {ts * 1e3:.0f} ms, {_mem(compiled)}")
 
 
+def _rois(rs, n, h, w):
+  """Proposal-like boxes: log-uniform sizes 8..min(H, W) px, aspect ratio
+  e^U(-1, 1), clipped to the image."""
+  side = np.exp(rs.uniform(np.log(8), np.log(min(h, w)), n))
+  ar = np.exp(rs.uniform(-1, 1, n))
+  bw, bh = side * np.sqrt(ar), side / np.sqrt(ar)
+  x0, y0 = rs.uniform(0, w, n) - bw / 2, rs.uniform(0, h, n) - bh / 2
+  b = np.stack([x0, y0, x0 + bw, y0 + bh], -1)
+  b[:, 0::2] = np.clip(b[:, 0::2], 0, w)
+  b[:, 1::2] = np.clip(b[:, 1::2], 0, h)
+  return jnp.asarray(b, jnp.float32)
+
+
+def bench_roi(args):
+  """Exact vs capped RoIAlign of one batch: train crops (features and their
+  gradient; sampled RoIs and positives) and panorama inference (proposals,
+  detections), at the B5 sizes and at the tiny config's."""
+  big, tiny = branch.default_rcnn_config(), branch.tiny_rcnn_config()
+  p_big = int(big.rcnn_samples * big.rcnn_pos_fraction)
+  p_tiny = int(tiny.rcnn_samples * tiny.rcnn_pos_fraction)
+  cases = (  # name, (H, W), channels, [(RoIs, output size)], with gradient
+      ("B5 train 400x400", (400, 400), 256,
+       [(big.rcnn_samples, 7), (p_big, 14)], True),
+      ("B5 infer 400x2048", (400, 2048), 256,
+       [(big.max_proposals_test, 7), (big.max_dets, 14)], False),
+      ("tiny train 64x128", (64, 128), 16,
+       [(tiny.rcnn_samples, 7), (p_tiny, 14)], True),
+      ("tiny infer 64x128", (64, 128), 16,
+       [(tiny.max_proposals_test, 7), (tiny.max_dets, 14)], False))
+  rs = np.random.RandomState(0)
+  dt = jnp.dtype(args.dtype)
+  for name, (h, w), c, jobs, grad in cases:
+    feats = [f.astype(dt) for f in _fpn(args.batch, h, w, c)[:4]]
+    rois = [jnp.stack([_rois(rs, n, h, w) for _ in range(args.batch)])
+            for n, _ in jobs]
+    times = {}
+    for slots in (0, 2):
+      def fwd(fs, rois, slots=slots):
+        outs = []
+        for r, (_, size) in zip(rois, jobs):
+          fn = lambda f, b, size=size: roi_align.multilevel_roi_align(
+              f, b, size, STRIDES[:4], 0, 56.0, slots)
+          outs.append(jax.vmap(fn)(fs, r))
+        return sum(jnp.sum(o.astype(jnp.float32) ** 2) for o in outs)
+      fn = jax.grad(fwd) if grad else fwd
+      compiled, tc, ts = _time(fn, feats, rois)
+      times[slots] = ts
+      print(f"roi {name} B={args.batch} {'fwd+bwd' if grad else 'fwd'} "
+            f"{'exact' if slots == 0 else 'capped 2'}: compile {tc:.1f}s, "
+            f"run {ts * 1e3:.1f} ms, {_mem(compiled)}")
+    print(f"roi {name}: exact / capped = {times[0] / times[2]:.2f}")
+
+
 def _model(args):
   cfg = branch.tiny_rcnn_config() if args.tiny else (
       branch.default_rcnn_config())
+  if args.roi_max_samples is not None:
+    cfg.roi_max_samples = args.roi_max_samples
   model = branch.MaskRCNNBranch(branch.freeze(cfg), dtype=jnp.dtype(args.dtype))
   return model, cfg
 
@@ -125,10 +185,13 @@ def main():
   p.add_argument("--channels", type=int, default=256)
   p.add_argument("--dtype", default="float32")
   p.add_argument("--tiny", action="store_true")
+  p.add_argument("--roi-max-samples", type=int, default=None,
+                 help="infer/loss: 0 exact RoIAlign, K capped (config default)")
   args = p.parse_args()
   print(jax.devices()[0].platform, jax.__version__)
   for w in args.what:
-    {"paste": bench_paste, "infer": bench_infer, "loss": bench_loss}[w](args)
+    {"paste": bench_paste, "roi": bench_roi, "infer": bench_infer,
+     "loss": bench_loss}[w](args)
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"process peak RSS {peak:.0f} MiB")
 

@@ -141,3 +141,84 @@ def test_capped_adaptive_vs_exact_adaptive_gap():
   assert rel["mask14"] < 0.01
   assert rel["cap2"] < 0.06
   assert rel["cap2"] < 0.5 * rel["sr1"]
+
+
+def test_exact_mode_matches_mmcv_adaptive_on_large_and_elongated_rois():
+  """The default exact form vs the numpy loop with mmcv's unbounded adaptive
+  count, on RoIs that need up to 10 samples per bin along one axis: full-width
+  strips (level 0 by area), the whole image, the largest RoIs each level
+  allows (area just below its limit, as elongated as the image permits),
+  border-crossing, tiny and empty RoIs."""
+  rs = np.random.RandomState(3)
+  img = (64, 256)
+  strides = (4, 8, 16, 32)
+  sizes = [(img[0] // s, img[1] // s) for s in strides]
+  feats = _levels(rs, sizes, 3)
+  boxes = [[0, 30, 256, 33], [0, 0, 256, 64], [3.3, 7.7, 250.1, 55.5],
+           [-8, -6, 20, 14], [150.3, 40.2, 270.0, 70.0], [40, 40, 40.5, 41],
+           [20, 20, 20, 30], [100, 0, 103, 64]]
+  for lvl in range(3):
+    limit = 56.0 * 2 ** (lvl + 1) * 0.999  # sqrt(area) just below the limit
+    for w in (256.0, limit, limit ** 2 / 64.0):
+      h = limit ** 2 / w
+      x0, y0 = rs.uniform(0, 256 - w + 1e-3), rs.uniform(0, 64 - h + 1e-3)
+      boxes.append([x0, y0, x0 + w, y0 + h])
+  xy = rs.uniform(-10, 200, (12, 2))
+  wh = np.exp(rs.uniform(np.log(2), np.log(250), (12, 2)))
+  boxes += np.concatenate([xy, xy + wh], -1).tolist()
+  boxes = np.asarray(boxes, np.float32)
+  jf = [jnp.asarray(f) for f in feats]
+  fn = jax.jit(roi_align.multilevel_roi_align, static_argnums=(2, 3, 4, 5, 6))
+  for out in (7, 14):
+    got = np.asarray(fn(jf, jnp.asarray(boxes), out, strides, 0, 56, 0))
+    counts = []
+    for r, b in enumerate(boxes):
+      lvl = _np_level(b)
+      scale = 1.0 / strides[lvl]
+      counts.append(max(math.ceil((b[2] - b[0]) * scale / out),
+                        math.ceil((b[3] - b[1]) * scale / out)))
+      want = np_roi_align(feats[lvl], b, scale, out, 0)
+      np.testing.assert_allclose(got[r], want, rtol=1e-4, atol=1e-5,
+                                 err_msg=f"roi {r} {b} out {out}")
+    if out == 7:
+      assert max(counts) >= 10 and sum(c > 2 for c in counts) >= 8
+
+
+def _touched(lvl_size, box, scale):
+  """Rows × cols of the cells whose value moves mmcv's output, from the
+  numpy loop on a one-hot feature (one channel per cell)."""
+  h, w = lvl_size
+  f = np.eye(h * w).reshape(h, w, h * w)
+  hit = np.flatnonzero(np.abs(np_roi_align(f, box, scale, 7, 0)).sum((0, 1)))
+  if not len(hit):
+    return 0
+  rows, cols = hit // w, hit % w
+  return (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+
+
+def test_window_budget_bounds_the_footprint():
+  """The static budget vs the footprints the numpy loop gives for RoIs at
+  each level's area limit, as elongated as the map allows; and the budgets
+  of the configured sizes."""
+  img = (128, 320)  # level 0: 32×80 cells, more than a RoI's area limit
+  strides = (4, 8, 16, 32)
+  sizes = [(-(-img[0] // s), -(-img[1] // s)) for s in strides]
+  budget = roi_align.window_budget(sizes, strides)
+  assert budget < sizes[0][0] * sizes[0][1]
+  rs = np.random.RandomState(4)
+  worst = 0
+  for lvl in range(4):
+    limit = 56.0 * 2 ** (lvl + 1) * 0.9999
+    for w in np.linspace(1.0, img[1], 16):
+      h = min(limit ** 2 / w, img[0])
+      x0 = rs.uniform(0, img[1] - w + 1e-3)
+      y0 = rs.uniform(0, img[0] - h + 1e-3)
+      b = np.array([x0, y0, x0 + w, y0 + h], np.float32)
+      lv = _np_level(b)
+      worst = max(worst, _touched(sizes[lv], b, 1.0 / strides[lv]))
+  assert 0 < worst <= budget
+  assert budget <= 1.3 * worst  # and not wastefully loose
+  assert roi_align.window_budget([(100, 100), (50, 50), (25, 25), (13, 13)],
+                                 strides) == 1100
+  assert roi_align.window_budget([(100, 512), (50, 256), (25, 128), (13, 64)],
+                                 strides) == 2048

@@ -64,7 +64,10 @@ def default_rcnn_config() -> ml_collections.ConfigDict:
   c.mask_roi_size = 14
   c.mask_size = 28
   c.roi_sampling_ratio = 0       # mmcv adaptive count ...
-  c.roi_max_samples = 2          # ... on this many static slots per axis
+  # ... exact (0: each RoI's footprint in a static cell budget), or capped
+  # at this many sample slots per axis (2: unlock_jax's earlier default;
+  # roi_align.py).
+  c.roi_max_samples = 0
   c.finest_scale = 56.0
   c.fc_dim = 1024
   c.conv_dim = 256

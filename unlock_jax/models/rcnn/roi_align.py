@@ -6,21 +6,28 @@ size = (x2 - x1) * scale, bin = size / out; sample points
 zero outside ``[-1, L]`` and clamping to ``[0, L-1]`` inside; average of the
 S×S samples of each bin.
 
-mmdet uses ``sampling_ratio=0``: ``S = ceil(size / out)`` per RoI, which is
-data dependent. We evaluate that adaptive rule on a static number of sample
-slots per axis (``max_samples``, default 2) and mask the unused ones: exact
-whenever the adaptive count fits, capped otherwise. Level mapping puts a
-square RoI of 56..448 px at 14..28 cells on its level (smaller ones on level
-0 at fewer cells), so its adaptive count is 1..2 for the 14×14 mask features
-(exact with 2 slots) and 1..4 for the 7×7 box features (capped at 2 by
-default; ``max_samples=4`` is exact at 4× the gathers). Elongated RoIs (the
-level uses sqrt(w·h)) and RoIs above 448 px need more samples along their
-long axis and are capped. ``tests/test_rcnn_roi_align.py`` quantifies the gap.
-The bilinear kernel is separable, so for the 28×28 mask *targets* (one
-channel) we build per-RoI weight matrices ``[out, L]`` with the adaptive count
-and contract them with the mask: no gather. Its default cap
-``ceil(max(H, W) / out)`` bounds the count of any RoI clipped to the image, so
-these targets are exact mmcv numbers.
+mmdet uses ``sampling_ratio=0``: ``S = ceil(size / out)`` per RoI and axis,
+which is data dependent. Two static forms:
+
+* exact (``max_samples=0``, the default): the bin average is a weighted sum of
+  the feature cells, separable in y and x. Each RoI gathers the cells of its
+  footprint (the rectangle its samples touch) into a fixed budget of slots,
+  row-major with its own row length, and contracts them with per-bin weights
+  ``wy[o_y, row] * wx[o_x, col]`` (one batched matmul). The budget bounds the
+  footprint of every RoI the level mapping can send to each level (the area
+  of a level-l RoI is below ``(2 * finest_scale * 2**l / stride_l)**2``, i.e.
+  28×28 cells; the last level is bounded by its map), so every RoI is exact:
+  ~1100 cells at 400×400, 2048 at 400×2048 (extremely elongated RoIs set the
+  bound), against 4·14² = 784 corner gathers of the capped form.
+* capped (``max_samples=K > 0``): the adaptive rule on K static sample slots
+  per axis, unused ones masked; exact whenever ``ceil(size/out) <= K``, capped
+  otherwise (the form unlock_jax used before, with K = 2: a square RoI's count
+  is 1..4 for the 7×7 box features, 1..2 for the 14×14 mask features).
+  ``tests/test_rcnn_roi_align.py`` quantifies the gap.
+
+A fixed ``sampling_ratio > 0`` always uses the sample slots (exact).
+The 28×28 mask *targets* (one channel) use the separable form with per-RoI
+weight matrices ``[out, L]`` over the whole mask: no gather, exact.
 """
 import math
 from typing import Sequence
@@ -50,7 +57,7 @@ def _axis_samples(start, size, out: int, sampling_ratio: int,
 
   ``sampling_ratio > 0``: K = count = sampling_ratio. ``0``: mmcv's adaptive
   ``count = ceil(size / out)`` per RoI, evaluated on K = ``max_samples``
-  static slots (exact whenever count <= max_samples, else capped).
+  (> 0) static slots (exact whenever count <= max_samples, else capped).
   """
   bin_size = size / out
   if sampling_ratio > 0:
@@ -81,18 +88,115 @@ def _axis_samples(start, size, out: int, sampling_ratio: int,
   return low.astype(jnp.int32), high.astype(jnp.int32), w_low, w_high, k_slots
 
 
+def _level_bound(h: int, w: int, area: float | None) -> int:
+  """Most cells (rows × cols of the footprint) a RoI of cell area < ``area``
+  can touch on an ``h × w`` map; ``area=None``: no area limit.
+
+  A RoI ``ceil(size) = a`` cells long touches at most ``a + 2`` rows (the
+  bilinear neighbours at both ends); if ``a >= 2`` its other side is below
+  ``area / (a - 1)`` cells."""
+  if area is None:
+    return h * w
+  best = 0
+  for long, short in ((h, w), (w, h)):
+    for a in range(1, long + 3):
+      other = short if a == 1 else min(math.ceil(area / (a - 1)) + 2, short)
+      best = max(best, min(a + 2, long) * other)
+  return min(best, h * w)
+
+
+def window_budget(sizes: Sequence[tuple[int, int]], strides: Sequence[int],
+                  finest_scale: float = FINEST_SCALE) -> int:
+  """Static footprint budget (cells) of the exact mode: enough for any RoI
+  mapped by ``map_roi_levels`` to each of the levels ``sizes``."""
+  n = len(sizes)
+  best = 0
+  for lvl, ((h, w), st) in enumerate(zip(sizes, strides)):
+    if lvl < n - 1:
+      # sqrt(area) < finest * 2**(lvl+1) px, with a margin for float32.
+      area = (finest_scale * 2 ** (lvl + 1) / st) ** 2 * (1 + 1e-4)
+    else:
+      area = None
+    best = max(best, _level_bound(int(h), int(w), area))
+  return best
+
+
+def _footprint_weights(start, size, out: int, length, cap: int):
+  """Exact mmcv weights (``sampling_ratio=0``) along one axis on the cells
+  ``first .. first + cap - 1`` that a RoI's samples touch.
+
+  Returns ``(first [R] int32, count [R] int32, w [R, out, cap])``; ``w`` is
+  the bin average's weight of each cell (0 beyond ``count``). A cell takes
+  ``hat(clip(v, 0, L-1) - cell)`` from each sample ``v`` in ``[-1, L]``; the
+  spacing of the ``n = ceil(bin)`` samples of a bin is > 0.5 cell (or n = 1),
+  so at most 4 of them reach a cell: 6 candidates from the first one in
+  range cover them.
+  """
+  length = jnp.asarray(length, jnp.float32)
+  bin_size = size / out
+  n = jnp.ceil(bin_size)
+  nn = jnp.maximum(n, 1.0)
+  step = jnp.maximum(bin_size / nn, 1e-6)
+  first = jnp.clip(jnp.floor(start), 0.0, length - 1.0)
+  last = jnp.clip(jnp.floor(start + size) + 1.0, 0.0, length - 1.0)
+  count = last - first + 1.0
+  cell = first[:, None, None] + jnp.arange(cap, dtype=jnp.float32)
+  a = (start[:, None] + jnp.arange(out, dtype=jnp.float32) * bin_size[:, None]
+       )[:, :, None]  # [R, out, 1] bin starts
+  st = step[:, None, None]
+  k0 = jnp.maximum(jnp.ceil((cell - 1.0 - a) / st - 0.5) - 1.0, 0.0)
+  hi = (length - 1.0)[:, None, None]
+  w = 0.0
+  for j in range(6):
+    k = k0 + j
+    v = a + (k + 0.5) * st
+    ok = (k < n[:, None, None]) & (v >= -1.0) & (v <= hi + 1.0)
+    tri = jnp.maximum(0.0, 1.0 - jnp.abs(jnp.clip(v, 0.0, hi) - cell))
+    w = w + jnp.where(ok, tri, 0.0)
+  inside = (jnp.arange(cap)[None, :] < count[:, None]) & (size > 0)[:, None]
+  w = jnp.where(inside[:, None, :], w / nn[:, None, None], 0.0)
+  return first.astype(jnp.int32), count.astype(jnp.int32), w
+
+
+def _exact_roi_align(table, off, hl, wl, y0, ysize, x0, xsize, out: int,
+                     budget: int, cap_y: int, cap_x: int, dtype):
+  """The exact mode's gather of each RoI's footprint and contraction."""
+  fy, ny, wy = _footprint_weights(y0, ysize, out, hl, cap_y)
+  fx, nx, wx = _footprint_weights(x0, xsize, out, wl, cap_x)
+  s = jnp.arange(budget, dtype=jnp.int32)[None, :]
+  nxc = jnp.maximum(nx, 1)[:, None]
+  i = s // nxc  # row-major footprint, row length = this RoI's column count
+  j = s % nxc
+  ok = i < ny[:, None]
+  i = jnp.minimum(i, jnp.minimum(ny, cap_y)[:, None] - 1)
+  j = jnp.minimum(j, cap_x - 1)
+  idx = (off[:, None] + (fy[:, None] + i) * wl.astype(jnp.int32)[:, None]
+         + fx[:, None] + j)
+  wy_s = jnp.take_along_axis(wy, i[:, None, :], axis=2)  # [R, out, S]
+  wx_s = jnp.take_along_axis(wx, j[:, None, :], axis=2)
+  m = wy_s[:, :, None, :] * wx_s[:, None, :, :] * ok[:, None, None, :]
+  r = m.shape[0]
+  m = m.reshape(r, out * out, budget).astype(dtype)
+  prec = (jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32
+          else None)
+  res = jnp.einsum("rps,rsc->rpc", m, table[idx], precision=prec,
+                   preferred_element_type=jnp.float32)
+  return res.reshape(r, out, out, -1).astype(dtype)
+
+
 def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
                          output_size: int,
                          strides: Sequence[int] = ROI_STRIDES,
                          sampling_ratio: int = 0,
                          finest_scale: float = FINEST_SCALE,
-                         max_samples: int = 2) -> jnp.ndarray:
+                         max_samples: int = 0) -> jnp.ndarray:
   """RoIAlign of ``boxes [R, 4]`` on one image's levels ``[H_l, W_l, C]``.
 
-  All levels are flattened into one ``[sum H_l W_l, C]`` table so each bin
-  corner is one row gather, whatever the RoI's level. ``sampling_ratio=0``
-  is mmcv's adaptive count capped at ``max_samples`` per axis. Returns
-  ``[R, out, out, C]`` in the features' dtype.
+  All levels are flattened into one ``[sum H_l W_l, C]`` table so each cell
+  is one row gather, whatever the RoI's level. ``sampling_ratio=0`` is mmcv's
+  adaptive count: exact with ``max_samples=0``, else capped at
+  ``max_samples`` per axis (module docstring). Returns ``[R, out, out, C]``
+  in the features' dtype.
   """
   num_levels = len(feats)
   c = feats[0].shape[-1]
@@ -109,12 +213,18 @@ def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
   wl = pick([float(w) for _, w in sizes])
   off = jnp.asarray(offsets, jnp.int32)[lvl]
   boxes = boxes.astype(jnp.float32)
-  y0, y1, wy0, wy1, ks = _axis_samples(
-      boxes[:, 1] * scale - 0.5, (boxes[:, 3] - boxes[:, 1]) * scale,
-      output_size, sampling_ratio, max_samples, hl)
-  x0, x1, wx0, wx1, _ = _axis_samples(
-      boxes[:, 0] * scale - 0.5, (boxes[:, 2] - boxes[:, 0]) * scale,
-      output_size, sampling_ratio, max_samples, wl)
+  ys, ysize = boxes[:, 1] * scale - 0.5, (boxes[:, 3] - boxes[:, 1]) * scale
+  xs, xsize = boxes[:, 0] * scale - 0.5, (boxes[:, 2] - boxes[:, 0]) * scale
+  if sampling_ratio == 0 and max_samples == 0:
+    budget = window_budget(sizes, strides[:num_levels], finest_scale)
+    cap_y = min(max(h for h, _ in sizes), budget)
+    cap_x = min(max(w for _, w in sizes), budget)
+    return _exact_roi_align(table, off, hl, wl, ys, ysize, xs, xsize,
+                            output_size, budget, cap_y, cap_x, dtype)
+  y0, y1, wy0, wy1, ks = _axis_samples(ys, ysize, output_size, sampling_ratio,
+                                       max_samples, hl)
+  x0, x1, wx0, wx1, _ = _axis_samples(xs, xsize, output_size, sampling_ratio,
+                                      max_samples, wl)
   wl_i = wl.astype(jnp.int32)[:, None, None]
   base = off[:, None, None]
   out = 0.0
