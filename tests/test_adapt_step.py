@@ -31,6 +31,7 @@ import pytest
 from jit_traces import max_traces
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
+from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.models import amodalpass
 from unlock_jax.models import layers
 from unlock_jax.train import adapt, optim, steps
@@ -78,7 +79,7 @@ def _full_batch(rng, n=3):
         masks[i, j, y:y + 10, x:x + 8] = 1
     out[f"{p}_masks"] = masks
     out[f"{p}_classes"] = rng.integers(0, 7, (B, n)).astype(np.int32)
-    out[f"{p}_boxes"] = np.zeros((B, n, 4), np.float32)
+    out[f"{p}_boxes"] = np.stack([boxes_from_masks(m) for m in masks])  # the pipeline's
     out[f"{p}_valid"] = valid
   return out
 

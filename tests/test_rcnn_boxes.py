@@ -97,15 +97,3 @@ def test_pairwise_iou_vs_numpy():
       want[i, j] = inter / max(ua, 1e-6)
   got = np.asarray(box_ops.pairwise_iou(jnp.asarray(a), jnp.asarray(b)))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
-
-
-def test_boxes_from_masks_rules():
-  m = np.zeros((3, 10, 12), np.uint8)
-  m[0, 2:5, 3:8] = 1
-  m[0, 8, 11] = 255  # far-away ignore pixel inflates only the 'nonzero' box
-  m[1, 4, 4] = 1     # single pixel: x1 == x2 -> invalid (reference isValid)
-  boxes, valid = box_ops.boxes_from_masks(jnp.asarray(m), "positive")
-  np.testing.assert_array_equal(np.asarray(valid), [True, False, False])
-  np.testing.assert_array_equal(np.asarray(boxes)[0], [3, 2, 7, 4])
-  boxes, valid = box_ops.boxes_from_masks(jnp.asarray(m), "nonzero")
-  np.testing.assert_array_equal(np.asarray(boxes)[0], [3, 2, 11, 8])

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from unlock_jax.data.layouts import common as layouts_common
 from unlock_jax.models.rcnn import branch
 
 B, H, W, C = 2, 64, 128, 16
@@ -16,6 +17,11 @@ def _fpn(seed, b=B, c=C):
   rs = np.random.RandomState(seed)
   return [jnp.asarray(rs.normal(size=(b, -(-H // s), -(-W // s), c)),
                       jnp.float32) for s in STRIDES]
+
+
+def _host_boxes(masks, rule):
+  """The data pipeline's boxes (``box_rule``) of masks [B, N, H, W]."""
+  return np.stack([layouts_common.boxes_from_masks(m, rule) for m in masks])
 
 
 def _targets(seed, n=4, garbage_pad_to=None):
@@ -31,7 +37,7 @@ def _targets(seed, n=4, garbage_pad_to=None):
   masks[1, 0, 40:45, 60:70] = 255  # ignore pixels away from the object
   classes = np.array([[2, 3, 6, 0], [1, 0, 0, 0]], np.int32)[:, :n]
   valid = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], bool)[:, :n]
-  boxes = np.zeros((B, n, 4), np.float32)
+  boxes = _host_boxes(masks, "positive")
   if garbage_pad_to:
     extra = garbage_pad_to - n
     gm = rs.choice([0, 1, 255], size=(B, extra, H, W)).astype(np.uint8)
@@ -125,6 +131,34 @@ def test_no_instances_gives_zero_finite_losses(setup):
     assert float(v) == 0.0, k
 
 
+def test_box_rule_sets_the_boxes_the_loss_sees(setup):
+  """The boxes come from the data pipeline only: its rule ("positive" or the
+  reference's "nonzero", inflated by ignore pixels) is what the RPN and
+  R-CNN targets use, the masks do not override it."""
+  model, variables, loss_fn, _ = setup
+  t = _targets(0)
+  masks = np.asarray(t["masks"])
+  seen = {}
+  for rule in ("positive", "nonzero"):
+    host = _host_boxes(masks, rule)
+    t["boxes"] = jnp.asarray(host)
+    boxes, _, valid = model.apply(variables, t,
+                                  method=branch.MaskRCNNBranch._gt)
+    valid = np.asarray(valid)
+    np.testing.assert_array_equal(valid, np.asarray(t["valid"]))
+    np.testing.assert_array_equal(np.asarray(boxes)[valid], host[valid])
+    seen[rule] = loss_fn(variables, _fpn(1), t, jax.random.key(1))
+  # Image 1's ignore pixels lie outside its object: a larger box.
+  assert not np.array_equal(_host_boxes(masks, "positive")[1, 0],
+                            _host_boxes(masks, "nonzero")[1, 0])
+  assert float(seen["positive"]["rpn_bbox"]) != float(
+      seen["nonzero"]["rpn_bbox"])
+  # Degenerate boxes (x1 == x2, as a one-pixel mask gives) are not GT.
+  t["boxes"] = t["boxes"].at[0, 1].set(jnp.asarray([5.0, 3.0, 5.0, 9.0]))
+  _, _, valid = model.apply(variables, t, method=branch.MaskRCNNBranch._gt)
+  assert not bool(valid[0, 1]) and bool(valid[0, 0])
+
+
 @pytest.fixture(scope="module")
 def grad_fn(setup):
   model = setup[0]
@@ -179,7 +213,7 @@ def _synthetic_problem():
   targets = dict(masks=jnp.asarray(masks),
                  classes=jnp.asarray(np.tile([[2, 5, 0, 0]], (B, 1)),
                                      jnp.int32),
-                 boxes=jnp.zeros((B, 4, 4)),
+                 boxes=jnp.asarray(_host_boxes(masks, "positive")),
                  valid=jnp.asarray(np.tile([[1, 1, 0, 0]], (B, 1)), bool))
   return feats, targets
 

@@ -69,34 +69,3 @@ def pairwise_iou(a: jnp.ndarray, b: jnp.ndarray, eps: float = 1e-6
   inter = wh[..., 0] * wh[..., 1]
   union = area(a)[..., :, None] + area(b)[..., None, :] - inter
   return inter / jnp.maximum(union, eps)
-
-
-def boxes_from_masks(masks: jnp.ndarray, rule: str = "positive"
-                     ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Boxes of instance masks ``[..., H, W]`` (uint8 0/1/255), as the reference.
-
-  ``rule="positive"`` uses the ``==1`` pixels (intended behaviour);
-  ``rule="nonzero"`` uses every non-zero pixel including 255 (reference bug,
-  unlock_algorithm.md §10.1). Coordinates follow the reference's
-  ``get_bbox_coord``: ``x1 = min col, x2 = max col`` (inclusive, no +1).
-  Returns ``(boxes [..., 4] float32, valid [...] bool)``; like the reference's
-  ``isValid`` check, a box is valid only if ``x1 < x2`` and ``y1 < y2``.
-  """
-  if rule == "positive":
-    fg = masks == 1
-  elif rule == "nonzero":
-    fg = masks != 0
-  else:
-    raise ValueError(f"unknown box rule {rule!r}")
-  h, w = masks.shape[-2:]
-  cols = jnp.any(fg, axis=-2)  # [..., W]
-  rows = jnp.any(fg, axis=-1)  # [..., H]
-  xs = jnp.arange(w, dtype=jnp.float32)
-  ys = jnp.arange(h, dtype=jnp.float32)
-  x1 = jnp.min(jnp.where(cols, xs, w), -1)
-  x2 = jnp.max(jnp.where(cols, xs, -1), -1)
-  y1 = jnp.min(jnp.where(rows, ys, h), -1)
-  y2 = jnp.max(jnp.where(rows, ys, -1), -1)
-  valid = (x2 > x1) & (y2 > y1)
-  boxes = jnp.stack([x1, y1, x2, y2], -1)
-  return jnp.where(valid[..., None], boxes, 0.0), valid

@@ -16,8 +16,11 @@ Usage::
                        targets=targets, rngs={"sampling": key})
   dets = model.apply({"params": params}, fpn, (H, W), train=False)
 
-Ground-truth boxes come from the masks (``box_rule`` "positive" or the
-reference's "nonzero"), or from ``targets["boxes"]`` with ``box_rule="given"``.
+Ground-truth boxes are ``targets["boxes"]``, made on the host by the data
+pipeline: its box rule (``config.input.box_rule`` for source training,
+``config.adapt.paste.box_rule`` for adaptation: the ``==1`` pixels, or the
+reference's non-zero ones) and the ADCL paste's modal boxes are the only
+settings, so the branch has none.
 """
 from typing import Any, Sequence
 
@@ -27,7 +30,6 @@ import jax.numpy as jnp
 import ml_collections
 
 from unlock_jax.models.rcnn import anchors as anchor_ops
-from unlock_jax.models.rcnn import boxes as box_ops
 from unlock_jax.models.rcnn import roi_align
 from unlock_jax.models.rcnn import roi_heads
 from unlock_jax.models.rcnn import rpn
@@ -78,7 +80,6 @@ def default_rcnn_config() -> ml_collections.ConfigDict:
   c.mask_ignore_rule = "full"
   c.mask_ignore_frac = 0.0
   c.mask_avg_non_ignore = False  # mmdet default: ignored cells in denominator
-  c.box_rule = "positive"        # "positive" | "nonzero" (ref bug) | "given"
   # Test.
   c.score_thr = 0.05
   c.test_nms = 0.5
@@ -192,13 +193,11 @@ class MaskRCNNBranch(nn.Module):
                         targets)
 
   def _gt(self, targets: dict):
-    c = self.cfg
+    """GT boxes, classes and validity; like the reference's ``isValid``, a
+    box counts only if ``x1 < x2`` and ``y1 < y2``."""
     valid = targets["valid"].astype(bool)
-    if c.box_rule == "given":
-      boxes = targets["boxes"].astype(jnp.float32)
-      ok = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-    else:
-      boxes, ok = box_ops.boxes_from_masks(targets["masks"], c.box_rule)
+    boxes = targets["boxes"].astype(jnp.float32)
+    ok = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
     valid = valid & ok
     boxes = jnp.where(valid[..., None], boxes, 0.0)
     classes = jnp.where(valid, targets["classes"].astype(jnp.int32), 0)
