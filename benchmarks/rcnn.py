@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlock_jax.data.layouts import common as layouts_common
 from unlock_jax.models.rcnn import branch
 from unlock_jax.models.rcnn import roi_align
 from unlock_jax.models.rcnn import roi_heads
@@ -158,7 +159,8 @@ def bench_loss(args):
   targets = dict(masks=jnp.asarray(masks),
                  classes=jnp.asarray(rs.randint(0, 7, (args.batch, n)),
                                      jnp.int32),
-                 boxes=jnp.zeros((args.batch, n, 4)),
+                 boxes=jnp.asarray(np.stack(
+                     [layouts_common.boxes_from_masks(m) for m in masks])),
                  valid=jnp.asarray(np.arange(n)[None].repeat(args.batch, 0)
                                    < 8))
   v = jax.jit(lambda k: model.init({"params": k}, fpn,
