@@ -15,12 +15,14 @@ import statistics
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from unlock_jax import sharding as shd
 from unlock_jax.models import amodalpass
+from unlock_jax.models import layers
 from unlock_jax.models.rcnn import branch as rcnn_branch
-from unlock_jax.train import losses, optim, steps
+from unlock_jax.train import optim, steps
 from configs import common
 
 
@@ -101,7 +103,7 @@ def measure_infer(model_cfg, image_size, runs: int):
 
   def predict(v, image):
     out = model.apply(v, image, train=False)
-    logits = losses.resize_logits(out["sem_logits"], image.shape[1:3])
+    logits = layers.resize_bilinear(out["sem_logits"].astype(jnp.float32), image.shape[1:3])
     return {"sem": jax.nn.softmax(logits, -1),
             "modal": out["modal"], "amodal": out["amodal"]}
 

@@ -121,21 +121,17 @@ def runlocal_synthpass(c: ml_collections.ConfigDict) -> None:
   c.checkpoint_every = 2
 
 
-def synth_evals(src, tgt, make=semantic_eval, data=None,
+def synth_evals(data: ml_collections.ConfigDict, make=semantic_eval,
                 **kwargs) -> ml_collections.ConfigDict:
-  """``source_val`` and ``target_val`` evaluators on the synthpass val splits.
+  """``source_val`` and ``target_val`` evaluators on the val splits of ``data``'s domains.
 
-  With ``data`` (the config's ``data`` section) they follow its source and
-  target domains (:func:`domain_eval`); without it they are fixed to the
-  synthpass folders and the sizes ``src``/``tgt``.
+  They follow the config's ``data`` section, overrides included
+  (:func:`domain_eval`), so a synthpass experiment pointed at real data
+  evaluates on real data.
   """
-  if data is not None:
-    return ml_collections.ConfigDict(dict(
-        source_val=domain_eval(data.source, "val", make, **kwargs),
-        target_val=domain_eval(data.target, "val", make, **kwargs)))
   return ml_collections.ConfigDict(dict(
-      source_val=make("kitti360aps", SYNTH_ROOT + "/KITTI360_APS", "val", src, **kwargs),
-      target_val=make("blendpass", SYNTH_ROOT + "/BlendPASS", "val", tgt, **kwargs)))
+      source_val=domain_eval(data.source, "val", make, **kwargs),
+      target_val=domain_eval(data.target, "val", make, **kwargs)))
 
 
 def small_model(model: ml_collections.ConfigDict) -> None:
@@ -220,5 +216,8 @@ def base() -> ml_collections.ConfigDict:
                  end_lr=0.0, warmup_steps=0, match="mmcv", groups=optim.adapt_groups()),
       log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,
       evals=(), out_dir="{workdir}/adapt")
+  # Stage 0's compact export (a committable source model, stages/export_source.py).
+  c.export_source = dict(out_dir="{workdir}/export_source", dtype="float32",
+                         command="")
   c.debug = dict(kill_after_checkpoint=-1, kill_after_entries=-1)
   return c

@@ -51,7 +51,7 @@ def get_config(arg=None):
   c.checkpoint_every = 500
   c.progress_every_secs = 30.0
 
-  c.evals = common.synth_evals(src, tgt, common.oass_eval, scale=arg.scale,
+  c.evals = common.synth_evals(c.data, common.oass_eval, scale=arg.scale,
                               tau=(0.95, 0.95))
   c.evals.target_val.num_pictures = 4
 

@@ -38,5 +38,5 @@ def get_config(arg=None):
   c.log_every = 1
   c.checkpoint_every = 2
   c.progress_every_secs = 5.0
-  c.evals = common.synth_evals(src, tgt)
+  c.evals = common.synth_evals(c.data)
   return c

@@ -26,6 +26,7 @@ from unlock_jax import fileio
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
+from unlock_jax.data import synthpass
 from unlock_jax.evaluation import evaluators
 from unlock_jax.pseudo import inference
 from unlock_jax.stages import adcl_pool as adcl_pool_stage
@@ -71,6 +72,7 @@ def run(config, workdir: str) -> dict:
       num_workers=a.num_workers, process_index=pi, process_count=pc)
 
   src_path = fileio.resolve(a.source_checkpoint or config.predict.checkpoint, workdir)
+  synthpass.check_trained_on(src_path, fileio.resolve(config.synthpass.out_dir, workdir))
   model, variables, src_step = inference.load_model(config.model, src_path, mesh)
   logging.info("adapt: source model %s (step %s)", src_path, src_step)
   total = int(a.total_steps)

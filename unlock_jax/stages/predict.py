@@ -28,6 +28,7 @@ from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
+from unlock_jax.data import synthpass
 from unlock_jax.data.layouts import folder
 from unlock_jax.evaluation import pictures
 from unlock_jax.pseudo import inference
@@ -67,6 +68,7 @@ def run(config, workdir: str) -> dict:
   mesh = shd.make_mesh()
   reader = open_target(config, workdir)
   ckpt_path = fileio.resolve(p.checkpoint, workdir)
+  synthpass.check_trained_on(ckpt_path, fileio.resolve(config.synthpass.out_dir, workdir))
   model, variables, step = inference.load_model(config.model, ckpt_path, mesh)
   meta = store_meta(config, reader, ckpt_path, step)
   if os.path.exists(os.path.join(store_dir, store.META_FILE)):

@@ -209,6 +209,49 @@ def _drop_stale_target_train(out_dir: str, count: int):
         os.remove(path)
 
 
+# Bump whenever a change alters the rendered scenes: models trained on an older
+# version are refused (check_trained_on).
+DATA_VERSION = 1
+
+
+def identity(out_dir: str) -> dict | None:
+  """What a source model trained on ``out_dir`` depends on, or None if it is not synthpass.
+
+  The source scenes do not depend on ``domain_shift`` (only the target palette
+  and lighting do), so it is not part of the identity.
+  """
+  cfg_path = os.path.join(out_dir, ".synthpass", "config.json")
+  summary_path = os.path.join(out_dir, "synthpass.json")
+  if not (os.path.exists(cfg_path) and os.path.exists(summary_path)):
+    return None
+  with open(cfg_path) as f:
+    cfg = json.load(f)
+  with open(summary_path) as f:
+    summary = json.load(f)
+  return {"version": cfg["version"], "scale": cfg["scale"], "seed": cfg["seed"],
+          "source_train": int(summary["counts"]["source"].get("train", 0))}
+
+
+def check_trained_on(model_dir: str, out_dir: str) -> None:
+  """Refuses a source model exported with ``synthpass.json`` for other synthpass data.
+
+  ``model_dir`` is a folder written by the ``export_source`` stage; models
+  without that file (train runs, converted checkpoints) and data that is not
+  synthpass are not checked.
+  """
+  path = os.path.join(model_dir, "synthpass.json")
+  data = identity(out_dir)
+  if not os.path.exists(path) or data is None:
+    return
+  with open(path) as f:
+    trained = json.load(f)
+  if trained["identity"] != data:
+    raise ValueError(
+        f"the source model {model_dir} was trained on synthpass {trained['identity']}, "
+        f"but {out_dir} holds synthpass {data} (generator version {DATA_VERSION}). "
+        f"Regenerate the model: {trained.get('command', 'rerun train_source')}")
+
+
 def _check_config(out_dir: str, config: dict):
   """Refuses to mix scenes generated with different settings in one folder."""
   path = os.path.join(out_dir, ".synthpass", "config.json")
@@ -255,7 +298,8 @@ def generate(out_dir: str, *, scale: float = 0.25, seed: int = 0,
       if split not in _SPLIT_CODE or int(n) < 0:
         raise ValueError(f"{what} must map 'train'/'val' to counts >= 0, got {counts}")
   os.makedirs(out_dir, exist_ok=True)
-  _check_config(out_dir, dict(scale=scale, seed=seed, domain_shift=domain_shift, version=1))
+  _check_config(out_dir, dict(scale=scale, seed=seed, domain_shift=domain_shift,
+                               version=DATA_VERSION))
   _drop_stale_target_train(out_dir, int(num_target.get("train", 0)))
   tasks = []
   for domain, counts in (("source", num_source), ("target", num_target)):
