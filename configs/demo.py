@@ -48,7 +48,7 @@ def get_config(arg=None):
                          shift=SHIFT, scale=0.25, runs="source_only+UNLOCK",
                          runlocal=False)
   c = common.base()
-  src, tgt = common.use_synthpass(c, arg.scale, source=(300, 40), target=(60, 40))
+  _, tgt = common.use_synthpass(c, arg.scale, source=(300, 40), target=(60, 40))
   c.synthpass.domain_shift = arg.shift
   c.synthpass.num_workers = 2
   c.input.batch_size = 4

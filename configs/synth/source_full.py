@@ -15,35 +15,21 @@ neck and every head. The numbers above were measured before that, with x10 on
 the decode head only (neck and R-CNN heads at x1); not yet re-measured.
 """
 from configs import common
-from unlock_jax.models.rcnn import branch as rcnn_branch
+from configs import cpu
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, steps=1200, scale=0.25, runlocal=False)
   c = common.base()
   c.stage = "generate,train_source,evaluate"
-  src, tgt = common.use_synthpass(c, arg.scale, source=(300, 40), target=(60, 40))
+  common.use_synthpass(c, arg.scale, source=(300, 40), target=(60, 40))
   c.input.batch_size = 4
   c.input.max_instances = 24
 
   m = c.model
   common.small_model(m)
   m.instance_heads = True
-  r = rcnn_branch.default_rcnn_config()
-  r.feat_channels = 64
-  r.fc_dim = 256
-  r.conv_dim = 64
-  r.rpn_samples = 128
-  r.nms_pre_train, r.max_proposals_train = 500, 300
-  r.nms_pre_test, r.max_proposals_test = 500, 300
-  r.rcnn_samples = 128
-  r.max_dets = 50
-  # Objects shrink with the image: synthpass at scale 0.25 has median boxes of
-  # ~11 px, which no 32-px reference anchor matches at IoU >= 0.3 (no RPN
-  # positives at all). Anchor sizes and the RoI level rule scale with it.
-  r.anchor_scales = (8.0 * arg.scale,)
-  r.finest_scale = 56.0 * arg.scale
-  m.rcnn = r
+  cpu.rcnn(m.rcnn, arg.scale)
 
   c.optim.lr = 6e-4
   c.total_steps = arg.steps

@@ -19,7 +19,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, steps=4, scale=0.125, batch=4, full=False)
   c = common.base()
   c.stage = "generate,train_source,evaluate"
-  src, tgt = common.use_synthpass(c, arg.scale, source=(6, 3), target=(4, 3))
+  _, tgt = common.use_synthpass(c, arg.scale, source=(6, 3), target=(4, 3))
   c.input.batch_size = arg.batch
   c.input.max_instances = 8
   c.model = amodalpass.tiny_model_config()

@@ -24,6 +24,7 @@ To adapt an existing source model: ``--config.stage=predict,opll,adcl_pool,adapt
 import ml_collections
 
 from configs import common
+from configs import cpu
 from configs.synth import source_full
 
 
@@ -33,21 +34,12 @@ def get_config(arg=None):
   c = source_full.get_config(f"steps={arg.steps},scale={arg.scale}"
                              + (",runlocal" if arg.runlocal else ""))
   c.stage = "generate,train_source,predict,opll,adcl_pool,adapt,evaluate"
-  tgt = c.data.target.image_size
-  a = c.adapt
-  a.total_steps = arg.adapt_steps
-  a.batch_size = 4
-  a.crop_size = (tgt[0], tgt[0])
-  a.max_instances = c.input.max_instances
-  a.paste.min_visible = max(1, round(25 * arg.scale ** 2))
-  a.log_every = 25
-  a.checkpoint_every = 100
-  a.eval_every = 0
+  cpu.adapt(c, c.data.target.image_size, arg.scale, arg.adapt_steps)
   c.evaluate.runs = ml_collections.ConfigDict(dict(
       source_only=dict(checkpoint="{workdir}/train_source/checkpoints", tau=(0.95, 0.95)),
       UNLOCK=dict(checkpoint="{workdir}/adapt/checkpoints", tau=(0.55, 0.5))))
   c.evals = ml_collections.ConfigDict(dict(target_val=c.evals.target_val))
   c.evals.target_val.num_pictures = 0
   if arg.runlocal:
-    a.total_steps = 4
+    c.adapt.total_steps = 4
   return c
