@@ -9,6 +9,7 @@ import pytest
 from jit_traces import max_traces
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
+from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.models import amodalpass
 from unlock_jax.train import loop, losses, optim, steps
 
@@ -35,7 +36,7 @@ def _batch(rng, b=8, h=32, w=32, n=3):
         masks[i, j, y, x] = 255 if valid[i, j] else 0  # an ignore pixel
     out[f"{p}_masks"] = masks
     out[f"{p}_classes"] = rng.integers(0, 7, (b, n)).astype(np.int32)
-    out[f"{p}_boxes"] = np.zeros((b, n, 4), np.float32)  # recomputed on device
+    out[f"{p}_boxes"] = np.stack([boxes_from_masks(m) for m in masks])
     out[f"{p}_valid"] = valid
   return out
 
