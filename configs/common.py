@@ -31,12 +31,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 def data_section(layout_root_source: str, layout_root_target: str,
                  source_size, target_size) -> ml_collections.ConfigDict:
-  """Where the labelled source and the target panoramas live, and their sizes."""
+  """Where the labelled source and the target panoramas live, and their sizes.
+
+  ``format``: "files" reads the layout under ``root``; "tfds" reads its
+  ArrayRecord build in ``tfds_data_dir`` (``python -m unlock_jax.data.tfds.build``).
+  """
   return ml_collections.ConfigDict(dict(
       source=dict(layout="kitti360aps", root=layout_root_source, split="train",
-                  image_size=tuple(source_size)),
+                  image_size=tuple(source_size), format="files", tfds_data_dir=""),
       target=dict(layout="blendpass", root=layout_root_target, split="train",
-                  image_size=tuple(target_size)),
+                  image_size=tuple(target_size), format="files", tfds_data_dir=""),
   ))
 
 

@@ -20,8 +20,22 @@ from unlock_jax.pseudo import labels as pl_labels
 from unlock_jax.pseudo import pool as pool_lib
 
 
-def open_reader(layout: str, root: str, split: str, image_size=None):
-  """Reader for a named on-disk layout ("kitti360aps" or "blendpass")."""
+def open_reader(layout: str, root: str, split: str, image_size=None,
+                format: str = "files", data_dir: str = ""):  # pylint: disable=redefined-builtin
+  """Reader for a named layout ("kitti360aps" or "blendpass").
+
+  ``format="files"`` reads the layout's files under ``root``; ``"tfds"`` reads
+  its TFDS/ArrayRecord build in ``data_dir`` (``root`` unused; built by
+  ``python -m unlock_jax.data.tfds.build``), which gives the same examples.
+  """
+  if format == "tfds":
+    if not data_dir:
+      raise ValueError(f"format 'tfds' of the {layout} data needs a data_dir "
+                       "(config.data.<domain>.tfds_data_dir)")
+    from unlock_jax.data.tfds import source  # pylint: disable=g-import-not-at-top
+    return source.Reader(layout, data_dir, split, image_size)
+  if format != "files":
+    raise ValueError(f"unknown data format {format!r}; expected 'files' or 'tfds'")
   if layout == "kitti360aps":
     from unlock_jax.data.layouts import kitti360aps as mod
   elif layout == "blendpass":

@@ -58,7 +58,8 @@ def run(config, workdir: str) -> dict:
   packed_dir, pool_path = _inputs(config, workdir)
   tgt = config.data.target
   reader = pipeline.open_reader(tgt.layout, fileio.resolve(tgt.root, workdir), "train",
-                                tgt.get("image_size"))
+                                tgt.get("image_size"), format=tgt.get("format", "files"),
+                                data_dir=fileio.resolve(tgt.get("tfds_data_dir", ""), workdir))
   missing = [k for k in reader.keys
              if not os.path.exists(os.path.join(packed_dir, k + ".npz"))]
   if missing:

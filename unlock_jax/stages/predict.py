@@ -44,7 +44,11 @@ def open_target(config, workdir: str):
   if p.images:
     return folder.Reader(fileio.resolve(p.images, workdir), size)
   root = fileio.resolve(p.root or config.data.target.root, workdir)
-  return pipeline.open_reader(p.layout or config.data.target.layout, root, p.split, size)
+  tgt = config.data.target
+  # A root of its own is files; otherwise the target domain's format.
+  fmt = "files" if p.root else tgt.get("format", "files")
+  return pipeline.open_reader(p.layout or tgt.layout, root, p.split, size, format=fmt,
+                              data_dir=fileio.resolve(tgt.get("tfds_data_dir", ""), workdir))
 
 
 def debug_kill(config, n: int) -> None:

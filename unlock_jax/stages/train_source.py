@@ -34,7 +34,9 @@ def run(config, workdir: str) -> dict:
   # Input.
   src = config.data.source
   reader = pipeline.open_reader(src.layout, fileio.resolve(src.root, workdir),
-                                src.split, src.get("image_size"))
+                                src.split, src.get("image_size"),
+                                format=src.get("format", "files"),
+                                data_dir=fileio.resolve(src.get("tfds_data_dir", ""), workdir))
   local_bs = shd.local_batch_size(config.input.batch_size, mesh)
   with_instances = bool(config.model.instance_heads)
   data_iter = pipeline.train_iterator(

@@ -1,0 +1,250 @@
+"""TFDS builders of the KITTI-360 APS and BlendPASS layouts, written as ArrayRecord.
+
+Each builder reads a data set already on disk (TFDS ``manual_dir``: the layout
+root the file readers take) through the file reader of its layout, so a record
+holds exactly what ``Reader.load(i)`` returns, already decoded: the ground truth
+(semantic, panoptic, instance ids, the filtered modal/amodal instance lists)
+costs no polygon decoding or segment matching when read back. Images keep the
+bytes of their files (JPEG/PNG): stored losslessly and decoded by the reading
+side as the readers decode them. Nothing is downloaded.
+
+A synthpass set is such a ``manual_dir`` too (the generator writes the real
+layouts), so these two builders serve it; the one synthpass-only extra, the
+hidden ground truth of BlendPASS ``train`` (``_synth_gt/``), is stored with the
+train records when present, and read with ``hidden_gt=True``.
+
+One prepared data set per ``data_dir``: ``<data_dir>/<layout>/1.0.0/``.
+Per-split reader attributes (names, keys, categories, image size) live in the
+data set's metadata, so opening a split reads no record.
+"""
+import importlib.resources
+import importlib.resources.abc
+import io
+import os
+import shutil
+import sys
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from unlock_jax.data.layouts import blendpass
+from unlock_jax.data.layouts import common
+from unlock_jax.data.layouts import kitti360aps
+
+# tensorflow-datasets 4.9.10 imports the `importlib_resources` backport on every
+# Python but requires it only below 3.9 (tensorflow/datasets#11212); the
+# standard library module has the API it uses. Gone once the backport is pinned.
+try:
+  import importlib_resources  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+except ImportError:
+  sys.modules["importlib_resources"] = importlib.resources
+
+DATA_VERSION = "1.0.0"
+
+# Per-instance and per-segment fields: (record key, reader dict key).
+SEGMENT_FIELDS = ("id", "category_id", "iscrowd", "area", "amodal_id")
+MODAL_FIELDS = ("category_id", "seg_id")
+AMODAL_FIELDS = ("category_id", "seg_id", "amodal_id")
+# Ground-truth features: what a reader that returns name and image only skips.
+MAPS = {"semantic": np.uint8, "panoptic": np.int32, "instance_ids": np.int32}
+GT_KEYS = (tuple(MAPS) + tuple(f"segment_{f}" for f in SEGMENT_FIELDS)
+           + ("modal_masks",) + tuple(f"modal_{f}" for f in MODAL_FIELDS)
+           + ("amodal_masks",) + tuple(f"amodal_{f}" for f in AMODAL_FIELDS))
+
+
+def features() -> tfds.features.FeaturesDict:
+  """One record: image file bytes + the reader's ground truth as flat arrays.
+
+  Maps and masks are zlib-compressed raw arrays (exact; binary masks shrink
+  well); an unlabelled example stores empty ones.
+  """
+  def vec():
+    return tfds.features.Tensor(shape=(None,), dtype=np.int64)
+
+  def zlib(ndim, dtype):
+    return tfds.features.Tensor(shape=(None,) * ndim, dtype=dtype, encoding="zlib")
+
+  f = {"name": tfds.features.Tensor(shape=(), dtype=np.object_),
+       "image": tfds.features.Tensor(shape=(), dtype=np.object_),
+       "labelled": tfds.features.Tensor(shape=(), dtype=np.bool_)}
+  f.update({k: zlib(2, dt) for k, dt in MAPS.items()})
+  f.update({f"segment_{k}": vec() for k in SEGMENT_FIELDS})
+  f["modal_masks"] = zlib(3, np.uint8)
+  f.update({f"modal_{k}": vec() for k in MODAL_FIELDS})
+  f["amodal_masks"] = zlib(3, np.uint8)
+  f.update({f"amodal_{k}": vec() for k in AMODAL_FIELDS})
+  return tfds.features.FeaturesDict(f)
+
+
+def decode_rgb(data: bytes, what: str, size) -> np.ndarray:
+  """Image file bytes → uint8 [H,W,3] RGB, as ``common.read_rgb`` decodes a file."""
+  try:
+    with Image.open(io.BytesIO(data)) as im:
+      im.load()
+      if im.mode != "RGB":
+        im = im.convert("RGB")
+      arr = np.array(im)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise common.DataError(f"cannot decode {what}: {e}") from e
+  common.check_size(arr, what, "image", size)
+  return arr
+
+
+def encode(example: dict, image_bytes: bytes) -> dict:
+  """A reader's ``load(i)`` dict (+ its image file's bytes) → a record."""
+  rec = {"name": example["name"].encode(), "image": image_bytes,
+         "labelled": "semantic" in example}
+  if not rec["labelled"]:
+    rec.update({k: np.zeros((0, 0), dt) for k, dt in MAPS.items()})
+    rec.update({k: np.zeros((0,), np.int64) for k in GT_KEYS
+                if k not in MAPS and not k.endswith("_masks")})
+    rec["modal_masks"] = rec["amodal_masks"] = np.zeros((0, 0, 0), np.uint8)
+    return rec
+  h, w = example["semantic"].shape
+  for k, dt in MAPS.items():
+    if example[k].dtype != dt:
+      raise common.DataError(f"{example['name']}: {k} is {example[k].dtype}, the record "
+                             f"stores {np.dtype(dt)}")
+    rec[k] = example[k]
+  for f in SEGMENT_FIELDS:
+    rec[f"segment_{f}"] = np.array([s[f] for s in example["segments"]], np.int64)
+  for branch, fields in (("modal", MODAL_FIELDS), ("amodal", AMODAL_FIELDS)):
+    items = example[branch]
+    rec[f"{branch}_masks"] = (np.stack([it["mask"] for it in items]).astype(np.uint8, copy=False)
+                              if items else np.zeros((0, h, w), np.uint8))
+    for f in fields:
+      rec[f"{branch}_{f}"] = np.array([it[f] for it in items], np.int64)
+  return rec
+
+
+class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared part: features, order-preserving writing, per-split metadata."""
+  VERSION = tfds.core.Version(DATA_VERSION)
+  RELEASE_NOTES = {DATA_VERSION: "Records equal to the file readers' examples."}
+  LAYOUT = ""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    # disable_shuffling: record i is example i of the file reader.
+    return self.dataset_info_from_configs(features=features(), disable_shuffling=True,
+                                          metadata=tfds.core.MetadataDict())
+
+  def _readers(self, root: str) -> dict:
+    """split → (file reader, hidden_gt) for the splits present under ``root``."""
+    raise NotImplementedError
+
+  def _image_path(self, reader, root: str, i: int) -> str:
+    raise NotImplementedError
+
+  def _split_generators(self, dl_manager):
+    root = os.fspath(dl_manager.manual_dir)
+    readers = self._readers(root)
+    if not readers:
+      raise common.DataError(f"no {self.LAYOUT} split under {root}")
+    self.info.metadata["manual_dir"] = os.path.abspath(root)
+    splits = self.info.metadata.setdefault("splits", {})
+    for split, (reader, hidden) in readers.items():
+      splits[split] = dict(
+          names=list(reader.names), keys=list(getattr(reader, "keys", reader.names)),
+          categories=reader.categories, hidden_gt=hidden,
+          labelled=reader.categories is not None,
+          image_size=None if reader.image_size is None else list(reader.image_size))
+    return {split: self._generate_examples(root, reader)
+            for split, (reader, _) in readers.items()}
+
+  def _generate_examples(self, root, reader):
+    for i in range(len(reader)):
+      ex = reader.load(i)
+      path = self._image_path(reader, root, i)
+      with open(path, "rb") as f:
+        data = f.read()
+      # The stored bytes must decode to the reader's image (guards the path rule).
+      if not np.array_equal(decode_rgb(data, path, reader.image_size), ex["image"]):
+        raise common.DataError(f"{path} does not decode to the reader's image of "
+                               f"{ex['name']}")
+      yield i, encode(ex, data)
+
+
+class Kitti360Aps(_Builder):
+  """KITTI-360 APS (source domain), real or synthpass: splits ``train``, ``val``.
+
+  ``manual_dir``: the folder holding ``Panoptic/``, ``Image/``, ``annotations/``
+  (layouts/kitti360aps.py).
+  """
+  name = "kitti360aps"
+  LAYOUT = "kitti360aps"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point manual_dir at a KITTI-360 APS folder (Panoptic/, "
+                                  "Image/, annotations/) or a synthpass KITTI360_APS/ folder.")
+
+  def _readers(self, root):
+    return {s: (kitti360aps.Reader(root, s, image_size=None), False)
+            for s in ("train", "val")
+            if os.path.isfile(os.path.join(root, "Panoptic", f"{s}.json"))}
+
+  def _image_path(self, reader, root, i):
+    return os.path.join(root, "Image", reader.split, reader.names[i] + ".png")
+
+
+class BlendPass(_Builder):
+  """BlendPASS (target domain), real or synthpass: splits ``train`` (images), ``val``.
+
+  ``manual_dir``: the folder holding ``leftImg8bit/``, ``Panoptic/``, ...
+  (layouts/blendpass.py). A synthpass set's ``_synth_gt/`` ground truth of the
+  train split is stored with its records (readers skip it unless asked).
+  """
+  name = "blendpass"
+  LAYOUT = "blendpass"
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point manual_dir at a BlendPASS folder (leftImg8bit/, "
+                                  "Panoptic/, annotations/, Instance/) or a synthpass "
+                                  "BlendPASS/ folder.")
+
+  def _readers(self, root):
+    out = {}
+    if os.path.isdir(os.path.join(root, "leftImg8bit", "train")):
+      hidden = os.path.isdir(os.path.join(root, blendpass.HIDDEN_DIR))
+      out["train"] = (blendpass.Reader(root, "train", image_size=None, hidden_gt=hidden),
+                      hidden)
+    if os.path.isfile(os.path.join(root, "Panoptic", "val_trainId_K2B.json")):
+      out["val"] = (blendpass.Reader(root, "val", image_size=None), False)
+    return out
+
+  def _image_path(self, reader, root, i):
+    if reader.split == "train":  # key "<city>/<stem>" of leftImg8bit/train/<city>/<stem>.jpg
+      return os.path.join(root, "leftImg8bit", "train", reader.keys[i] + ".jpg")
+    return os.path.join(root, "leftImg8bit", "val", reader.names[i] + ".png")
+
+
+BUILDERS = {"kitti360aps": Kitti360Aps, "blendpass": BlendPass}
+
+
+def builder_class(layout: str):
+  if layout not in BUILDERS:
+    raise ValueError(f"unknown data layout {layout!r}; expected one of {sorted(BUILDERS)}")
+  return BUILDERS[layout]
+
+
+def prepare(layout: str, manual_dir: str, data_dir: str, overwrite: bool = False):
+  """Builds ``<data_dir>/<layout>/1.0.0`` (ArrayRecord) from the layout at ``manual_dir``.
+
+  Offline: the files are read from ``manual_dir``, nothing is fetched (GCS
+  look-up off). An existing build from another ``manual_dir`` is an error
+  unless ``overwrite``, which rebuilds it.
+  """
+  cls = builder_class(layout)
+  if not os.path.isdir(manual_dir):
+    raise common.DataError(f"manual_dir {manual_dir} of the {layout} build does not exist")
+  b = cls(data_dir=data_dir, file_format="array_record")
+  if b.is_prepared():
+    built_from = b.info.metadata.get("manual_dir")
+    if overwrite:
+      shutil.rmtree(os.fspath(b.data_path))
+      b = cls(data_dir=data_dir, file_format="array_record")
+    elif built_from != os.path.abspath(manual_dir):
+      raise common.DataError(
+          f"{b.data_path} was built from {built_from}, not {os.path.abspath(manual_dir)}: "
+          "pass overwrite=True (--overwrite) or another data_dir")
+    else:
+      return b
+  b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, try_download_gcs=False))
+  return b
