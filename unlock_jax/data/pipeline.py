@@ -22,7 +22,7 @@ from unlock_jax.pseudo import pool as pool_lib
 
 def open_reader(layout: str, root: str, split: str, image_size=None,
                 format: str = "files", data_dir: str = ""):  # pylint: disable=redefined-builtin
-  """Reader for a named layout ("kitti360aps" or "blendpass").
+  """Reader for a named layout ("kitti360aps", "blendpass" or "amodalsynthdrive").
 
   ``format="files"`` reads the layout's files under ``root``; ``"tfds"`` reads
   its TFDS/ArrayRecord build in ``data_dir`` (``root`` unused; built by
@@ -40,9 +40,11 @@ def open_reader(layout: str, root: str, split: str, image_size=None,
     from unlock_jax.data.layouts import kitti360aps as mod
   elif layout == "blendpass":
     from unlock_jax.data.layouts import blendpass as mod
+  elif layout == "amodalsynthdrive":
+    from unlock_jax.data.layouts import amodalsynthdrive as mod
   else:
-    raise ValueError(f"unknown data layout {layout!r}; expected 'kitti360aps' "
-                     "or 'blendpass'")
+    raise ValueError(f"unknown data layout {layout!r}; expected 'kitti360aps', "
+                     "'blendpass' or 'amodalsynthdrive'")
   kwargs = {} if image_size is None else {"image_size": tuple(image_size)}
   return mod.Reader(root, split, **kwargs)
 
