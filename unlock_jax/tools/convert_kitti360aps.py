@@ -17,8 +17,8 @@ under ``--out``, what ``unlock_jax/data/layouts/kitti360aps.py`` reads:
 
 Panoptic ids: thing instances ``class*1000 + k`` (k counting the class's
 instances in ascending release id order), stuff and crowd regions their class
-id, void 255 (no segment; the reference's own converter left void at 0, which
-is road's id). Each non-crowd thing segment has an amodal annotation, its
+id, void 255 (no segment; the reference's amodalscripts/preparation/
+createPanopticImgs.py leaves void at 0, road's id). Each non-crowd thing segment has an amodal annotation, its
 ``segmentation`` a one-element list holding an *uncompressed* COCO RLE
 (``[{"size": [h, w], "counts": [...]}]``): exact, and decoded by both our
 reader and the reference's loader (``frPyObjects`` + ``merge``).
