@@ -18,6 +18,7 @@ from unlock_jax.data import synthpass
 from unlock_jax.data.layouts import DataError
 from unlock_jax.data.synthpass.testing import make_tiny_dataset
 from unlock_jax.data.tfds import builders
+from unlock_jax.data.tfds import records
 from unlock_jax.data.tfds import source
 
 SCALE = 0.125
@@ -89,6 +90,21 @@ def test_every_example_equals_the_file_readers(data, layout, split, hidden_gt):
       assert len(ex["modal"]) > 0  # the comparison covers instances
     assert_same(ex, got.load(i), f"{layout}/{split}[{i}]")
     assert_same(want.load_image(i), got.load_image(i), f"{layout}/{split}[{i}].image")
+
+
+def test_mask_crops_round_trip():
+  """Crops keep any uint8 mask exactly: empty, one pixel, full, non-binary values."""
+  rng = np.random.default_rng(0)
+  h, w = 7, 9
+  masks = [np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8),
+           np.ones((h, w), np.uint8), (rng.random((h, w)) < 0.2).astype(np.uint8) * 255]
+  masks[1][6, 0] = 1
+  masks[3][2, 3], masks[3][0, 8] = 7, 1
+  boxes, crops = records.crop_masks(masks)
+  np.testing.assert_array_equal(boxes[:3], [[0, 0, 0, 0], [6, 7, 0, 1], [0, 7, 0, 9]])
+  assert crops.size == 1 + h * w + int(np.prod(boxes[3, 1::2] - boxes[3, ::2]))
+  assert_same(masks, records.paste_masks(boxes, crops, h, w), "masks")
+  assert records.paste_masks(*records.crop_masks([]), h, w) == []
 
 
 def test_open_reader_dispatches_on_format(data):

@@ -2,11 +2,8 @@
 
 Each builder reads a data set already on disk (TFDS ``manual_dir``: the layout
 root the file readers take) through the file reader of its layout, so a record
-holds exactly what ``Reader.load(i)`` returns, already decoded: the ground truth
-(semantic, panoptic, instance ids, the filtered modal/amodal instance lists)
-costs no polygon decoding or segment matching when read back. Images keep the
-bytes of their files (JPEG/PNG): stored losslessly and decoded by the reading
-side as the readers decode them. Nothing is downloaded.
+holds exactly what ``Reader.load(i)`` returns (records.py: ground truth
+computed, images as the bytes of their files). Nothing is downloaded.
 
 A synthpass set is such a ``manual_dir`` too (the generator writes the real
 layouts), so these two builders serve it; the one synthpass-only extra, the
@@ -19,18 +16,17 @@ data set's metadata, so opening a split reads no record.
 """
 import importlib.resources
 import importlib.resources.abc
-import io
 import os
 import shutil
 import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import kitti360aps
+from unlock_jax.data.tfds import records
 
 # tensorflow-datasets 4.9.10 imports the `importlib_resources` backport on every
 # Python but requires it only below 3.9 (tensorflow/datasets#11212); the
@@ -42,81 +38,6 @@ except ImportError:
 
 DATA_VERSION = "1.0.0"
 
-# Per-instance and per-segment fields: (record key, reader dict key).
-SEGMENT_FIELDS = ("id", "category_id", "iscrowd", "area", "amodal_id")
-MODAL_FIELDS = ("category_id", "seg_id")
-AMODAL_FIELDS = ("category_id", "seg_id", "amodal_id")
-# Ground-truth features: what a reader that returns name and image only skips.
-MAPS = {"semantic": np.uint8, "panoptic": np.int32, "instance_ids": np.int32}
-GT_KEYS = (tuple(MAPS) + tuple(f"segment_{f}" for f in SEGMENT_FIELDS)
-           + ("modal_masks",) + tuple(f"modal_{f}" for f in MODAL_FIELDS)
-           + ("amodal_masks",) + tuple(f"amodal_{f}" for f in AMODAL_FIELDS))
-
-
-def features() -> tfds.features.FeaturesDict:
-  """One record: image file bytes + the reader's ground truth as flat arrays.
-
-  Maps and masks are zlib-compressed raw arrays (exact; binary masks shrink
-  well); an unlabelled example stores empty ones.
-  """
-  def vec():
-    return tfds.features.Tensor(shape=(None,), dtype=np.int64)
-
-  def zlib(ndim, dtype):
-    return tfds.features.Tensor(shape=(None,) * ndim, dtype=dtype, encoding="zlib")
-
-  f = {"name": tfds.features.Tensor(shape=(), dtype=np.object_),
-       "image": tfds.features.Tensor(shape=(), dtype=np.object_),
-       "labelled": tfds.features.Tensor(shape=(), dtype=np.bool_)}
-  f.update({k: zlib(2, dt) for k, dt in MAPS.items()})
-  f.update({f"segment_{k}": vec() for k in SEGMENT_FIELDS})
-  f["modal_masks"] = zlib(3, np.uint8)
-  f.update({f"modal_{k}": vec() for k in MODAL_FIELDS})
-  f["amodal_masks"] = zlib(3, np.uint8)
-  f.update({f"amodal_{k}": vec() for k in AMODAL_FIELDS})
-  return tfds.features.FeaturesDict(f)
-
-
-def decode_rgb(data: bytes, what: str, size) -> np.ndarray:
-  """Image file bytes → uint8 [H,W,3] RGB, as ``common.read_rgb`` decodes a file."""
-  try:
-    with Image.open(io.BytesIO(data)) as im:
-      im.load()
-      if im.mode != "RGB":
-        im = im.convert("RGB")
-      arr = np.array(im)
-  except (OSError, ValueError, SyntaxError) as e:
-    raise common.DataError(f"cannot decode {what}: {e}") from e
-  common.check_size(arr, what, "image", size)
-  return arr
-
-
-def encode(example: dict, image_bytes: bytes) -> dict:
-  """A reader's ``load(i)`` dict (+ its image file's bytes) → a record."""
-  rec = {"name": example["name"].encode(), "image": image_bytes,
-         "labelled": "semantic" in example}
-  if not rec["labelled"]:
-    rec.update({k: np.zeros((0, 0), dt) for k, dt in MAPS.items()})
-    rec.update({k: np.zeros((0,), np.int64) for k in GT_KEYS
-                if k not in MAPS and not k.endswith("_masks")})
-    rec["modal_masks"] = rec["amodal_masks"] = np.zeros((0, 0, 0), np.uint8)
-    return rec
-  h, w = example["semantic"].shape
-  for k, dt in MAPS.items():
-    if example[k].dtype != dt:
-      raise common.DataError(f"{example['name']}: {k} is {example[k].dtype}, the record "
-                             f"stores {np.dtype(dt)}")
-    rec[k] = example[k]
-  for f in SEGMENT_FIELDS:
-    rec[f"segment_{f}"] = np.array([s[f] for s in example["segments"]], np.int64)
-  for branch, fields in (("modal", MODAL_FIELDS), ("amodal", AMODAL_FIELDS)):
-    items = example[branch]
-    rec[f"{branch}_masks"] = (np.stack([it["mask"] for it in items]).astype(np.uint8, copy=False)
-                              if items else np.zeros((0, h, w), np.uint8))
-    for f in fields:
-      rec[f"{branch}_{f}"] = np.array([it[f] for it in items], np.int64)
-  return rec
-
 
 class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared part: features, order-preserving writing, per-split metadata."""
@@ -126,7 +47,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     # disable_shuffling: record i is example i of the file reader.
-    return self.dataset_info_from_configs(features=features(), disable_shuffling=True,
+    return self.dataset_info_from_configs(features=records.features(), disable_shuffling=True,
                                           metadata=tfds.core.MetadataDict())
 
   def _readers(self, root: str) -> dict:
@@ -159,10 +80,10 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       with open(path, "rb") as f:
         data = f.read()
       # The stored bytes must decode to the reader's image (guards the path rule).
-      if not np.array_equal(decode_rgb(data, path, reader.image_size), ex["image"]):
+      if not np.array_equal(records.decode_rgb(data, path, reader.image_size), ex["image"]):
         raise common.DataError(f"{path} does not decode to the reader's image of "
                                f"{ex['name']}")
-      yield i, encode(ex, data)
+      yield i, records.encode(ex, data)
 
 
 class Kitti360Aps(_Builder):

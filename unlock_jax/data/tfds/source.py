@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 
 from unlock_jax.data.layouts import common
 from unlock_jax.data.tfds import builders
+from unlock_jax.data.tfds import records
 
 
 class Reader:
@@ -69,7 +70,7 @@ class Reader:
   def _source(self, with_gt: bool):
     """The split's data source; without ground truth its zlib arrays stay undecoded."""
     if with_gt not in self._sources:
-      decoders = None if with_gt else {k: tfds.decode.SkipDecoding() for k in builders.GT_KEYS}
+      decoders = None if with_gt else {k: tfds.decode.SkipDecoding() for k in records.GT_KEYS}
       src = tfds.data_source(self._name, split=self.split, data_dir=self.data_dir,
                              download=False, decoders=decoders)
       if len(src) != len(self.names):
@@ -81,31 +82,15 @@ class Reader:
   def __len__(self) -> int:
     return len(self.names)
 
-  def _image(self, rec: dict, i: int) -> np.ndarray:
-    what = f"record {i} ({self.names[i]}) of {self.split!r} in {self.data_dir}"
-    return builders.decode_rgb(rec["image"], what, self.image_size)
+  def _what(self, i: int) -> str:
+    return f"record {i} ({self.names[i]}) of {self.split!r} in {self.data_dir}"
 
   def load_image(self, i: int) -> np.ndarray:
     """uint8 [H,W,3] RGB image of example ``i``."""
-    return self._image(self._source(False)[i], i)
+    return records.decode_rgb(self._source(False)[i]["image"], self._what(i), self.image_size)
 
   def load(self, i: int) -> dict:
     """Example ``i``: the file reader's ``load(i)`` dict."""
-    rec = self._source(self._with_gt)[i]
-    out = dict(name=rec["name"].decode(), image=self._image(rec, i))
-    if not self._with_gt:
-      return out
-    n = len(rec["segment_id"])
-    segments = [{f: int(rec[f"segment_{f}"][j]) for f in builders.SEGMENT_FIELDS}
-                for j in range(n)]
-    branches = {}
-    for branch, fields in (("modal", builders.MODAL_FIELDS),
-                           ("amodal", builders.AMODAL_FIELDS)):
-      masks = rec[f"{branch}_masks"]
-      branches[branch] = [dict(mask=masks[j].copy(),
-                               **{f: int(rec[f"{branch}_{f}"][j]) for f in fields})
-                          for j in range(len(masks))]
-    return out | dict(semantic=rec["semantic"].copy(), panoptic=rec["panoptic"].copy(),
-                      segments=segments, categories=self.categories,
-                      instance_ids=rec["instance_ids"].copy(), modal=branches["modal"],
-                      amodal=branches["amodal"])
+    return records.decode(self._source(self._with_gt)[i], size=self.image_size,
+                          categories=self.categories, with_gt=self._with_gt,
+                          what=self._what(i))
