@@ -20,7 +20,15 @@ Its ``synthpass.json`` records the data it was trained on; ``predict`` and
 ``adapt`` refuse it if the generated data differ (generator version, scale,
 seed, source scenes).
 
-Domain shift: see ``SHIFT`` below for the calibration rule and figures.
+Domain shift (``SHIFT``), chosen before adapting this model at any shift, by two
+criteria measured with the committed source model (README, "Calibrating the
+benchmark"): (a) the source-only target/source mIoU ratio lies in 0.5-0.7, the
+range of real pinhole-to-panorama benchmarks, where a source model keeps
+about half to two thirds of its in-domain mIoU; (b) OPLL's semantic
+pseudo-labels on target train are at least 85% precise (hidden ground truth,
+``opll/quality.json``), since self-training on mostly wrong labels can only
+learn the source model's mistakes. The largest shift meeting both is 0.75
+(ratio 0.54, precision 85.4%); 0.5 gives 0.63 / 89.6%, 1.0 gives 0.43 / 77.5%.
 Measured: README, "What the demo shows".
 """
 import ml_collections
@@ -29,7 +37,7 @@ from configs import common
 from configs import cpu
 
 # Calibrated target appearance shift (README, "Calibrating the benchmark").
-SHIFT = 1.0
+SHIFT = 0.75
 
 
 def demo_model(c: ml_collections.ConfigDict, scale: float) -> None:

@@ -1,4 +1,4 @@
-"""Readers of the real data sets' on-disk layouts (KITTI-360 APS, BlendPASS), one structure.
+"""Readers of the real data sets' on-disk layouts (KITTI-360 APS, BlendPASS, AmodalSynthDrive), one structure.
 
 ``Reader(root, split, image_size=(H, W) | None)`` has ``len``, ``names``,
 ``load_image(i)`` and ``load(i)``, which returns a numpy dict:
@@ -9,10 +9,11 @@
   amodal [{mask, category_id, seg_id, amodal_id}] (aligned with modal).
 BlendPASS train (unlabelled) gives only name and image.
 """
+from unlock_jax.data.layouts import amodalsynthdrive
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import kitti360aps
 from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.data.layouts.common import DataError
 from unlock_jax.data.layouts.common import to_padded
 
-__all__ = ["blendpass", "kitti360aps", "boxes_from_masks", "DataError", "to_padded"]
+__all__ = ["amodalsynthdrive", "blendpass", "kitti360aps", "boxes_from_masks", "DataError", "to_padded"]
