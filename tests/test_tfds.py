@@ -15,7 +15,9 @@ import tensorflow_datasets as tfds
 
 from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
+from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import DataError
+from unlock_jax.data.layouts import kitti360aps
 from unlock_jax.data.synthpass.testing import make_tiny_dataset
 from unlock_jax.data.tfds import builders
 from unlock_jax.data.tfds import records
@@ -46,7 +48,6 @@ def data(tmp_path_factory):
 def file_reader(root, layout, split, hidden_gt=False):
   size = SIZES["source" if layout == "kitti360aps" else "target"]
   kw = {"hidden_gt": True} if hidden_gt else {}
-  from unlock_jax.data.layouts import blendpass, kitti360aps  # pylint: disable=g-import-not-at-top
   mod = kitti360aps if layout == "kitti360aps" else blendpass
   return mod.Reader(os.path.join(root, FOLDERS[layout]), split, image_size=size, **kw)
 

@@ -43,7 +43,6 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared part: features, order-preserving writing, per-split metadata."""
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {DATA_VERSION: "Records equal to the file readers' examples."}
-  LAYOUT = ""
 
   def _info(self) -> tfds.core.DatasetInfo:
     # disable_shuffling: record i is example i of the file reader.
@@ -61,7 +60,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     root = os.fspath(dl_manager.manual_dir)
     readers = self._readers(root)
     if not readers:
-      raise common.DataError(f"no {self.LAYOUT} split under {root}")
+      raise common.DataError(f"no {self.name} split under {root}")
     self.info.metadata["manual_dir"] = os.path.abspath(root)
     splits = self.info.metadata.setdefault("splits", {})
     for split, (reader, hidden) in readers.items():
@@ -93,7 +92,6 @@ class Kitti360Aps(_Builder):
   (layouts/kitti360aps.py).
   """
   name = "kitti360aps"
-  LAYOUT = "kitti360aps"
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point manual_dir at a KITTI-360 APS folder (Panoptic/, "
                                   "Image/, annotations/) or a synthpass KITTI360_APS/ folder.")
 
@@ -114,7 +112,6 @@ class BlendPass(_Builder):
   train split is stored with its records (readers skip it unless asked).
   """
   name = "blendpass"
-  LAYOUT = "blendpass"
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point manual_dir at a BlendPASS folder (leftImg8bit/, "
                                   "Panoptic/, annotations/, Instance/) or a synthpass "
                                   "BlendPASS/ folder.")
