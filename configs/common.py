@@ -57,14 +57,15 @@ def follow(section: ml_collections.ConfigDict, key: str):
   return section.get_ref(key).identity()
 
 
-def semantic_eval(layout, root, split: str, image_size,
-                  batch_size: int = 4) -> ml_collections.ConfigDict:
-  """mIoU and per-class IoU; layout/root/image_size may be :func:`follow` refs."""
+def semantic_eval(layout, root, split: str, image_size, batch_size: int = 4,
+                  format="files", tfds_data_dir="") -> ml_collections.ConfigDict:  # pylint: disable=redefined-builtin
+  """mIoU and per-class IoU; layout/root/image_size/format may be :func:`follow` refs."""
   if not isinstance(image_size, ml_collections.FieldReference):
     image_size = tuple(image_size)
   return ml_collections.ConfigDict(dict(
       type="semantic", layout=layout, root=root, split=split,
-      image_size=image_size, batch_size=batch_size))
+      image_size=image_size, batch_size=batch_size, format=format,
+      tfds_data_dir=tfds_data_dir))
 
 
 def oass_eval(layout, root, split: str, image_size, *, scale: float = 1.0,
@@ -91,11 +92,15 @@ def domain_eval(domain: ml_collections.ConfigDict, split: str, make=semantic_eva
                 **kwargs) -> ml_collections.ConfigDict:
   """An evaluator on ``split`` of a ``config.data`` domain (``c.data.target``).
 
-  Its layout, root and image size follow the domain's, overrides included,
+  Its layout, root, image size and format (files or TFDS) follow the
+  domain's, overrides included,
   unless set on the evaluator itself (:func:`follow`).
   """
-  return make(follow(domain, "layout"), follow(domain, "root"), split,
-              follow(domain, "image_size"), **kwargs)
+  c = make(follow(domain, "layout"), follow(domain, "root"), split,
+           follow(domain, "image_size"), **kwargs)
+  c.format = follow(domain, "format")
+  c.tfds_data_dir = follow(domain, "tfds_data_dir")
+  return c
 
 
 def use_synthpass(c: ml_collections.ConfigDict, scale: float, source=(300, 40),

@@ -16,34 +16,15 @@ ASD's 18-class space (person, rider, car, truck, bus, motor, bike); the
 blendpass reader expects its K2B file names (``Panoptic/val_trainId_K2B.json``,
 ``Instance/val_K2B/``), which that download was not checked to use.
 """
-import ml_collections
-
-from configs import common
-from unlock_jax.evaluation import report
+from configs.k2b import source_b5 as k2b_source
 
 ASD_SIZE = (540, 960)  # half of ASD's 1080x1920
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, runlocal=False)
-  c = common.base()
-  c.stage = "train_source,evaluate"
-  c.data = common.data_section("/data/AmodalSynthDrive", "/data/BlendPASS_ASD",
-                               ASD_SIZE, (400, 2048))
-  c.data.source.layout = "amodalsynthdrive"
-  c.input.batch_size = 8
+  c = k2b_source.get_config(arg)  # the K2B recipe; only the source domain differs
+  c.data.source.update(layout="amodalsynthdrive", root="/data/AmodalSynthDrive",
+                       image_size=ASD_SIZE)
+  c.data.target.root = "/data/BlendPASS_ASD"
   c.input.crop_size = (ASD_SIZE[0], ASD_SIZE[0])
-  c.input.max_instances = 64
-  c.input.num_workers = 8
-  c.model.instance_heads = True
-  c.total_steps = 40_000
-  c.checkpoint_every = 2000
-
-  c.evals = ml_collections.ConfigDict(dict(target_val=common.domain_eval(
-      c.data.target, "val", common.oass_eval, tau=report.TAU_SOURCE_ONLY,
-      num_pictures=8, batch_size=8)))
-
-  if arg.runlocal:
-    c.total_steps = 10
-    c.input.batch_size = 2
   return c

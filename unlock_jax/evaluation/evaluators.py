@@ -74,8 +74,8 @@ def _no_detections(h: int, w: int) -> dict:
 
 def _open(cfg, workdir: str):
   return pipeline.open_reader(cfg.layout, fileio.resolve(cfg.root, workdir),
-                              cfg.split, cfg.image_size, format=cfg.get("format", "files"),
-                              data_dir=fileio.resolve(cfg.get("tfds_data_dir", ""), workdir))
+                              cfg.split, cfg.image_size, format=cfg.format,
+                              data_dir=fileio.resolve(cfg.tfds_data_dir, workdir))
 
 
 class SemanticEvaluator:

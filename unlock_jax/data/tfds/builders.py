@@ -14,11 +14,8 @@ One prepared data set per ``data_dir``: ``<data_dir>/<layout>/1.0.0/``.
 Per-split reader attributes (names, keys, categories, image size) live in the
 data set's metadata, so opening a split reads no record.
 """
-import importlib.resources
-import importlib.resources.abc
 import os
 import shutil
-import sys
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -27,14 +24,6 @@ from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import kitti360aps
 from unlock_jax.data.tfds import records
-
-# tensorflow-datasets 4.9.10 imports the `importlib_resources` backport on every
-# Python but requires it only below 3.9 (tensorflow/datasets#11212); the
-# standard library module has the API it uses. Gone once the backport is pinned.
-try:
-  import importlib_resources  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-except ImportError:
-  sys.modules["importlib_resources"] = importlib.resources
 
 DATA_VERSION = "1.0.0"
 
