@@ -70,15 +70,6 @@ CLASS_MAPS = {
     "asd": asd.ASD_TO_TRAIN,
 }
 
-_RELEASE = flags.DEFINE_string("release", None, "folder of the KITTI-360-APS release")
-_SPLIT = flags.DEFINE_string("split", "train", "split name (input folder and output name)")
-_OUT = flags.DEFINE_string("out", None, "output data set folder (config.data.source.root)")
-_CLASS_MAP = flags.DEFINE_string("class_map", "identity",
-                                 "'identity', 'asd', or a JSON file {release id: our id}")
-_SUFFIXES = flags.DEFINE_list("image_suffixes", list(IMAGE_SUFFIXES),
-                              "image file suffixes to try, in order")
-
-
 def load_class_map(spec: str) -> dict:
   """A preset name or a JSON file ``{"<release id>": <our id 0..17 or 255>}``."""
   if spec in CLASS_MAPS:
@@ -225,21 +216,35 @@ def convert(release: str, split: str, out: str, class_map: dict,
   return dict(images=len(images), segments=n_segments, amodal=len(amodal_anns))
 
 
+def _define_flags():
+  """Defined only when run as a program, so importing this module (tests, other
+  tools with an --out flag) registers no absl flags."""
+  flags.DEFINE_string("release", None, "folder of the KITTI-360-APS release")
+  flags.DEFINE_string("split", "train", "split name (input folder and output name)")
+  flags.DEFINE_string("out", None, "output data set folder (config.data.source.root)")
+  flags.DEFINE_string("class_map", "identity",
+                      "'identity', 'asd', or a JSON file {release id: our id}")
+  flags.DEFINE_list("image_suffixes", list(IMAGE_SUFFIXES),
+                    "image file suffixes to try, in order")
+
+
 def main(argv):
+  f = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not _RELEASE.value or not _OUT.value:
+  if not f.release or not f.out:
     raise app.UsageError("--release and --out are required")
   try:
-    counts = convert(_RELEASE.value, _SPLIT.value, _OUT.value, load_class_map(_CLASS_MAP.value),
-                     _SUFFIXES.value)
+    counts = convert(f.release, f.split, f.out, load_class_map(f.class_map),
+                     f.image_suffixes)
   except (OSError, ValueError) as e:  # DataError included
     print(f"convert_kitti360aps: {e}", file=sys.stderr)
     return 1
-  print(f"{_SPLIT.value}: {counts['images']} images, {counts['segments']} segments, "
-        f"{counts['amodal']} amodal instances → {os.path.abspath(_OUT.value)}")
+  print(f"{f.split}: {counts['images']} images, {counts['segments']} segments, "
+        f"{counts['amodal']} amodal instances → {os.path.abspath(f.out)}")
   return 0
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
