@@ -5,12 +5,12 @@ One ``CheckpointManager`` per run directory; each step is a composite of
 file per process) and ``meta`` (JSON). Saves are asynchronous and committed
 atomically by Orbax, so a killed process leaves the previous checkpoint intact.
 """
-import os
-
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
+from unlock_jax import fileio
 from unlock_jax import sharding as shd
 from unlock_jax.train import steps
 
@@ -20,7 +20,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, max_to_keep: int = 2,
                asynchronous: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = fileio.absolute(directory)  # gs:// workdirs stay URLs
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -85,8 +85,8 @@ def load_variables(path: str, abstract_variables):
   ``state`` item) or a folder written by ``tools/convert_torch`` (a plain
   StandardCheckpointer pytree of ``{"params", "batch_stats"}``).
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = fileio.absolute(path)
+  if not epath.Path(path).is_dir():
     raise FileNotFoundError(f"checkpoint folder {path} does not exist")
   mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
   step = mngr.latest_step()

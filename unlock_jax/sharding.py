@@ -18,9 +18,34 @@ DATA_AXIS = "data"
 
 def make_mesh(num_devices: int | None = None) -> jax.sharding.Mesh:
   """A 1-D ``data`` mesh over all (or the first ``num_devices``) devices."""
+  connect_processes()
   n = num_devices or jax.device_count()
   return jax.make_mesh((n,), (DATA_AXIS,), axis_types=(AxisType.Auto,),
                        devices=jax.devices()[:n])
+
+
+_CONNECTED: list[bool] = []
+
+
+def connect_processes() -> None:
+  """Sets up the cross-process collectives while the processes are in step.
+
+  On CPU (gloo) the first collective over a set of devices must be reached by
+  every process within 30 s, or its set-up times out and the run dies; once
+  set up, a collective waits as long as it takes. Stages call this at their
+  start (``make_mesh`` does), before one process writes data for minutes or
+  loads a program from the compilation cache that another compiles. Opens the
+  two device sets in use: one device per process (``gather_objects``,
+  barriers, Orbax) and all devices (the ``data`` axis). Once per process;
+  no-op on one process.
+  """
+  if jax.process_count() == 1 or _CONNECTED:
+    return
+  _CONNECTED.append(True)
+  multihost_utils.sync_global_devices("unlock_jax: processes connected")
+  mesh = jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+  ones = put_array(np.ones(jax.local_device_count(), np.float32), mesh)
+  jax.block_until_ready(jax.jit(jax.numpy.sum, out_shardings=replicated(mesh))(ones))
 
 
 def data_sharding(mesh) -> NamedSharding:
@@ -29,6 +54,17 @@ def data_sharding(mesh) -> NamedSharding:
 
 def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def replicate(tree, mesh):
+  """Host values, equal on every process (numpy, PRNG keys) → arrays replicated
+  over the mesh.
+
+  ``jax.device_put`` to a sharding that spans other processes' devices is an
+  error in multi-process runs; a jitted identity with replicated outputs is
+  not (every process passes its own, identical, copy).
+  """
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
 
 
 def local_batch_size(global_batch_size: int, mesh) -> int:
@@ -67,6 +103,13 @@ def gather_objects(obj: Any) -> list[Any]:
   everything = multihost_utils.process_allgather(padded)
   return [pickle.loads(everything[i, :int(s)].tobytes())
           for i, s in enumerate(np.ravel(sizes))]
+
+
+def barrier(name: str) -> None:
+  """Returns once every process gets here (no-op on one process): what each
+  wrote to the shared workdir before it is then there for all to read."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def local_rows(array: jax.Array) -> np.ndarray:

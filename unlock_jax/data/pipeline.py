@@ -84,8 +84,33 @@ class TrainTransform:
     return transforms.finalize(ex)
 
 
-def _seed_for(seed: int, process_index: int) -> int:
-  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
+def _seed_for(seed: int) -> int:
+  # [seed, 0]: the streams of single-process runs before the global order.
+  return int(np.random.SeedSequence([seed, 0]).generate_state(1)[0])
+
+
+def _process_batches(ds: grain.MapDataset, batch_size: int, process_index: int,
+                     process_count: int, num_workers: int) -> grain.DatasetIterator:
+  """This process's rows of every global batch of the endless example stream ``ds``.
+
+  Global batch ``s`` is elements ``[s*G, (s+1)*G)`` of ``ds`` (``G = batch_size
+  * process_count``); process ``p`` loads only rows ``[p*b, (p+1)*b)`` of it.
+  ``ds`` (order and random draws, seeded by element position) is the same on
+  every process, so the global batches do not depend on the process count: two
+  hosts train on exactly the batches one host would.
+  """
+  ds = ds.batch(batch_size, drop_remainder=True, batch_fn=collate)
+  ds = ds[process_index::process_count]
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
+  if num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it)
+
+
+def _check_size(n: int, batch_size: int, process_count: int, what: str) -> None:
+  if n < batch_size * process_count:
+    raise ValueError(f"only {n} {what}, fewer than the per-process batch size "
+                     f"{batch_size} x {process_count} processes (one global batch)")
 
 
 def train_iterator(reader, *, batch_size: int, crop_size, seed: int,
@@ -93,31 +118,20 @@ def train_iterator(reader, *, batch_size: int, crop_size, seed: int,
                    max_instances: int = 0, box_rule: str = "positive",
                    num_workers: int = 0, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
-  """Endless iterator of process-local training batches.
+  """Endless iterator of process-local training batches (``batch_size`` rows each).
 
-  The example index is sharded by process before shuffling; each epoch is
-  reshuffled (``repeat(reseed_each_epoch=True)``) and the augmentation RNG is
-  seeded from (seed, process index), so every process sees different crops.
+  One global order, reshuffled every epoch (``repeat(reseed_each_epoch=True)``),
+  with the augmentation RNG of each element seeded by its position; each
+  process loads its rows of every global batch (``_process_batches``).
   """
   n = len(reader)
-  if n < process_count:
-    raise ValueError(f"{n} training examples cannot be split over "
-                     f"{process_count} processes")
-  ds = grain.MapDataset.range(n)[process_index::process_count]
-  if len(ds) < batch_size:
-    raise ValueError(f"only {len(ds)} training examples on this process, fewer "
-                     f"than the per-process batch size {batch_size}")
-  ds = ds.shuffle(seed=_seed_for(seed, process_index)).repeat()
+  _check_size(n, batch_size, process_count, "training examples")
+  ds = grain.MapDataset.range(n).shuffle(seed=_seed_for(seed)).repeat()
   ds = ds.random_map(
       TrainTransform(reader, tuple(crop_size), cat_max_ratio, flip,
                      max_instances, box_rule),
-      seed=_seed_for(seed + 1, process_index))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2,
-                                            prefetch_buffer_size=4))
-  it = it.batch(batch_size, drop_remainder=True, batch_fn=collate)
-  if num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(it)
+      seed=_seed_for(seed + 1))
+  return _process_batches(ds, batch_size, process_index, process_count, num_workers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,25 +280,19 @@ def adapt_iterator(reader, *, packed_dir: str, pool_path: str, batch_size: int,
   """Endless iterator of process-local adaptation batches (PL + unlabelled crops).
 
   The reference pairs item ``idx`` of an N²-long dataset as (idx // N, idx % N)
-  under a shuffling sampler: two independent uniform draws. Here each
-  process walks its shard of PL images in a reshuffled order every epoch and
-  draws the unlabelled partner uniformly from the whole set with the
-  element's RNG, seeded by (seed, process index); grain's iterator state
-  (saved in every checkpoint) covers both, and the paste's draws too.
+  under a shuffling sampler: two independent uniform draws. Here the PL
+  images are walked in a reshuffled order every epoch and the unlabelled
+  partner is drawn uniformly from the whole set with the element's RNG
+  (seeded by its position, as the paste's draws); each process loads its rows
+  of every global batch (``_process_batches``). grain's iterator state (saved
+  in every checkpoint) covers all of it.
   """
   n = len(reader)
-  shard = grain.MapDataset.range(n)[process_index::process_count]
-  if len(shard) < batch_size:
-    raise ValueError(f"only {len(shard)} target images on this process, fewer than "
-                     f"the per-process batch size {batch_size}")
-  ds = shard.shuffle(seed=_seed_for(seed, process_index)).repeat()
-  ds = ds.random_map(_Partner(n), seed=_seed_for(seed + 2, process_index))
+  _check_size(n, batch_size, process_count, "target images")
+  ds = grain.MapDataset.range(n).shuffle(seed=_seed_for(seed)).repeat()
+  ds = ds.random_map(_Partner(n), seed=_seed_for(seed + 2))
   ds = ds.random_map(
       AdaptPairTransform(reader, packed_dir, pool_path, tuple(crop_size), cat_max_ratio,
                          flip, max_instances, dict(paste or {})),
-      seed=_seed_for(seed + 1, process_index))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=4))
-  it = it.batch(batch_size, drop_remainder=True, batch_fn=collate)
-  if num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return iter(it)
+      seed=_seed_for(seed + 1))
+  return _process_batches(ds, batch_size, process_index, process_count, num_workers)

@@ -84,8 +84,7 @@ def run(config, workdir: str) -> dict:
                                  max_to_keep=a.keep_checkpoints)
   state, _ = loop.restore_or_init(ckpt, state, data_iter)
   step_fn = adapt_lib.make_adapt_step(model, tx, schedule, mesh, state, cfg=a)
-  base_rng = jax.device_put(jax.random.fold_in(jax.random.key(config.seed), 4),
-                            shd.replicated(mesh))
+  base_rng = shd.replicate(jax.random.fold_in(jax.random.key(config.seed), 4), mesh)
 
   def evaluate(state, _):
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}

@@ -31,6 +31,7 @@ INDEX_FILE = "pool_index.npz"
 
 def run(config, workdir: str) -> dict:
   provenance.record(workdir, "adcl_pool", config)
+  shd.connect_processes()
   a = config.adcl_pool
   store_dir, names, meta = opll_stage.open_store(config, workdir)
   out_dir = fileio.resolve(a.out_dir, workdir)
@@ -80,4 +81,5 @@ def run(config, workdir: str) -> dict:
     writer = metric_writers.create_default_writer(out_dir)
     writer.write_scalars(0, {"adcl_pool/entries": summary["entries"]})
     writer.flush()
+  shd.barrier("adcl_pool index written")  # adapt loads it on every process
   return summary

@@ -12,6 +12,7 @@ from jax.experimental import multihost_utils
 from unlock_jax import fileio
 from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
+from unlock_jax import sharding as shd
 from unlock_jax.data import synthpass
 
 
@@ -20,6 +21,7 @@ def run(config, workdir: str) -> dict:
   cfg = config.synthpass
   out_dir = fileio.resolve(cfg.out_dir, workdir)
   summary = {}
+  shd.connect_processes()  # before process 0 writes for minutes
   if jax.process_index() == 0:  # one writer; other hosts read the shared folder
     summary = _generate(cfg, out_dir, workdir)
   if jax.process_count() > 1:

@@ -162,10 +162,11 @@ def compute_prototypes(model, variables, mesh, images, store_dir, names, th_sem,
                        out_dir, cfg, fp):
   """Whole-set prototypes (one network pass, resumable per batch)."""
   path = os.path.join(out_dir, "prototypes.npz")
+  found = None
   if os.path.exists(path):
     with np.load(path) as z:
       if str(z["fingerprint"]) == fp:
-        return z["prototypes"], z["present"]
+        found = z["prototypes"], z["present"]
   state_path = os.path.join(out_dir, "_state", f"prototypes_p{jax.process_index()}.pkl")
   acc, start = prototypes.Sums(), 0
   if os.path.exists(state_path):
@@ -173,6 +174,13 @@ def compute_prototypes(model, variables, mesh, images, store_dir, names, th_sem,
       saved = pickle.load(f)
     if saved["fp"] == fp:
       acc, start = saved["sums"], saved["step"]
+  # Collective: all processes skip, or all resume from one batch (a kill can
+  # fall between two processes' state saves: then all restart).
+  agreed = shd.gather_objects((found is not None, start))
+  if all(f for f, _ in agreed):
+    return found
+  if len({s for _, s in agreed}) > 1:
+    acc, start = prototypes.Sums(), 0
   fn = prototypes.sums_fn(model, mesh)
   plan = _batches(len(names), int(cfg.batch_size))
   prog = progress_lib.Progress(len(plan), "opll/prototypes", unit="batch")
@@ -230,6 +238,7 @@ def open_store(config, workdir: str):
 
 def run(config, workdir: str) -> dict:
   provenance.record(workdir, "opll", config)
+  shd.connect_processes()
   o = config.opll
   store_dir, names, meta = open_store(config, workdir)
   out_dir = fileio.resolve(o.out_dir, workdir)
@@ -276,7 +285,8 @@ def run(config, workdir: str) -> dict:
   plan = _batches(len(todo), int(o.batch_size))
   prog = progress_lib.Progress(len(plan), "opll/labels", unit="batch")
   pictures_dir = os.path.join(out_dir, "pictures")
-  first = set(names[:int(o.num_pictures)]) if jax.process_index() == 0 else set()
+  # Drawn by whichever process labels them (one writer per file), as the labels.
+  first = set(names[:int(o.num_pictures)])
   h, w = meta["image_size"]
   zero_tau = {c: {"tau": 0.0, "tau_code": 0} for c in range(labels_lib.NUM_CLASSES)}
   no_dets = inference.detections_row(None, 0, h, w)
@@ -338,6 +348,8 @@ def run(config, workdir: str) -> dict:
   summary = {"panoramas": len(names), "fingerprint": fp,
              "prototype_filter": bool(o.prototype_filter)}
   if gt_reader is not None:
+    # Parts are written by whichever process labelled the panorama: wait for all.
+    shd.barrier("opll quality parts written")
     q = quality.QualityAccumulator()
     for n in my_share(names):
       with open(part(n), "rb") as f:
@@ -350,4 +362,5 @@ def run(config, workdir: str) -> dict:
       print(quality.format_table(res), flush=True)
     writer.write_scalars(0, quality.scalars(res))
   writer.flush()
+  shd.barrier("opll labels written")  # adapt reads every process's labels
   return summary

@@ -93,7 +93,9 @@ def run(config, workdir: str) -> dict:
                                writer=writer, unit="batch")
   pictures_dir = fileio.resolve(p.pictures_dir, workdir)
   num_pictures = int(p.num_pictures) if p.images else 0
-  t0, n, nbytes, drawn = time.monotonic(), 0, 0, 0
+  # The first of the to-do list, drawn by whichever process predicts them.
+  to_draw = {reader.keys[i] for i in todo[:num_pictures]}
+  t0, n, nbytes = time.monotonic(), 0, 0
   for ex, row in inference.iterate(reader, todo, model=model, variables=variables,
                                    mesh=mesh, batch_size=bs, on_batch=prog.update):
     nbytes += store.write_prediction(
@@ -101,12 +103,13 @@ def run(config, workdir: str) -> dict:
         thresholds.quantize(row["confidence"]), row["modal"], row["amodal"])
     n += 1
     debug_kill(config, n)
-    if jax.process_index() == 0 and drawn < num_pictures:
+    if ex["name"] in to_draw:
       pic = viewer.render_prediction(ex["image"], row, title=ex["name"])
       pictures.save_png(os.path.join(pictures_dir, ex["name"].replace("/", "_") + ".png"),
                         pic)
-      drawn += 1
   secs = time.monotonic() - t0
+  # All processes' counts; also a barrier: the next stage lists the whole store.
+  n, nbytes = (sum(v) for v in zip(*shd.gather_objects((n, nbytes))))
   summary = {"predicted": n, "total": len(reader), "seconds": secs,
              "panoramas_per_sec": n / secs if secs > 0 else 0.0,
              "bytes_per_panorama": nbytes / n if n else 0.0}

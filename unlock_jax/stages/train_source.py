@@ -67,7 +67,7 @@ def run(config, workdir: str) -> dict:
 
   train_step = steps.make_source_step(model, tx, schedule, mesh, state,
                                       loss_cfg=config.loss)
-  base_rng = jax.device_put(step_rng, shd.replicated(mesh))
+  base_rng = shd.replicate(step_rng, mesh)
   state, measurements = loop.run(state, train_step, data_iter, mesh=mesh, ckpt=ckpt,
                                  writer=writer, config=config, total=total,
                                  stage="train_source", step_args=(base_rng,))

@@ -116,4 +116,5 @@ def run(state, train_step, data_iter, *, mesh, ckpt, writer, config, total: int,
         break
   ckpt.close()
   writer.flush()
+  shd.barrier(f"{stage} checkpoints committed")  # the next stage may load them
   return state, measurements
