@@ -89,9 +89,11 @@ def test_missing_data_root_names_the_config_key(wd):
   config = tiny.get_config()
   config.data.source.root = os.path.join(wd, "elsewhere")
   errors, warnings = _all(wd, config=config, everything=False)
+  # The source-val evaluator follows config.data.source, so both data sets
+  # (train and val splits) report the moved root.
   assert [(e.path, "does not exist" in e.message) for e in errors] == [
-      (os.path.join(wd, "elsewhere"), True)]
-  assert "--config.data.source.root" in errors[0].fix and not warnings
+      (os.path.join(wd, "elsewhere"), True)] * 2
+  assert any("--config.data.source.root" in e.fix for e in errors) and not warnings
   # A synthpass root in the workdir: the fix is to run the generate stage.
   shutil.rmtree(_path(wd, "BlendPASS"))
   errors, _ = _all(wd)
@@ -304,4 +306,7 @@ def test_command_line_reports_everything_and_exits_nonzero(wd):
   assert "fix: " in out
   # 5 train images and 6 panoptic PNGs of the wrong size, the missing image, its
   # amodal entry, the bad category: 14 errors; the size error repeats per file.
-  assert re.search(r"3 data sets, \d+ files read: 14 errors, 0 warnings$", out.strip()), out
+  # 14 from the damage plus 6 from source val, whose evaluator follows the
+  # overridden config.data.source.image_size (its 3 examples now mis-sized).
+  assert re.search(r"kitti360aps val .*\(config.evals.source_val\): 3 examples, 6 errors", out)
+  assert re.search(r"3 data sets, \d+ files read: 20 errors, 0 warnings$", out.strip()), out

@@ -10,6 +10,7 @@ import sys
 import zipfile
 
 import jax
+from absl import flags
 import numpy as np
 import pytest
 
@@ -267,19 +268,23 @@ def test_convert_writes_orbax_and_fails_by_default(tmp_path, cfg_file):
 
 def test_command_line_exit_codes_and_summary(tmp_path, cfg_file, capsys):
   torch = pytest.importorskip("torch")
-  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
 
   sd = _synthetic_state_dict(_template())
   del sd["decode_head.conv_seg.bias"]
   _save(torch, sd, tmp_path / "partial.pth")
-  args = dict(checkpoint=str(tmp_path / "partial.pth"), config=cfg_file)
-  with flagsaver.flagsaver(out=str(tmp_path / "a"), **args):
-    assert convert_torch.main(["convert_torch"]) == 1
+  args = [f"--checkpoint={tmp_path / 'partial.pth'}", f"--config={cfg_file}"]
+
+  def run(*extra):
+    values = flags.FlagValues()
+    convert_torch.define_flags(values)
+    values(["convert_torch", *args, *extra])
+    return convert_torch.main(["convert_torch"], values)
+
+  assert run(f"--out={tmp_path / 'a'}") == 1
   err = capsys.readouterr().err
   assert "params/decode_head/conv_seg/bias" in err and "nothing written" in err
   assert not (tmp_path / "a").exists()
-  with flagsaver.flagsaver(out=str(tmp_path / "b"), allow_missing=True, **args):
-    assert convert_torch.main(["convert_torch"]) == 0
+  assert run(f"--out={tmp_path / 'b'}", "--allow_missing") == 0
   captured = capsys.readouterr()
   assert "WARNING (--allow_missing): 1 model leaves are NOT from the checkpoint" in (
       captured.err)

@@ -531,33 +531,38 @@ def _fill(tree: dict, fresh: Mapping) -> dict:
   return _unflatten(flat)
 
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "reference .pth file")
-_OUT = flags.DEFINE_string("out", None, "output Orbax checkpoint folder")
-_ALLOW_MISSING = flags.DEFINE_bool(
-    "allow_missing", False, "write the checkpoint even if torch keys are "
-    "unmatched or flax leaves missing/mis-shaped (those keep fresh values)")
-_TRUST = flags.DEFINE_bool(
-    "trust_checkpoint", False, "unpickle the .pth in full (runs any code it "
-    "carries): only for files from a source you trust")
-_CONFIG = flags.DEFINE_string("config", None,
-                              "experiment config file[:arg] whose `model` "
-                              "section describes the network")
+def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
+  """The command line's flags; defined only when run as a program (or by a test
+  on its own FlagValues), so importing this module next to main.py, which has
+  its own --config, registers nothing."""
+  flags.DEFINE_string("checkpoint", None, "reference .pth file", flag_values=values)
+  flags.DEFINE_string("out", None, "output Orbax checkpoint folder", flag_values=values)
+  flags.DEFINE_bool(
+      "allow_missing", False, "write the checkpoint even if torch keys are "
+      "unmatched or flax leaves missing/mis-shaped (those keep fresh values)",
+      flag_values=values)
+  flags.DEFINE_bool(
+      "trust_checkpoint", False, "unpickle the .pth in full (runs any code it "
+      "carries): only for files from a source you trust", flag_values=values)
+  flags.DEFINE_string("config", None, "experiment config file[:arg] whose `model` "
+                      "section describes the network", flag_values=values)
 
 
-def main(argv):
+def main(argv, values: flags.FlagValues = flags.FLAGS):
+  f = values
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if not _CHECKPOINT.value or not _OUT.value:
+  if not f.checkpoint or not f.out:
     raise app.UsageError("--checkpoint and --out are required")
   try:
-    report = convert(_CHECKPOINT.value, _OUT.value, config=_CONFIG.value,
-                     allow_missing=_ALLOW_MISSING.value,
-                     trust_checkpoint=_TRUST.value)
+    report = convert(f.checkpoint, f.out, config=f.config,
+                     allow_missing=f.allow_missing,
+                     trust_checkpoint=f.trust_checkpoint)
   except (ImportError, OSError, ValueError) as e:  # ConversionError included
     print(f"convert_torch: {e}", file=sys.stderr)
     return 1
   print(report.format())
-  print(f"wrote {os.path.abspath(_OUT.value)}")
+  print(f"wrote {os.path.abspath(f.out)}")
   if not report.clean:
     print(f"\nWARNING (--allow_missing): {len(report.missing)} model leaves are "
           "NOT from the checkpoint and keep fresh random values (missing or "
@@ -567,4 +572,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
