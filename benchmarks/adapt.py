@@ -25,14 +25,14 @@
     pool objects car-like ellipse+box unions (half-heights log-uniform 6..60 px, rows in
     the 30..82 % band) through ``pool.pool_entries`` (255 where confident masks overlap);
     PL crops carry ~10 modal / ~15 amodal instances and ~1.5 % uncertain (255) pixels.
-(ii) ``pipeline.adapt_iterator`` batches/s at the configs/synth/unlock.py sizes (100x512
+(ii) ``pipeline.adapt_iterator`` batches/s at the configs/demo.py sizes (100x512
     panoramas, 100x100 crops, batch 4, max_instances 24, its paste settings,
     num_workers 0 = grain's 2 read threads) on a synthetic target set written into the
     temp dir: ``--targets`` PNG panoramas, packed OPLL labels (``labels.write_packed``,
     ~10 modal / ~15 amodal instances each) and a pool index of ~2 entries per panorama
     (the demo run's pool had 116 entries for 60 panoramas), read through a stub reader
     (``keys``, ``image_size``, ``load_image``). Against it: steps/s of
-    ``adapt.make_adapt_step`` (configs/synth/unlock.py model, random init, the first
+    ``adapt.make_adapt_step`` (configs/demo.py model, random init, the first
     batch of the iterator), compiled, after one warm-up step. Then both in one loop
     (``next`` + ``put_batch`` + step, the training loop's work) for the achieved rate.
 (iii) The same adapt step vs ``steps.make_source_step`` (source optimiser groups, same
@@ -51,42 +51,42 @@ Times are wall-clock and process CPU (user+sys, all threads) unless stated; rati
 baseline/ours measured in the same run. ``--quick``: pool 400, 8 samples (3 reference),
 12 targets, 8 batches, 2 steps (~7 min here, the two compiles dominate).
 
-Measured 2026-11-30, `python benchmarks/adapt.py` (7.0 min, 2.8 min of it the two
-compiles), shared 2-core CPU (AMD EPYC VM, 23 GB), another adaptation run in parallel
-(configs/synth/unlock.py on /tmp/wd_full: its adapt stage until 13:02, then its evaluation)
-and an OPLL benchmark generating data; load average 3.2-3.5. JAX CPU default, 1 device.
-An earlier run under heavier load (5.0), before (iii) was timed in interleaved rounds,
-gave 42.3x wall / 38.7x CPU for (i), 46x for (ii) and a noise-dominated 0.99x for (iii).
+Measured 2026-11-30 16:36-16:59, `python benchmarks/adapt.py` on the demo config
+(configs/demo.py: 2.00 M params, all heads), shared 2-core CPU (AMD EPYC VM, 23 GB)
+beside a fresh-clone demo + test run and a helper's tests; load average 4-6, so the
+13-minute adapt-step compile and the step times are inflated; ratios are from the same
+run. JAX CPU default, 1 device. (An earlier run on the larger configs/synth/unlock.py
+model gave 39.3x for (i), 66.6x for (ii), 1.06x wall for (iii).)
 
-(i) pool: 2000 entries from 195 panoramas (10.3 each; extents median 37 x 52 px, largest
-    121 x 293), written in 36 s; reference files 2.2 MiB mask PNGs + 40.3 MiB JPGs, our
-    index 22.0 MiB on disk / 35.9 MiB in memory. Ours with the reference switches gives
-    the reference port's output exactly (image, semantic, both branches' masks, classes,
-    boxes) on all 12 reference crops; 7.75 objects pasted per crop (min 4, max 8).
+(i) pool: 2000 entries from 195 panoramas (10.3 each); reference files 2.2 MiB mask
+    PNGs + 40.3 MiB JPGs, our index 22.0 MiB on disk / 35.9 MiB in memory. Ours with the
+    reference switches gives the reference port's output exactly (image, semantic, both
+    branches' masks, classes, boxes) on all 12 reference crops; 7.75 objects pasted per
+    crop (min 4, max 8).
 
       per 400x400 crop            wall       CPU
-      ours paste                  4.80 ms    4.61 ms   (40 crops; median 4.52 ms)
-      ours + pad_instances(32)    5.62 ms    5.35 ms
-      reference port            189.3 ms   188.0 ms    (12 crops; median 177.7 ms)
-      reference / ours           39.3x      39.0x      (33.8x wall with our padding)
+      ours paste                  4.56 ms    4.56 ms   (40 crops; median 4.21 ms)
+      ours + pad_instances(32)    5.32 ms    5.32 ms
+      reference port            167.6 ms   164.4 ms    (12 crops; median 159.3 ms)
+      reference / ours           40.7x      40.0x      (34.5x wall with our padding)
 
     Target >= 20x met. The reference's time is mostly I/O decode: one 400x2048 mask PNG
-    2.19 ms (x80 candidates = 175 ms), one 400x2048 JPG panorama 4.2 ms per accepted one.
-(ii) 60 panoramas 100x512, pool 119 entries: first batch 0.04 s, then 40 batches in
-    1.12 s = 35.6 batches/s (28.1 ms wall, 28.0 ms CPU per batch of 4 pairs).
-    Adapt step (4.11 M params, batch 4 x 100x100, 24 instances/branch): 0.53 steps/s
-    (median 1871 ms). Input 66.6x faster than the step (target >= 2x met). The loop
-    with input (next + put_batch + step, 5 steps): 2019 ms per step, 1.08x the step alone.
+    1.95 ms (x80 candidates = 156 ms), one 400x2048 JPG panorama 3.6 ms per accepted one.
+(ii) 60 panoramas 100x512, pool 119 entries: 40 batches at 36.1 batches/s (27.7 ms per
+    batch of 4 pairs). Adapt step (batch 4 x 100x100, 24 instances/branch): 1.59 steps/s
+    (median 628 ms). Input 22.7x faster than the step (target >= 2x met). The loop with
+    input (next + put_batch + step, 5 steps): 942 ms per step, 1.50x the step alone
+    under this load (the input runs on the same 2 busy cores).
 (iii) 5 interleaved rounds after warm-up, medians:
 
       step      compile   wall       CPU        XLA FLOPs
-      adapt     166.7 s   1871 ms    2006 ms    66.91 G
-      source     75.7 s   1772 ms    1766 ms    59.85 G
-      ratio               1.06x      1.14x      1.12x
+      adapt     803.0 s    628 ms    1089 ms    30.39 G
+      source     97.6 s    550 ms     846 ms    23.72 G
+      ratio               1.14x      1.29x      1.28x
 
     The teacher forward, the second (semantic-only) student forward/backward and the
-    regulariser add ~7 GFLOP (12 %) to this model's step: at 100x100 crops its two R-CNN
-    branches dominate both steps. Wall times vary +-20 % run to run here.
+    regulariser add ~6.7 GFLOP (28 %) to this smaller model's step; its R-CNN branches
+    are a smaller share than on the larger model. Wall times vary +-20 % run to run here.
 (iv) not run: no accelerator was lent to this session. On CPU `--b5` only traces and
     lowers the step: MiT-B5 with instance heads, 135.1 M params, lowered in 32 s, XLA's
     lowered-HLO cost analysis 9.13 TFLOP per step (4+4 crops of 400x400, 32 instances per
@@ -643,7 +643,7 @@ def bench_steps(args, cfg, it, first, input_rate):
   shape = (1, *crop, 3)
   variables = jax.jit(lambda r: steps.init_variables(model, r, shape))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
-  _log(f"== (ii)/(iii) steps: configs/synth/unlock.py model ({n_params / 1e6:.2f} M params), "
+  _log(f"== (ii)/(iii) steps: configs/demo.py model ({n_params / 1e6:.2f} M params), "
        f"batch {cfg.adapt.batch_size} x {crop}, devices {jax.devices()}")
   repl = shd.replicated(mesh)
   base = jax.device_put(jax.random.key(1), repl)
@@ -849,8 +849,8 @@ def main():
   if args.b5:
     bench_b5(args)
     return
-  from configs.synth import unlock as unlock_cfg
-  cfg = unlock_cfg.get_config()
+  from configs import demo as demo_cfg
+  cfg = demo_cfg.get_config()
   skip = set(filter(None, args.skip.split(",")))
   root = _tmpdir(args.tmp, "adapt_bench_")
   try:
