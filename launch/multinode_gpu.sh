@@ -51,15 +51,7 @@ if [ $# -eq 0 ]; then
   exit 2
 fi
 
-# Shell words, quoted only where needed, so printed commands can be pasted.
-quote() {
-  local out=() a
-  for a in "$@"; do
-    if [[ $a =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then out+=("$a"); else out+=("'${a//\'/\'\\\'\'}'"); fi
-  done
-  echo "${out[*]}"
-}
-run() { if $DRY_RUN; then quote "$@"; else "$@"; fi; }
+. "$REPO/launch/common.sh"  # quote, run
 
 JAX_VERSION=$(sed -n 's/^jax==\([^ ;#]*\).*/\1/p' "$REPO/requirements.txt")
 [ -n "$JAX_VERSION" ] || { echo "multinode_gpu.sh: no jax== pin in requirements.txt" >&2; exit 1; }
