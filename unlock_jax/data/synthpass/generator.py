@@ -214,13 +214,18 @@ def _drop_stale_target_train(out_dir: str, count: int):
 DATA_VERSION = 1
 
 
+def _config_path(out_dir: str) -> str:
+  """The generation settings of the set in ``out_dir`` (written by _check_config)."""
+  return os.path.join(out_dir, ".synthpass", "config.json")
+
+
 def identity(out_dir: str) -> dict | None:
   """What a source model trained on ``out_dir`` depends on, or None if it is not synthpass.
 
   The source scenes do not depend on ``domain_shift`` (only the target palette
   and lighting do), so it is not part of the identity.
   """
-  cfg_path = os.path.join(out_dir, ".synthpass", "config.json")
+  cfg_path = _config_path(out_dir)
   summary_path = os.path.join(out_dir, "synthpass.json")
   if not (os.path.exists(cfg_path) and os.path.exists(summary_path)):
     return None
@@ -254,7 +259,7 @@ def check_trained_on(model_dir: str, out_dir: str) -> None:
 
 def _check_config(out_dir: str, config: dict):
   """Refuses to mix scenes generated with different settings in one folder."""
-  path = os.path.join(out_dir, ".synthpass", "config.json")
+  path = _config_path(out_dir)
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
