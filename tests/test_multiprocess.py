@@ -79,12 +79,6 @@ def _env(num_devices):
   env["XLA_FLAGS"] = (f"{flags} {FAST_COMPILE} "
                       f"--xla_force_host_platform_device_count={num_devices}").strip()
   env.pop("UNLOCK_JAX_DISTRIBUTED", None)
-  if num_devices == 2:
-    # No persistent compilation cache for the two processes: on CPU its keys
-    # differ per process and only process 0 writes, so process 0 would load
-    # programs that process 1 compiles; with the adapt step so loaded, a gloo
-    # collective of process 1 received a message of another size and aborted.
-    env["JAX_ENABLE_COMPILATION_CACHE"] = "false"
   return env
 
 
@@ -93,22 +87,28 @@ def _main_cmd(workdir, stages, *extra):
           str(workdir), f"--config.stage={stages}", *OVERRIDES, *extra]
 
 
-def _start(argv, log, num_devices=4):
+def _start(argv, log, num_devices=4, **env):
   """A process whose output goes to ``log`` (kept as ``.log``)."""
   with open(log, "w") as f:
-    proc = subprocess.Popen(argv, cwd=REPO, env=_env(num_devices), stdout=f,
+    proc = subprocess.Popen(argv, cwd=REPO, env={**_env(num_devices), **env}, stdout=f,
                             stderr=subprocess.STDOUT)
   proc.log = log
   return proc
 
 
-def _start_pair(argv_of, log_dir, name):
-  """Two processes meeting at a fresh local coordinator; output to files."""
+def _start_pair(argv_of, log_dir, name, **env):
+  """Two processes meeting at a fresh local coordinator; output to files.
+
+  ``unlock_jax.main`` turns the persistent compilation cache off itself for
+  multi-process CPU runs (conftest points every subprocess at one cache):
+  process 0 would otherwise load programs process 1 compiled, and a gloo
+  collective of process 1 received a message of another size and aborted.
+  """
   import portpicker  # pylint: disable=g-import-not-at-top
   port = portpicker.pick_unused_port()
   return [_start([*argv_of(i), f"--coordinator_address=127.0.0.1:{port}",
                   "--num_processes=2", f"--process_id={i}"],
-                 log_dir / f"{name}.process{i}.out", num_devices=2) for i in range(2)]
+                 log_dir / f"{name}.process{i}.out", num_devices=2, **env) for i in range(2)]
 
 
 def _watch(procs, done, timeout=TIMEOUT):
@@ -160,7 +160,8 @@ def runs(tmp_path_factory):
   one, two, logs = root / "one", root / "two", root / "logs"
   logs.mkdir()
   # Started first: it mostly sleeps while the stages below run.
-  skew = _start_pair(lambda i: [sys.executable, "-c", _SKEW], logs, "skew")
+  skew = _start_pair(lambda i: [sys.executable, "-c", _SKEW], logs, "skew",
+                     JAX_ENABLE_COMPILATION_CACHE="false")  # not through main
   t0 = time.monotonic()
   single = _start(_main_cmd(one, "generate," + STAGES), logs / "one.out")
   _watch([single], (one / "generate" / "summary.json").exists)

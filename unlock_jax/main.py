@@ -27,6 +27,22 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "With --coordinator
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "With --coordinator_address.")
 
 
+def _multiprocess_setup(jax) -> None:
+  """Settings every multi-process run needs, before anything compiles.
+
+  On CPU hosts (gloo collectives) the persistent compilation cache is turned
+  off: its keys differ per process and only process 0 writes it, so process 0
+  could load a program that process 1 compiled and their collectives would
+  disagree (a gloo message of another size aborts the run). Then the
+  processes connect their collectives while they are in step
+  (``sharding.connect_processes``), before a stage keeps one of them busy.
+  """
+  from unlock_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1 and jax.default_backend() == "cpu":
+    jax.config.update("jax_enable_compilation_cache", False)
+  shd.connect_processes()
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -36,6 +52,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   if os.environ.get("UNLOCK_JAX_DISTRIBUTED") or _COORDINATOR.value:
     jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    _multiprocess_setup(jax)
   # URL workdirs (gs://bucket/run on TPU VMs) pass through untouched.
   config, workdir = _CONFIG.value, fileio.absolute(_WORKDIR.value)
   fileio.makedirs(workdir)
