@@ -1,100 +1,38 @@
 """AmodalSynthDrive reader on a hand-built fixture in ASD's published format.
 
-Format (robot-learning-freiburg/amodal-panoptic README "Dataset Format" and
-eval.py; APSNet data_struct.py; PAPS amodalsynthdrive.py):
-``<split>/images/<camera>/<seq>/<f>_rgb.jpg``, ``<split>/amodal_panoptic_seg/
-<camera>/<seq>/<f>_ampano.png`` (uint16: class id, or id*1000 + instance) and
-``<f>_ampano.json`` ({str(instance id): {occluded, amodal_mask (RLE), ...}}).
-Expected arrays are derived here from the drawing rectangles and from the
-class *names* of ASD's label table and the reference's class list.
+The fixture (tests/fixture_masks.py) follows robot-learning-freiburg/
+amodal-panoptic (README "Dataset Format", eval.py), APSNet data_struct.py and
+PAPS amodalsynthdrive.py. Expected arrays are derived here from the drawing
+rectangles and from the class *names* of ASD's label table and the
+reference's class list.
 """
 import json
 import os
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
 from configs.asd2b import source_b5
+from fixture_masks import ASD_H as H
+from fixture_masks import ASD_ID
+from fixture_masks import ASD_W as W
+from fixture_masks import asd_scene as scene
+from fixture_masks import make_asd_root
+from fixture_masks import rle
 from unlock_jax.data import pipeline
 from unlock_jax.data.layouts import amodalsynthdrive as asd
 from unlock_jax.data.layouts import common
 
-H, W = 20, 32
-# ASD ids by name (amodal_panoptic_eval/labels/asd_labels.py).
-ASD_ID = dict(unlabeled=0, road=7, sidewalk=8, parking=9, building=11, wall=12, fence=13,
-              polegroup=17, pole=18, vegetation=21, terrain=22, sky=23, person=24,
-              rider=25, car=26, truck=27, bus=28, caravan=29, trailer=30, train=31,
-              motor=32, bike=33)
 # The reference's AmodalSynthDrive.CLASSES (yihong-97/UNLOCK mmseg/datasets/amodalsynthdrive.py).
 UNLOCK_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
                   "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
                   "truck", "bus", "motor", "bike")
 
 
-def rect(r0, r1, c0, c1):
-  m = np.zeros((H, W), bool)
-  m[r0:r1 + 1, c0:c1 + 1] = True
-  return m
-
-
-def rle(mask):
-  r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-  return {"size": list(r["size"]), "counts": r["counts"].decode("ascii")}
-
-
-def scene():
-  """ASD id raster, JSON, and the masks it was drawn from."""
-  ids = np.full((H, W), ASD_ID["sky"], np.uint16)
-  ids[6:14, :16] = ASD_ID["building"]
-  ids[6:14, 16:] = ASD_ID["vegetation"]
-  ids[14:, :] = ASD_ID["road"]
-  ids[14:, 28:] = 34  # road line: road by ASD's trainId table
-  ids[14:, :4] = ASD_ID["parking"]  # ignored
-  ids[2:5, 20:26] = ASD_ID["caravan"] * 1000 + 1  # ignored class with instances
-  ids[16:18, 20:24] = ASD_ID["rider"]  # rider without instance id: a crowd region
-  masks = dict(person=rect(8, 15, 4, 7), car=rect(10, 17, 6, 13), truck_vis=rect(6, 7, 20, 27),
-               truck_amodal=rect(4, 7, 20, 27), bike=rect(15, 19, 24, 25),
-               motor=rect(14, 18, 17, 17))
-  ids[masks["person"]] = 24001
-  ids[masks["car"]] = 26001  # occludes the person
-  ids[masks["truck_vis"]] = 27001
-  ids[masks["bike"]] = 33001
-  ids[masks["motor"]] = 32001  # 1 px wide: no instance, still semantic
-  info = {
-      "24001": {"occluded": True, "amodal_mask": rle(masks["person"]),
-                "occlusion_mask": rle(masks["person"] & masks["car"])},
-      # Not occluded: the visible mask is its amodal mask, whatever amodal_mask holds.
-      "26001": {"occluded": False, "amodal_mask": rle(rect(0, 19, 0, 31)),
-                "occlusion_mask": []},
-      "27001": {"amodal_mask": rle(masks["truck_amodal"])},  # no "occluded" field
-      "32001": {"occluded": False},
-      "33001": {"occluded": False},
-  }
-  return ids, info, masks
-
-
-def write_example(root, camera, seq, frame, ids, info, rgb):
-  img_dir = os.path.join(root, "train", "images", camera, seq)
-  gt_dir = os.path.join(root, "train", "amodal_panoptic_seg", camera, seq)
-  os.makedirs(img_dir, exist_ok=True)
-  os.makedirs(gt_dir, exist_ok=True)
-  Image.fromarray(rgb).save(os.path.join(img_dir, frame + "_rgb.jpg"), quality=95)
-  Image.fromarray(ids.astype(np.uint16)).save(os.path.join(gt_dir, frame + "_ampano.png"))
-  with open(os.path.join(gt_dir, frame + "_ampano.json"), "w") as f:
-    json.dump(info, f)
-
-
 @pytest.fixture
 def root(tmp_path):
-  ids, info, _ = scene()
-  rng = np.random.default_rng(0)
-  rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-  write_example(str(tmp_path), "front", "seq_b", "000007", ids, info, rgb)
-  flat = np.full((H, W), ASD_ID["road"], np.uint16)
-  write_example(str(tmp_path), "back", "seq_a", "000001", flat, {}, rgb)
-  return str(tmp_path)
+  return make_asd_root(str(tmp_path))
 
 
 def expected_maps():

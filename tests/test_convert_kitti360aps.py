@@ -8,33 +8,25 @@ amodal_mask RLE, occlusion_mask}}, under ``amodal_panoptic_seg/`` mirrored by
 void (the converter's default ``identity`` map). Expected arrays are built
 here from the drawing rectangles.
 """
+import functools
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
-import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
+import fixture_masks
+from fixture_masks import rle
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import kitti360aps
 from unlock_jax.tools import convert_kitti360aps as conv
 
 H, W = 16, 24
 SEQ0, SEQ3 = "2013_05_28_drive_0000_sync", "2013_05_28_drive_0003_sync"
-
-
-def rect(r0, r1, c0, c1):
-  m = np.zeros((H, W), bool)
-  m[r0:r1 + 1, c0:c1 + 1] = True
-  return m
-
-
-def rle(mask):
-  r = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-  return {"size": list(r["size"]), "counts": r["counts"].decode("ascii")}
+rect = functools.partial(fixture_masks.rect, (H, W))
 
 
 def scene():

@@ -14,7 +14,8 @@ public code (robot-learning-freiburg):
     <root>/<split>/amodal_panoptic_seg/<camera>/<sequence>/<frame>_ampano.json
     (and <frame>_rel.json, the occlusion order, which is not read)
 
-  with camera in front/back/left/right and split in train/val/test;
+  with camera in front/back/left/right and split in train/val/test. Label
+  files at another depth are not read (``check_data`` lists them);
 * encoding, ``amodal-panoptic: README.md`` ("Dataset Format") and
   ``amodal_panoptic_eval/eval.py`` (``load_annotation``,
   ``prepare_segments``): ``_ampano.png`` is a 1-channel uint16 map holding
@@ -51,13 +52,14 @@ Not established from any public source, hence stated rather than guessed:
 * whether amodal masks always contain the visible mask; they are used as
   stored. (APSNet's ASD converter also clears road pixels, id 7, from amodal
   masks; that is not done here.)
+
+``root`` may be a URL (``gs://...``): files are listed and read through
+etils.epath, one listing per folder.
 """
-import glob
 import os
 
 import numpy as np
 import pycocotools.mask as mask_utils
-from PIL import Image
 
 from unlock_jax.data import labels
 from unlock_jax.data.layouts import common
@@ -67,6 +69,7 @@ IMAGE_SUFFIX = "_rgb.jpg"
 AMPANO_SUFFIX = "_ampano.png"
 AMPANO_JSON_SUFFIX = "_ampano.json"
 VOID_ID = labels.IGNORE  # panoptic id of pixels no segment covers
+LABEL_GLOB = "*/*/*" + AMPANO_SUFFIX  # <camera>/<sequence>/<frame>_ampano.png
 
 # The reference's AmodalSynthDrive.CLASSES: our 18 ids, ASD's names.
 ASD_CLASS_NAMES = (
@@ -200,6 +203,11 @@ def resize_nearest(arr: np.ndarray, size) -> np.ndarray:
   return arr[rows][:, cols]
 
 
+def image_path(root: str, split: str, key: str) -> str:
+  """The image of example ``key`` ("<camera>/<sequence>/<frame>")."""
+  return os.path.join(root, split, "images", *key.split("/")) + IMAGE_SUFFIX
+
+
 class Reader:
   """ASD split reader: ``len``, ``names``, ``keys``, ``load(i)``, ``load_image(i)``.
 
@@ -215,20 +223,20 @@ class Reader:
   def __init__(self, root: str, split: str, image_size=DEFAULT_SIZE):
     self.root, self.split = root, split
     self.gt_dir = os.path.join(root, split, "amodal_panoptic_seg")
-    img_dir = os.path.join(root, split, "images")
-    if not os.path.isdir(self.gt_dir):
+    if common.listdir(self.gt_dir) is None:
       raise common.DataError(f"missing AmodalSynthDrive label folder {self.gt_dir} "
                              "(expected <root>/<split>/amodal_panoptic_seg/<camera>/<sequence>/)")
-    pngs = sorted(glob.glob(os.path.join(self.gt_dir, "**", "*" + AMPANO_SUFFIX), recursive=True))
+    pngs = common.glob(self.gt_dir, LABEL_GLOB)
     if not pngs:
-      raise common.DataError(f"no *{AMPANO_SUFFIX} files under {self.gt_dir}")
+      raise common.DataError(f"no {LABEL_GLOB} files under {self.gt_dir}")
     self._items = []
+    files = common.Listing()
     for png in pngs:
-      key = os.path.relpath(png, self.gt_dir)[:-len(AMPANO_SUFFIX)].replace(os.sep, "/")
+      key = "/".join(png.split("/")[-3:])[:-len(AMPANO_SUFFIX)]  # camera/sequence/frame
       item = dict(key=key, ampano=png, json=png[:-len(AMPANO_SUFFIX)] + AMPANO_JSON_SUFFIX,
-                  image=os.path.join(img_dir, *key.split("/")) + IMAGE_SUFFIX)
+                  image=image_path(root, split, key))
       for what in ("image", "json"):
-        if not os.path.isfile(item[what]):
+        if not files.has(item[what]):
           raise common.DataError(f"{png} has no {what} file {item[what]}")
       self._items.append(item)
     self.keys = [it["key"] for it in self._items]
@@ -244,18 +252,15 @@ class Reader:
   def load_image(self, i: int) -> np.ndarray:
     """uint8 [H,W,3] RGB image of example ``i`` at ``image_size``."""
     path = self._items[i]["image"]
-    image = common.read_rgb(path, "AmodalSynthDrive image", None)
-    if image.shape[:2] != self.image_size:
-      h, w = self.image_size
-      image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), np.uint8)
-    return image
+    return common.fit_rgb(common.read_rgb(path, "AmodalSynthDrive image", None), self.image_size)
 
   def load(self, i: int) -> dict:
     """Image and ground truth of example ``i`` (keys documented in ``layouts/__init__``)."""
     it = self._items[i]
-    image = self.load_image(i)
+    image = common.read_rgb(it["image"], "AmodalSynthDrive image", None)
+    native = image.shape[:2]
+    image = common.fit_rgb(image, self.image_size)
     ids = read_ampano(it["ampano"])
-    native = common.read_png_size(it["image"], "AmodalSynthDrive image")
     common.check_size(ids, it["ampano"], "amodal panoptic PNG", native)
     info = common.read_json(it["json"], "amodal panoptic JSON")
     if not isinstance(info, dict):

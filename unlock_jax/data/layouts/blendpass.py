@@ -9,8 +9,9 @@
   ``.png``, no city folder); amodal polygons ``annotations/val.json`` (indexed by
   that image name; decoded at the image size); ``Instance/val_K2B/<k>__instanceTrainIds.png``
   (trainId for stuff, trainId*1000+k for things, 255 void; 16-bit).
+
+``root`` may be a URL (``gs://...``): files are read through etils.epath.
 """
-import glob
 import os
 
 import numpy as np
@@ -43,10 +44,10 @@ class Reader:
     self._items = []
     if split == "train":
       img_dir = os.path.join(root, "leftImg8bit", "train")
-      if not os.path.isdir(img_dir):
+      if common.listdir(img_dir) is None:
         raise common.DataError(f"missing BlendPASS train image folder {img_dir}")
-      for path in sorted(glob.glob(os.path.join(img_dir, "*", "*.jpg"))):
-        city, fn = path.split(os.sep)[-2:]
+      for path in common.glob(img_dir, "*/*.jpg"):
+        city, fn = path.split("/")[-2:]
         self._items.append(dict(name=fn[:-4], key=f"{city}/{fn}", image=path))
       if hidden_gt:
         self._index_gt(os.path.join(root, HIDDEN_DIR), "train_trainId_K2B",
@@ -73,7 +74,7 @@ class Reader:
     self._amodal = common.amodal_index(common.read_json(amodal_path, "BlendPASS amodal JSON"),
                                        amodal_path)
     by_stem = {it["name"]: it for it in self._items}
-    items = []
+    items, files = [], common.Listing()
     for a in pan["annotations"]:
       common.require_keys(a, ("file_name", "segments_info"), "annotation", self.pan_json_path)
       fn = a["file_name"]
@@ -93,7 +94,7 @@ class Reader:
       it["instance"] = os.path.join(base, "Instance", inst, stem + "_instanceTrainIds.png")
       for path, what in ((it["image"], "image"), (it["panoptic"], "panoptic PNG"),
                          (it["instance"], "instance PNG")):
-        if not os.path.isfile(path):
+        if not files.has(path):
           raise common.DataError(f"{self.pan_json_path} references a missing {what} {path}")
       common.check_segments(a["segments_info"], self.pan_json_path)
       it["segments"] = a["segments_info"]

@@ -13,7 +13,10 @@ the *inclusive* last column/row index, so a 1-px-wide mask has x1 == x2.
 import json
 import logging
 import os
+import re
+from typing import Iterator
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -28,14 +31,80 @@ class DataError(ValueError):
   """A data set file is missing, unreadable, malformed or of the wrong size."""
 
 
-def read_json(path: str, what: str) -> dict:
-  """Loads a JSON file, raising DataError naming ``what`` and the path on any problem."""
-  if not os.path.isfile(path):
-    raise DataError(f"missing {what} {path}")
+# --- files through etils.epath: local paths, and URLs (gs://) on TPU VMs -----------------
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def listdir(folder: str) -> set | None:
+  """Names in ``folder`` (one listing: one request on GCS), or None if it is not a folder."""
+  p = epath.Path(folder)
+  if not p.is_dir():
+    return None
+  return {c.name for c in p.iterdir()}  # .name drops GCS's "sub/" slash
+
+
+class Listing:
+  """Whether files exist, from one cached listing per folder instead of a stat per file.
+
+  Opening a split checks that every file it references exists: on GCS one
+  listing per folder is a few requests where a stat per file is thousands.
+  """
+
+  def __init__(self):
+    self._names: dict = {}
+
+  def has(self, path: str) -> bool:
+    folder, name = os.path.split(os.fspath(path))
+    if folder not in self._names:
+      self._names[folder] = listdir(folder) or set()
+    return name in self._names[folder]
+
+
+def glob(folder: str, pattern: str) -> list[str]:
+  """Sorted paths matching ``pattern`` (no ``**``) under ``folder``."""
+  return sorted(os.fspath(p) for p in epath.Path(folder).glob(pattern))
+
+
+def _bare(path: str) -> str:
+  """``path`` without scheme and outer slashes: fsspec's walk drops ``gs://``, TF's keeps it."""
+  return _SCHEME.sub("", os.fspath(path)).strip("/")
+
+
+def walk(top: str) -> Iterator[tuple[str, list, list]]:
+  """``os.walk`` through epath: (folder as ``top`` + relative path, sub-folder names, file names).
+
+  Nothing for a missing ``top``; remove names from the sub-folder list to skip them.
+  """
+  top = os.fspath(top)
+  if not epath.Path(top).is_dir():
+    return
+  base = _bare(top)
+  for folder, dirs, files in epath.Path(top).walk():
+    rel = _bare(os.fspath(folder))[len(base):].strip("/")
+    yield (os.path.join(top, rel) if rel else top), dirs, list(files)
+
+
+def open_image(path: str, what: str) -> Image.Image:
+  """A whole decoded image (a truncated file fails here); DataError naming the file."""
   try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
+    with epath.Path(path).open("rb") as f:
+      im = Image.open(f)
+      im.load()  # decoded while the file is open
+      return im
+  except FileNotFoundError as e:
+    raise DataError(f"missing {what} {path}") from e
+  except (OSError, ValueError, SyntaxError) as e:
+    raise DataError(f"cannot read {what} {path}: {e}") from e
+
+
+def read_json(path: str, what: str):
+  """Loads a JSON file, raising DataError naming ``what`` and the path on any problem."""
+  try:
+    return json.loads(epath.Path(path).read_text())
+  except FileNotFoundError as e:
+    raise DataError(f"missing {what} {path}") from e
+  except (OSError, ValueError) as e:  # UnicodeDecodeError included
     raise DataError(f"cannot parse {what} {path}: {e}") from e
 
 
@@ -58,27 +127,29 @@ def check_size(array: np.ndarray, path: str, what: str, size) -> tuple:
 
 def read_png(path: str, what: str, size, mode: str | None = None) -> np.ndarray:
   """Reads an image file into numpy (optionally converting mode), checking its size."""
-  if not os.path.isfile(path):
-    raise DataError(f"missing {what} {path}")
-  try:
-    with Image.open(path) as im:
-      im.load()
-      if mode is not None and im.mode != mode:
-        im = im.convert(mode)
-      arr = np.array(im)
-  except (OSError, ValueError, SyntaxError) as e:
-    raise DataError(f"cannot read {what} {path}: {e}") from e
+  im = open_image(path, what)
+  if mode is not None and im.mode != mode:
+    im = im.convert(mode)
+  arr = np.array(im)
   check_size(arr, path, what, size)
   return arr
 
 
+def fit_rgb(image: np.ndarray, size) -> np.ndarray:
+  """An RGB image at ``size`` (H, W): as it is, or resized bilinearly (PIL)."""
+  if image.shape[:2] == tuple(size):
+    return image
+  h, w = size
+  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR), np.uint8)
+
+
 def read_png_size(path: str, what: str) -> tuple:
   """(height, width) of an image file, from its header only."""
-  if not os.path.isfile(path):
-    raise DataError(f"missing {what} {path}")
   try:
-    with Image.open(path) as im:
+    with epath.Path(path).open("rb") as f, Image.open(f) as im:
       w, h = im.size
+  except FileNotFoundError as e:
+    raise DataError(f"missing {what} {path}") from e
   except (OSError, ValueError, SyntaxError) as e:
     raise DataError(f"cannot read {what} {path}: {e}") from e
   return h, w

@@ -5,6 +5,7 @@ Layout under ``root`` (reference ``custom.py`` L182-222, ``loading.py`` L200-240
 ``Image/<split>/<name>.png`` (name = panoptic file_name with ``_panoptic.png`` →
 ``.png``), ``annotations/<split>.json`` (amodal polygons keyed by image file
 name; every image must be listed). ``Semantic/<split>`` is not read.
+``root`` may be a URL (``gs://...``): files are read through etils.epath.
 """
 import os
 
@@ -37,6 +38,7 @@ class Reader:
     amodal = common.read_json(self.amodal_json_path, "KITTI-360 APS amodal JSON")
     self._amodal = common.amodal_index(amodal, self.amodal_json_path)
     self._items = []
+    files = common.Listing()
     for a in pan["annotations"]:
       common.require_keys(a, ("file_name", "segments_info"), "annotation", self.pan_json_path)
       fn = a["file_name"]
@@ -47,7 +49,7 @@ class Reader:
       image = os.path.join(root, "Image", split, name + ".png")
       pano = os.path.join(root, "Panoptic", split, fn)
       for path, what in ((image, "image"), (pano, "panoptic PNG")):
-        if not os.path.isfile(path):
+        if not files.has(path):
           raise common.DataError(f"{self.pan_json_path} references a missing {what} {path}")
       if name + ".png" not in self._amodal:
         raise common.DataError(f"{self.amodal_json_path} has no image {name}.png "

@@ -17,10 +17,10 @@ for measuring pseudo-label quality) under ``<out>/BlendPASS/_synth_gt``:
 Each scene is seeded from (seed, domain, split, index), its files are written
 atomically and then a per-scene record ``<out>/.synthpass/records/...json``;
 the JSON indexes are written last. A scene whose record and files exist is
-skipped, so re-running on a complete output does nothing.
+skipped, so re-running on a complete output does nothing. ``out_dir`` may be a
+URL (``gs://...``): every file operation goes through etils.epath.
 """
 import concurrent.futures
-import glob
 import io
 import json
 import multiprocessing
@@ -28,6 +28,7 @@ import os
 import re
 from typing import Callable
 
+from etils import epath
 import numpy as np
 from PIL import Image
 
@@ -74,11 +75,23 @@ def _write_jpg(path: str, array: np.ndarray):
 def write_json(path: str, obj):
   """Atomic, deterministic JSON write; an identical existing file is left untouched."""
   data = json.dumps(obj, separators=(",", ":")).encode()
-  if os.path.isfile(path):
-    with open(path, "rb") as f:
-      if f.read() == data:
-        return
+  if _read_bytes(path) == data:
+    return
   fileio.atomic_write_bytes(path, data)
+
+
+def _read_bytes(path: str) -> bytes | None:
+  """The file's bytes, or None if there is none."""
+  try:
+    return epath.Path(path).read_bytes()
+  except FileNotFoundError:
+    return None
+
+
+def _read_json(path: str):
+  """A JSON file's object, or None if there is no file."""
+  data = _read_bytes(path)
+  return None if data is None else json.loads(data)
 
 
 def _paths(domain: str, split: str, index: int) -> dict:
@@ -132,10 +145,8 @@ def _make_scene(task: tuple) -> dict:
   out_dir, seed, domain, split, index, scale, shift = task
   p = _paths(domain, split, index)
   rec_path = _record_path(out_dir, domain, split, index)
-  if os.path.exists(rec_path) and all(os.path.exists(os.path.join(out_dir, f))
-                                      for f in _scene_files(p)):
-    with open(rec_path) as f:
-      rec = json.load(f)
+  rec = _read_json(rec_path)
+  if rec is not None and all(epath.Path(out_dir, f).exists() for f in _scene_files(p)):
     rec["skipped"] = True
     return rec
   r = render_scene(seed, domain, split, index, scale, shift)
@@ -194,19 +205,18 @@ def _drop_stale_target_train(out_dir: str, count: int):
   leftover files would silently join it. Only files of this generator's own
   naming in a folder holding its config are touched.
   """
-  img_dir = os.path.join(out_dir, TARGET_DIR, "leftImg8bit", "train")
+  img_dir = epath.Path(out_dir, TARGET_DIR, "leftImg8bit", "train")
   stale = set()
-  for path in glob.glob(os.path.join(img_dir, "*", "*.jpg")):
-    m = re.fullmatch(r"synthcity\d+pano(\d+)\.jpg", os.path.basename(path))
+  for path in img_dir.glob("*/*.jpg") if img_dir.is_dir() else ():
+    m = re.fullmatch(r"synthcity\d+pano(\d+)\.jpg", path.name)
     if m and int(m.group(1)) >= count:
       stale.add(int(m.group(1)))
   for index in sorted(stale):
     p = _paths("target", "train", index)
-    for f in _scene_files(p) + [os.path.relpath(_record_path(out_dir, "target", "train", index),
-                                                out_dir)]:
-      path = os.path.join(out_dir, f)
-      if os.path.exists(path):
-        os.remove(path)
+    for path in ([epath.Path(out_dir, f) for f in _scene_files(p)]
+                 + [epath.Path(_record_path(out_dir, "target", "train", index))]):
+      if path.exists():
+        path.unlink()
 
 
 # Bump whenever a change alters the rendered scenes: models trained on an older
@@ -225,14 +235,10 @@ def identity(out_dir: str) -> dict | None:
   The source scenes do not depend on ``domain_shift`` (only the target palette
   and lighting do), so it is not part of the identity.
   """
-  cfg_path = _config_path(out_dir)
-  summary_path = os.path.join(out_dir, "synthpass.json")
-  if not (os.path.exists(cfg_path) and os.path.exists(summary_path)):
+  cfg = _read_json(_config_path(out_dir))
+  summary = _read_json(os.path.join(out_dir, "synthpass.json"))
+  if cfg is None or summary is None:
     return None
-  with open(cfg_path) as f:
-    cfg = json.load(f)
-  with open(summary_path) as f:
-    summary = json.load(f)
   return {"version": cfg["version"], "scale": cfg["scale"], "seed": cfg["seed"],
           "source_train": int(summary["counts"]["source"].get("train", 0))}
 
@@ -244,12 +250,10 @@ def check_trained_on(model_dir: str, out_dir: str) -> None:
   without that file (train runs, converted checkpoints) and data that is not
   synthpass are not checked.
   """
-  path = os.path.join(model_dir, "synthpass.json")
+  trained = _read_json(os.path.join(model_dir, "synthpass.json"))
   data = identity(out_dir)
-  if not os.path.exists(path) or data is None:
+  if trained is None or data is None:
     return
-  with open(path) as f:
-    trained = json.load(f)
   if trained["identity"] != data:
     raise ValueError(
         f"the source model {model_dir} was trained on synthpass {trained['identity']}, "
@@ -260,9 +264,8 @@ def check_trained_on(model_dir: str, out_dir: str) -> None:
 def _check_config(out_dir: str, config: dict):
   """Refuses to mix scenes generated with different settings in one folder."""
   path = _config_path(out_dir)
-  if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+  old = _read_json(path)
+  if old is not None:
     if old != config:
       raise ValueError(f"{out_dir} holds a synthpass data set generated with {old}; "
                        f"expected {config}. Use another out_dir or delete it.")
@@ -302,7 +305,7 @@ def generate(out_dir: str, *, scale: float = 0.25, seed: int = 0,
     for split, n in counts.items():
       if split not in _SPLIT_CODE or int(n) < 0:
         raise ValueError(f"{what} must map 'train'/'val' to counts >= 0, got {counts}")
-  os.makedirs(out_dir, exist_ok=True)
+  fileio.makedirs(out_dir)
   _check_config(out_dir, dict(scale=scale, seed=seed, domain_shift=domain_shift,
                                version=DATA_VERSION))
   _drop_stale_target_train(out_dir, int(num_target.get("train", 0)))
@@ -339,7 +342,7 @@ def generate(out_dir: str, *, scale: float = 0.25, seed: int = 0,
   # The file holds only what the data set is (so a re-run leaves it unchanged); the
   # returned dict adds what this call did.
   write_json(os.path.join(out_dir, "synthpass.json"), summary)
-  return dict(summary, root=os.path.abspath(out_dir),
+  return dict(summary, root=fileio.absolute(out_dir),
               generated=sum(not r["skipped"] for r in recs.values()),
               skipped=sum(r["skipped"] for r in recs.values()))
 
