@@ -47,18 +47,23 @@ public code reads them):
   (sky 23, vegetation 21, ...) fail loudly on the first image with a value
   above 17; pass a JSON map ``{"<release id>": <our id or 255>}`` then;
 * the image file suffix (tried in ``--image_suffixes`` order).
+
+``--release`` and ``--out`` may be URLs (``gs://...``): files are read and
+written through etils.epath, every output atomically.
 """
+import io
 import json
 import os
-import shutil
 import sys
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import numpy as np
 from PIL import Image
 
+from unlock_jax import fileio
 from unlock_jax.data import labels
 from unlock_jax.data.layouts import amodalsynthdrive as asd
 from unlock_jax.data.layouts import common
@@ -94,10 +99,10 @@ def find_split(release: str, split: str) -> tuple[str, str]:
   """(label folder, image folder) of ``split`` in one of the three accepted trees."""
   for base in (os.path.join(release, split), release):
     gt, img = os.path.join(base, "amodal_panoptic_seg"), os.path.join(base, "images")
-    if os.path.isdir(os.path.join(gt, split)):
+    if epath.Path(gt, split).is_dir():
       gt, img = os.path.join(gt, split), os.path.join(img, split)
-    if os.path.isdir(gt):
-      if not os.path.isdir(img):
+    if epath.Path(gt).is_dir():
+      if not epath.Path(img).is_dir():
         raise common.DataError(f"{gt} has no image folder {img} next to it")
       return gt, img
   raise common.DataError(f"no amodal_panoptic_seg folder for split {split!r} in {release} "
@@ -126,22 +131,22 @@ def coco_bbox(mask: np.ndarray) -> list:
 
 def _pairs(gt_dir: str, img_dir: str, suffixes) -> list:
   """(name, label PNG, label JSON, image) for every ``*_ampano.png`` under ``gt_dir``."""
-  out, seen = [], {}
-  for dirpath, _, files in sorted(os.walk(gt_dir)):
-    for fn in sorted(files):
+  out, seen, files = [], {}, common.Listing()
+  for dirpath, _, names in sorted(common.walk(gt_dir)):
+    for fn in sorted(names):
       if not fn.endswith(asd.AMPANO_SUFFIX):
         continue
       png = os.path.join(dirpath, fn)
-      rel = os.path.relpath(png, gt_dir)[:-len(asd.AMPANO_SUFFIX)]
-      name = rel.replace(os.sep, "_")
+      rel = png[len(gt_dir):].strip("/")[:-len(asd.AMPANO_SUFFIX)]
+      name = rel.replace("/", "_")
       if name in seen:
         raise common.DataError(f"{png} and {seen[name]} both become {name!r}")
       seen[name] = png
       jpath = png[:-len(asd.AMPANO_SUFFIX)] + asd.AMPANO_JSON_SUFFIX
-      if not os.path.isfile(jpath):
+      if not files.has(jpath):
         raise common.DataError(f"{png} has no JSON {jpath}")
       base = os.path.join(img_dir, rel)
-      image = next((base + s for s in suffixes if os.path.isfile(base + s)), None)
+      image = next((base + s for s in suffixes if files.has(base + s)), None)
       if image is None:
         raise common.DataError(f"{png} has no image {base}{{{','.join(suffixes)}}}")
       out.append((name, png, jpath, image))
@@ -150,11 +155,10 @@ def _pairs(gt_dir: str, img_dir: str, suffixes) -> list:
   return out
 
 
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f)
-  os.replace(tmp, path)
+def _write_png(path: str, array: np.ndarray) -> None:
+  buf = io.BytesIO()
+  Image.fromarray(array).save(buf, format="PNG")
+  fileio.atomic_write_bytes(path, buf.getvalue())
 
 
 def convert(release: str, split: str, out: str, class_map: dict,
@@ -164,7 +168,7 @@ def convert(release: str, split: str, out: str, class_map: dict,
   pairs = _pairs(gt_dir, img_dir, tuple(image_suffixes))
   dirs = {k: os.path.join(out, k, split) for k in ("Image", "Panoptic", "Semantic")}
   for d in (*dirs.values(), os.path.join(out, "annotations")):
-    os.makedirs(d, exist_ok=True)
+    fileio.makedirs(d)
   images, pan_anns, amodal_anns = [], [], []
   n_segments = 0
   for image_id, (name, png, jpath, image) in enumerate(pairs, 1):
@@ -197,22 +201,22 @@ def convert(release: str, split: str, out: str, class_map: dict,
                          segments_info=segments))
     dst = os.path.join(dirs["Image"], name + ".png")
     if image.lower().endswith(".png"):
-      shutil.copyfile(image, dst)
+      fileio.atomic_write_bytes(dst, epath.Path(image).read_bytes())
     else:
-      Image.fromarray(common.read_rgb(image, "KITTI-360-APS image", (h, w))).save(dst)
-    pan_png = os.path.join(dirs["Panoptic"], name + kitti360aps.PANOPTIC_SUFFIX)
-    Image.fromarray(labels.id2rgb(pan)).save(pan_png)
-    Image.fromarray(semantic).save(os.path.join(dirs["Semantic"], name + ".png"))
+      _write_png(dst, common.read_rgb(image, "KITTI-360-APS image", (h, w)))
+    _write_png(os.path.join(dirs["Panoptic"], name + kitti360aps.PANOPTIC_SUFFIX),
+               labels.id2rgb(pan))
+    _write_png(os.path.join(dirs["Semantic"], name + ".png"), semantic)
     if image_id % 200 == 0:
       logging.info("%s: %d / %d images", split, image_id, len(pairs))
   categories = [dict(id=i, name=n, isthing=int(labels.is_thing(i)),
                      color=[int(v) for v in labels.PALETTE[i]])
                 for i, n in enumerate(labels.CLASS_NAMES)]
-  _write_json(os.path.join(out, "Panoptic", f"{split}.json"),
-              dict(images=images, annotations=pan_anns, categories=categories))
-  _write_json(os.path.join(out, "annotations", f"{split}.json"),
-              dict(images=images, annotations=amodal_anns,
-                   categories=[c for c in categories if c["isthing"]]))
+  fileio.atomic_write_text(os.path.join(out, "Panoptic", f"{split}.json"), json.dumps(
+      dict(images=images, annotations=pan_anns, categories=categories)))
+  fileio.atomic_write_text(os.path.join(out, "annotations", f"{split}.json"), json.dumps(
+      dict(images=images, annotations=amodal_anns,
+           categories=[c for c in categories if c["isthing"]])))
   return dict(images=len(images), segments=n_segments, amodal=len(amodal_anns))
 
 
@@ -241,7 +245,7 @@ def main(argv):
     print(f"convert_kitti360aps: {e}", file=sys.stderr)
     return 1
   print(f"{f.split}: {counts['images']} images, {counts['segments']} segments, "
-        f"{counts['amodal']} amodal instances → {os.path.abspath(f.out)}")
+        f"{counts['amodal']} amodal instances → {fileio.absolute(f.out)}")
   return 0
 
 

@@ -44,11 +44,14 @@ v4 `encoder.*` naming) are first renamed to the reference naming by
 `attn.kv`.
 
 Only `read_pth` needs torch; everything else works on numpy arrays.
+`--checkpoint` and `--out` may be URLs (`gs://...`): the checkpoint is read
+through etils.epath, Orbax writes URLs itself.
 """
 
 from collections.abc import Callable, Mapping
 import dataclasses
 import importlib.util
+import io
 import os
 import pickle
 import re
@@ -58,8 +61,10 @@ from typing import Any
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import numpy as np
 
+from unlock_jax import fileio
 from unlock_jax.models import reference_names
 
 IGNORED_PREFIXES = ("ema_model.", "source_model.", "imnet_model.")
@@ -391,18 +396,20 @@ def load_pth(path: str, *, trust_checkpoint: bool = False) -> Any:
       loading); names them and the `--trust_checkpoint` way out.
   """
   torch = import_torch()
-  if not os.path.isfile(path):
+  if not epath.Path(path).exists():
     raise FileNotFoundError(f"checkpoint {path} does not exist")
   if trust_checkpoint:
     logging.warning("--trust_checkpoint: unpickling %s in full, which runs any "
                     "code the file carries", path)
-    return torch.load(path, map_location="cpu", weights_only=False)
+    with _checkpoint_file(path) as f:
+      return torch.load(f, map_location="cpu", weights_only=False)
   try:
-    with torch.serialization.safe_globals(_safe_globals()):
-      return torch.load(path, map_location="cpu", weights_only=True)
+    with torch.serialization.safe_globals(_safe_globals()), _checkpoint_file(path) as f:
+      return torch.load(f, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
     try:
-      found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+      with _checkpoint_file(path) as f:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(f)
     except Exception:  # pylint: disable=broad-except
       found = []
     allowed = {g if isinstance(g, str) else f"{g.__module__}.{g.__qualname__}"
@@ -414,6 +421,13 @@ def load_pth(path: str, *, trust_checkpoint: bool = False) -> Any:
         f"{', '.join(refused)}, and unpickling that can run arbitrary code. "
         "If the file comes from a source you trust, rerun with "
         "--trust_checkpoint.") from None
+
+
+def _checkpoint_file(path: str):
+  """`path` opened for torch, which seeks: a URL is read into memory first."""
+  if fileio.is_url(path):
+    return io.BytesIO(epath.Path(path).read_bytes())
+  return epath.Path(path).open("rb")
 
 
 def read_pth(path: str, *, trust_checkpoint: bool = False) -> dict[str, np.ndarray]:
@@ -482,8 +496,8 @@ def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
 
   from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
 
-  out_dir = os.path.abspath(out_dir)
-  if os.path.exists(out_dir):
+  out_dir = fileio.absolute(out_dir)
+  if epath.Path(out_dir).exists():
     raise FileExistsError(f"output {out_dir} already exists")
   model_cfg = load_model_config(config)
   model = amodalpass.build(model_cfg)
@@ -562,7 +576,7 @@ def main(argv, values: flags.FlagValues = flags.FLAGS):
     print(f"convert_torch: {e}", file=sys.stderr)
     return 1
   print(report.format())
-  print(f"wrote {os.path.abspath(f.out)}")
+  print(f"wrote {fileio.absolute(f.out)}")
   if not report.clean:
     print(f"\nWARNING (--allow_missing): {len(report.missing)} model leaves are "
           "NOT from the checkpoint and keep fresh random values (missing or "
