@@ -2,7 +2,8 @@
 
 Oracle: the file readers (layouts/), which read the PNG/JPEG/JSON files
 themselves; the TFDS side is built with the documented command and read
-through ``tfds.data_source``.
+through ``tfds.data_source``. Synthpass covers KITTI-360 APS and BlendPASS,
+the hand-drawn ASD fixture (tests/fixture_masks.py) AmodalSynthDrive.
 """
 import os
 import pickle
@@ -13,8 +14,12 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from fixture_masks import ASD_H
+from fixture_masks import ASD_W
+from fixture_masks import make_asd_root
 from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
+from unlock_jax.data.layouts import amodalsynthdrive
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import DataError
 from unlock_jax.data.layouts import kitti360aps
@@ -168,3 +173,36 @@ def test_bad_requests_are_clear_errors(data, tmp_path):
     builders.prepare("blendpass", os.path.join(root, "KITTI360_APS"), dirs["blendpass"])
   with pytest.raises(DataError, match="no blendpass split"):
     builders.prepare("blendpass", str(tmp_path), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("size", [None, (ASD_H // 2, ASD_W // 2)])
+def test_amodalsynthdrive_build_equals_the_file_reader(tmp_path, size):
+  """At the native size, and resized as a config's image_size asks (the build's --image_size)."""
+  root = make_asd_root(str(tmp_path / "asd"))
+  data_dir = str(tmp_path / "tfds")
+  if size is None:
+    builders.prepare("amodalsynthdrive", root, data_dir)
+  else:  # the documented command
+    subprocess.run([sys.executable, "-m", "unlock_jax.data.tfds.build", "--layout",
+                    "amodalsynthdrive", "--image_size", f"{size[0]},{size[1]}",
+                    "--manual_dir", root, "--data_dir", data_dir],
+                   check=True, capture_output=True)
+  want = amodalsynthdrive.Reader(root, "train", image_size=size)
+  got = pipeline.open_reader("amodalsynthdrive", "", "train", size, format="tfds",
+                             data_dir=data_dir)
+  got = pickle.loads(pickle.dumps(got))  # as a grain worker receives it
+  assert isinstance(got, source.Reader) and len(got) == len(want) == 2
+  assert got.names == want.names and got.keys == want.keys
+  assert got.image_size == want.image_size == (size or (ASD_H, ASD_W))
+  assert_same(want.categories, got.categories, "categories")
+  assert len(want.load(1)["amodal"]) >= 2  # the comparison covers instances
+  for i in range(len(want)):
+    assert_same(want.load(i), got.load(i), f"asd[{i}]")
+    assert_same(want.load_image(i), got.load_image(i), f"asd[{i}].image")
+  other = (ASD_H, ASD_W) if size else (ASD_H // 2, ASD_W // 2)
+  with pytest.raises(DataError, match=f"rebuild with --image_size {other[0]},{other[1]}"):
+    source.Reader("amodalsynthdrive", data_dir, "train", other)
+  with pytest.raises(DataError, match="at image_size"):
+    builders.prepare("amodalsynthdrive", root, data_dir, image_size=other)
+  b = builders.prepare("amodalsynthdrive", root, data_dir, overwrite=True, image_size=other)
+  assert b.info.metadata["splits"]["train"]["image_size"] == list(other)

@@ -1,4 +1,4 @@
-"""TFDS builders of the KITTI-360 APS and BlendPASS layouts, written as ArrayRecord.
+"""TFDS builders of the KITTI-360 APS, BlendPASS and AmodalSynthDrive layouts, as ArrayRecord.
 
 Each builder reads a data set already on disk (TFDS ``manual_dir``: the layout
 root the file readers take) through the file reader of its layout, so a record
@@ -12,14 +12,17 @@ train records when present, and read with ``hidden_gt=True``.
 
 One prepared data set per ``data_dir``: ``<data_dir>/<layout>/1.0.0/``.
 Per-split reader attributes (names, keys, categories, image size) live in the
-data set's metadata, so opening a split reads no record.
+data set's metadata, so opening a split reads no record. ``manual_dir`` and
+``data_dir`` may be URLs (``gs://...``): files are read through etils.epath.
 """
 import os
-import shutil
 
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from unlock_jax import fileio
+from unlock_jax.data.layouts import amodalsynthdrive
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import kitti360aps
@@ -32,6 +35,10 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Shared part: features, order-preserving writing, per-split metadata."""
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {DATA_VERSION: "Records equal to the file readers' examples."}
+  # True: the reader resizes images to its image_size, and so does decoding a record.
+  RESIZES = False
+  # The readers' image_size (set by ``prepare``); None: each split's first image's size.
+  image_size = None
 
   def _info(self) -> tfds.core.DatasetInfo:
     # disable_shuffling: record i is example i of the file reader.
@@ -50,14 +57,15 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     readers = self._readers(root)
     if not readers:
       raise common.DataError(f"no {self.name} split under {root}")
-    self.info.metadata["manual_dir"] = os.path.abspath(root)
+    self.info.metadata["manual_dir"] = fileio.absolute(root)
+    self.info.metadata["image_size"] = _size_list(self.image_size)
     splits = self.info.metadata.setdefault("splits", {})
     for split, (reader, hidden) in readers.items():
       splits[split] = dict(
           names=list(reader.names), keys=list(getattr(reader, "keys", reader.names)),
           categories=reader.categories, hidden_gt=hidden,
-          labelled=reader.categories is not None,
-          image_size=None if reader.image_size is None else list(reader.image_size))
+          labelled=reader.categories is not None, resized=self.RESIZES,
+          image_size=_size_list(reader.image_size))
     return {split: self._generate_examples(root, reader)
             for split, (reader, _) in readers.items()}
 
@@ -65,10 +73,10 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     for i in range(len(reader)):
       ex = reader.load(i)
       path = self._image_path(reader, root, i)
-      with open(path, "rb") as f:
-        data = f.read()
+      data = epath.Path(path).read_bytes()
       # The stored bytes must decode to the reader's image (guards the path rule).
-      if not np.array_equal(records.decode_rgb(data, path, reader.image_size), ex["image"]):
+      if not np.array_equal(records.decode_rgb(data, path, reader.image_size, self.RESIZES),
+                            ex["image"]):
         raise common.DataError(f"{path} does not decode to the reader's image of "
                                f"{ex['name']}")
       yield i, records.encode(ex, data)
@@ -85,9 +93,9 @@ class Kitti360Aps(_Builder):
                                   "Image/, annotations/) or a synthpass KITTI360_APS/ folder.")
 
   def _readers(self, root):
-    return {s: (kitti360aps.Reader(root, s, image_size=None), False)
+    return {s: (kitti360aps.Reader(root, s, image_size=self.image_size), False)
             for s in ("train", "val")
-            if os.path.isfile(os.path.join(root, "Panoptic", f"{s}.json"))}
+            if epath.Path(root, "Panoptic", f"{s}.json").exists()}
 
   def _image_path(self, reader, root, i):
     return os.path.join(root, "Image", reader.split, reader.names[i] + ".png")
@@ -107,12 +115,12 @@ class BlendPass(_Builder):
 
   def _readers(self, root):
     out = {}
-    if os.path.isdir(os.path.join(root, "leftImg8bit", "train")):
-      hidden = os.path.isdir(os.path.join(root, blendpass.HIDDEN_DIR))
-      out["train"] = (blendpass.Reader(root, "train", image_size=None, hidden_gt=hidden),
-                      hidden)
-    if os.path.isfile(os.path.join(root, "Panoptic", "val_trainId_K2B.json")):
-      out["val"] = (blendpass.Reader(root, "val", image_size=None), False)
+    if epath.Path(root, "leftImg8bit", "train").is_dir():
+      hidden = epath.Path(root, blendpass.HIDDEN_DIR).is_dir()
+      out["train"] = (blendpass.Reader(root, "train", image_size=self.image_size,
+                                       hidden_gt=hidden), hidden)
+    if epath.Path(root, "Panoptic", "val_trainId_K2B.json").exists():
+      out["val"] = (blendpass.Reader(root, "val", image_size=self.image_size), False)
     return out
 
   def _image_path(self, reader, root, i):
@@ -121,7 +129,37 @@ class BlendPass(_Builder):
     return os.path.join(root, "leftImg8bit", "val", reader.names[i] + ".png")
 
 
-BUILDERS = {"kitti360aps": Kitti360Aps, "blendpass": BlendPass}
+class AmodalSynthDrive(_Builder):
+  """AmodalSynthDrive (source domain of ASD→BlendPASS): the splits with labels of
+  ``train``, ``val``, ``test``.
+
+  ``manual_dir``: the folder holding ``<split>/images/`` and
+  ``<split>/amodal_panoptic_seg/`` (layouts/amodalsynthdrive.py). Records hold
+  the reader's examples at the build's ``image_size`` (``--image_size``, e.g.
+  the config's 540x960; default the first image's size): ground truth as the
+  reader resizes it, and the image file's bytes, resized as the reader
+  resizes them when decoded.
+  """
+  name = "amodalsynthdrive"
+  RESIZES = True
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ("Point manual_dir at an AmodalSynthDrive folder "
+                                  "(<split>/images/, <split>/amodal_panoptic_seg/).")
+
+  def _readers(self, root):
+    return {s: (amodalsynthdrive.Reader(root, s, image_size=self.image_size), False)
+            for s in ("train", "val", "test")
+            if epath.Path(root, s, "amodal_panoptic_seg").is_dir()}
+
+  def _image_path(self, reader, root, i):
+    return amodalsynthdrive.image_path(root, reader.split, reader.keys[i])
+
+
+BUILDERS = {"kitti360aps": Kitti360Aps, "blendpass": BlendPass,
+            "amodalsynthdrive": AmodalSynthDrive}
+
+
+def _size_list(size):
+  return None if size is None else [int(v) for v in size]
 
 
 def builder_class(layout: str):
@@ -130,28 +168,35 @@ def builder_class(layout: str):
   return BUILDERS[layout]
 
 
-def prepare(layout: str, manual_dir: str, data_dir: str, overwrite: bool = False):
+def prepare(layout: str, manual_dir: str, data_dir: str, overwrite: bool = False,
+            image_size=None):
   """Builds ``<data_dir>/<layout>/1.0.0`` (ArrayRecord) from the layout at ``manual_dir``.
 
   Offline: the files are read from ``manual_dir``, nothing is fetched (GCS
-  look-up off). An existing build from another ``manual_dir`` is an error
-  unless ``overwrite``, which rebuilds it.
+  look-up off). ``image_size`` (H, W) is the readers' ``image_size``:
+  AmodalSynthDrive is resized to it, the other layouts must have it; None
+  takes each split's first image's size. An existing build from another
+  ``manual_dir`` or ``image_size`` is an error unless ``overwrite``, which
+  rebuilds it.
   """
   cls = builder_class(layout)
-  if not os.path.isdir(manual_dir):
+  if not epath.Path(manual_dir).is_dir():
     raise common.DataError(f"manual_dir {manual_dir} of the {layout} build does not exist")
+  source = (fileio.absolute(manual_dir), _size_list(image_size))
   b = cls(data_dir=data_dir, file_format="array_record")
   if b.is_prepared():
-    built_from = b.info.metadata.get("manual_dir")
+    built = (b.info.metadata.get("manual_dir"), b.info.metadata.get("image_size"))
     if overwrite:
-      shutil.rmtree(os.fspath(b.data_path))
+      epath.Path(b.data_path).rmtree()
       b = cls(data_dir=data_dir, file_format="array_record")
-    elif built_from != os.path.abspath(manual_dir):
+    elif built != source:
       raise common.DataError(
-          f"{b.data_path} was built from {built_from}, not {os.path.abspath(manual_dir)}: "
-          "pass overwrite=True (--overwrite) or another data_dir")
+          f"{b.data_path} was built from {built[0]} at image_size {built[1]}, not from "
+          f"{source[0]} at image_size {source[1]}: pass overwrite=True (--overwrite) or "
+          "another data_dir")
     else:
       return b
+  b.image_size = None if image_size is None else tuple(source[1])
   b.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, try_download_gcs=False))
   return b

@@ -43,8 +43,12 @@ def features() -> tfds.features.FeaturesDict:
   return tfds.features.FeaturesDict(f)
 
 
-def decode_rgb(data: bytes, what: str, size) -> np.ndarray:
-  """Image file bytes -> uint8 [H,W,3] RGB, as ``common.read_rgb`` decodes a file."""
+def decode_rgb(data: bytes, what: str, size, resize: bool = False) -> np.ndarray:
+  """Image file bytes -> uint8 [H,W,3] RGB, as ``common.read_rgb`` decodes a file.
+
+  ``resize``: brought to ``size`` as the AmodalSynthDrive reader does
+  (``common.fit_rgb``) instead of required to have it.
+  """
   try:
     with Image.open(io.BytesIO(data)) as im:
       im.load()
@@ -53,6 +57,8 @@ def decode_rgb(data: bytes, what: str, size) -> np.ndarray:
       arr = np.array(im)
   except (OSError, ValueError, SyntaxError) as e:
     raise common.DataError(f"cannot decode {what}: {e}") from e
+  if resize:
+    return common.fit_rgb(arr, size)
   common.check_size(arr, what, "image", size)
   return arr
 
@@ -108,13 +114,15 @@ def encode(example: dict, image_bytes: bytes) -> dict:
   return rec
 
 
-def decode(rec: dict, *, size, categories, with_gt: bool, what: str) -> dict:
+def decode(rec: dict, *, size, categories, with_gt: bool, what: str,
+           resize: bool = False) -> dict:
   """A record (from ``tfds.data_source``) -> the reader's ``load(i)`` dict.
 
   ``with_gt=False`` gives name and image only (the ground truth may be left
-  undecoded). Maps are copied: the records' buffers are read-only.
+  undecoded); ``resize`` as in :func:`decode_rgb`. Maps are copied: the
+  records' buffers are read-only.
   """
-  out = dict(name=rec["name"].decode(), image=decode_rgb(rec["image"], what, size))
+  out = dict(name=rec["name"].decode(), image=decode_rgb(rec["image"], what, size, resize))
   if not with_gt:
     return out
   h, w = rec["semantic"].shape

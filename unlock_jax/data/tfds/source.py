@@ -9,7 +9,8 @@ shard, shuffle and checkpoint it exactly as a file reader: by index.
 
 Differences from the file readers: an ``image_size`` other than the stored
 one fails when opening (the stored images all have one size, checked when
-built), and returned arrays are copies (the records' buffers are read-only).
+built; AmodalSynthDrive is stored at the build's ``--image_size``), and
+returned arrays are copies (the records' buffers are read-only).
 """
 import numpy as np
 import tensorflow_datasets as tfds
@@ -23,9 +24,9 @@ class Reader:
   """One split of a TFDS build of ``layout`` under ``data_dir``.
 
   Args:
-    layout: "kitti360aps" or "blendpass".
+    layout: "kitti360aps", "blendpass" or "amodalsynthdrive".
     data_dir: the ``--data_dir`` of ``python -m unlock_jax.data.tfds.build``.
-    split: "train" or "val".
+    split: "train" or "val" (AmodalSynthDrive: also "test").
     image_size: expected (height, width); ``None`` takes the stored size.
     hidden_gt: BlendPASS ``train`` of a synthpass set: also return the hidden
       ground truth (as ``blendpass.Reader(..., hidden_gt=True)``).
@@ -57,10 +58,13 @@ class Reader:
     self.keys = list(meta["keys"])
     stored = None if meta["image_size"] is None else tuple(meta["image_size"])
     if image_size is not None and stored is not None and tuple(image_size) != stored:
+      rebuild = (f" (rebuild with --image_size {image_size[0]},{image_size[1]})"
+                 if meta.get("resized") else "")
       raise common.DataError(f"{split!r} of the {layout} build in {data_dir} holds "
                              f"{stored[1]}x{stored[0]} images, expected "
-                             f"{image_size[1]}x{image_size[0]}")
+                             f"{image_size[1]}x{image_size[0]}{rebuild}")
     self.image_size = stored if image_size is None else tuple(image_size)
+    self._resize = bool(meta.get("resized", False))
     self._sources = {}
 
   def __getstate__(self):
@@ -87,10 +91,11 @@ class Reader:
 
   def load_image(self, i: int) -> np.ndarray:
     """uint8 [H,W,3] RGB image of example ``i``."""
-    return records.decode_rgb(self._source(False)[i]["image"], self._what(i), self.image_size)
+    return records.decode_rgb(self._source(False)[i]["image"], self._what(i), self.image_size,
+                              self._resize)
 
   def load(self, i: int) -> dict:
     """Example ``i``: the file reader's ``load(i)`` dict."""
     return records.decode(self._source(self._with_gt)[i], size=self.image_size,
                           categories=self.categories, with_gt=self._with_gt,
-                          what=self._what(i))
+                          what=self._what(i), resize=self._resize)
