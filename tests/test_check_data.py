@@ -2,7 +2,8 @@
 
 The fixture is the tiny config's synthpass set (the generate stage's
 writer), generated once; each test damages a copy by hand and expects the
-problem it made, at the file it damaged, and nothing else.
+problem it made, at the file it damaged, and nothing else. AmodalSynthDrive
+is checked the same way on the hand-drawn fixture of tests/fixture_masks.py.
 """
 import json
 import os
@@ -16,7 +17,13 @@ import pytest
 from absl import app
 from PIL import Image
 
+from configs.asd2b import source_b5
 from configs.synth import tiny
+from fixture_masks import ASD_H
+from fixture_masks import ASD_W
+from fixture_masks import make_asd_root
+from fixture_masks import rect
+from fixture_masks import rle
 from unlock_jax.data import labels
 from unlock_jax.data import synthpass
 from unlock_jax.tools import check_data
@@ -310,3 +317,162 @@ def test_command_line_reports_everything_and_exits_nonzero(wd):
   # overridden config.data.source.image_size (its 3 examples now mis-sized).
   assert re.search(r"kitti360aps val .*\(config.evals.source_val\): 3 examples, 6 errors", out)
   assert re.search(r"3 data sets, \d+ files read: 20 errors, 0 warnings$", out.strip()), out
+
+
+# --- AmodalSynthDrive: the hand-drawn fixture of tests/fixture_masks.py ---------------
+
+ASD_FRAME = ("front", "seq_b", "000007")  # the drawn scene; back/seq_a/000001 is all road
+
+
+def _asd_paths(root):
+  gt = os.path.join(root, "train", "amodal_panoptic_seg", *ASD_FRAME)
+  return (os.path.join(root, "train", "images", *ASD_FRAME) + "_rgb.jpg", gt + "_ampano.png",
+          gt + "_ampano.json")
+
+
+def _asd_check(root, size=(ASD_H // 2, ASD_W // 2), split="train"):
+  """(severity, path relative to root, message) of every problem, and the example count."""
+  where = {f: f"config.data.source.{f}" for f in ("layout", "root", "split", "image_size")}
+  ds = check_data.DataSet("amodalsynthdrive", root, split, size, ["config.data.source"], where)
+  report, n = check_data.check(ds, threads=2)
+  return [(p.severity, os.path.relpath(p.path, root), p.message) for p in report.problems], n
+
+
+@pytest.fixture
+def asd_root(tmp_path):
+  return make_asd_root(str(tmp_path / "AmodalSynthDrive"))
+
+
+def test_amodalsynthdrive_fixture_passes_and_asd2b_selects_it(asd_root):
+  config = source_b5.get_config()
+  config.data.source.root = asd_root
+  config.data.source.image_size = (ASD_H // 2, ASD_W // 2)  # the fixture's aspect ratio
+  sets = [ds for ds in check_data.data_sets(config, None, everything=True)
+          if ds.layout == "amodalsynthdrive"]
+  assert [(ds.root, ds.split, ds.keys) for ds in sets] == [
+      (asd_root, "train", ["config.data.source"])]
+  report, n = check_data.check(sets[0], threads=2)
+  assert n == 2 and report.problems == [] and report.files == 2 * 3  # image, PNG, JSON
+  # asd2b's own 960x540 (16:9) distorts the fixture's 32x20 (16:10) frames: a warning.
+  assert _asd_check(asd_root, size=(540, 960)) == ([(
+      "warning", os.path.join("train", "images"),
+      "2 images are 32x20 (aspect 1.600); they are resized to 960x540 (aspect 1.778) and "
+      "distorted")], 2)
+
+
+def _rewrite_png(path, fn):
+  ids = np.asarray(Image.open(path)).astype(np.int32)
+  Image.fromarray(fn(ids).astype(np.uint16)).save(path)
+
+
+def _put(ids, rows, cols, value):
+  ids = ids.copy()
+  ids[rows, cols] = value
+  return ids
+
+
+def test_amodalsynthdrive_missing_and_unreadable_files(asd_root):
+  image, png, js = _asd_paths(asd_root)
+  rel = lambda p: os.path.relpath(p, asd_root)  # noqa: E731
+  os.remove(image)
+  os.remove(js)
+  problems, n = _asd_check(asd_root)
+  assert n == 2 and sorted(problems) == [
+      ("error", rel(js), "missing amodal panoptic JSON"),
+      ("error", rel(image), f"missing AmodalSynthDrive image of {png}")]
+  with open(png, "rb") as f:
+    data = f.read()
+  with open(png, "wb") as f:
+    f.write(data[:len(data) // 2])
+  assert [(s, p, m.split(":")[0]) for s, p, m in _asd_check(asd_root)[0]
+          if p == rel(png)] == [("error", rel(png), "cannot read amodal panoptic PNG")]
+  # Whole folders: the fix names the split setting.
+  shutil.rmtree(os.path.join(asd_root, "train", "images"))
+  problems, _ = _asd_check(asd_root)
+  assert ("error", os.path.join("train", "images"), "missing AmodalSynthDrive image folder") \
+      in problems
+  problems, n = _asd_check(asd_root, split="val")
+  assert n == 0 and problems == [
+      ("error", os.path.join("val", "amodal_panoptic_seg"), "missing AmodalSynthDrive label "
+       "folder"), ("error", os.path.join("val", "images"), "missing AmodalSynthDrive image "
+                   "folder")]
+  problems, _ = _asd_check(asd_root + "_elsewhere")
+  assert [(s, m) for s, _, m in problems] == [("error", "data root does not exist "
+                                               "(AmodalSynthDrive: <split>/images/, "
+                                               "<split>/amodal_panoptic_seg/)")]
+
+
+def test_amodalsynthdrive_sizes_channels_and_label_values(asd_root):
+  _, png, _ = _asd_paths(asd_root)
+  rel = os.path.relpath(png, asd_root)
+  _rewrite_png(png, lambda ids: _put(ids, slice(0, 1), slice(0, 3), 40))    # not a class
+  _rewrite_png(png, lambda ids: _put(ids, slice(1, 2), slice(0, 2), 40001))  # nor this
+  assert _asd_check(asd_root)[0] == [(
+      "error", rel, "amodal panoptic PNG values 40 (3 px), 40001 (2 px) are outside "
+      "AmodalSynthDrive's label table (class ids 0..36)")]
+  _rewrite_png(png, lambda ids: np.pad(ids, ((0, 0), (0, 1)), mode="edge"))
+  assert _asd_check(asd_root)[0] == [
+      ("error", rel, f"amodal panoptic PNG is {ASD_W + 1}x{ASD_H}, its image {ASD_W}x{ASD_H}")]
+  Image.new("RGB", (ASD_W, ASD_H)).save(png)
+  assert _asd_check(asd_root)[0] == [
+      ("error", rel, "amodal panoptic PNG has mode RGB, expected one channel (16-bit)")]
+
+
+@pytest.mark.parametrize("change,severity,message", [
+    (lambda info: info.pop("26001"), "error",
+     "{json} has no object '26001' (an instance of its PNG)"),
+    (lambda info: info.update({"24001": {"occluded": True}}), "error",
+     "object '24001' in {json} is occluded but has no amodal_mask"),
+    (lambda info: info.update({"27001": {"amodal_mask": rle(np.ones((4, 4), bool))}}), "error",
+     "amodal_mask of object '27001' in {json} has size [4, 4], but its PNG is "
+     f"{ASD_H}x{ASD_W} (rows x columns)"),
+    # An amodal mask that is not a superset of its visible pixels (the truck's 16).
+    (lambda info: info.update({"27001": {"amodal_mask": rle(
+        rect((ASD_H, ASD_W), 0, 3, 20, 27))}}), "warning",
+     "amodal masks miss visible pixels of objects 27001 (16 px)"),
+    (lambda info: info.update({"99001": {"occluded": False}}), "warning",
+     "objects 99001 have no pixels in {png} and are not used"),
+])
+def test_amodalsynthdrive_json_against_png(asd_root, change, severity, message):
+  _, png, js = _asd_paths(asd_root)
+  with open(js) as f:
+    info = json.load(f)
+  change(info)
+  with open(js, "w") as f:
+    json.dump(info, f)
+  assert _asd_check(asd_root)[0] == [
+      (severity, os.path.relpath(js, asd_root), message.format(json=js, png=png))]
+
+
+def test_amodalsynthdrive_malformed_json(asd_root):
+  _, _, js = _asd_paths(asd_root)
+  rel = os.path.relpath(js, asd_root)
+  with open(js, "w") as f:
+    json.dump([1, 2], f)
+  assert _asd_check(asd_root)[0] == [
+      ("error", rel, "amodal panoptic JSON is a list, expected an object keyed by instance id")]
+  with open(js, "w") as f:
+    f.write("{not json")
+  assert [(s, p, m.split(":")[0]) for s, p, m in _asd_check(asd_root)[0]] == [
+      ("error", rel, "cannot parse amodal panoptic JSON")]
+
+
+def test_amodalsynthdrive_files_the_reader_does_not_read(asd_root):
+  """Label files off the <camera>/<sequence>/ depth, lone JSONs, unlabelled images: warnings."""
+  gt = os.path.join(asd_root, "train", "amodal_panoptic_seg")
+  img = os.path.join(asd_root, "train", "images")
+  shutil.copy(os.path.join(gt, "back", "seq_a", "000001_ampano.png"),
+              os.path.join(gt, "back", "000002_ampano.png"))
+  shutil.copy(os.path.join(gt, "back", "seq_a", "000001_ampano.json"),
+              os.path.join(gt, "back", "seq_a", "000003_ampano.json"))
+  shutil.copy(os.path.join(img, "back", "seq_a", "000001_rgb.jpg"),
+              os.path.join(img, "back", "seq_a", "000004_rgb.jpg"))
+  problems, n = _asd_check(asd_root)
+  seg, images = os.path.join("train", "amodal_panoptic_seg"), os.path.join("train", "images")
+  assert n == 2 and sorted(problems) == [
+      ("warning", seg, "1 _ampano.json files have no _ampano.png and are not used: "
+                       "back/seq_a/000003_ampano.json"),
+      ("warning", seg, "1 label files are not at <camera>/<sequence>/<frame>_ampano.png and "
+                       "are not read: back/000002_ampano.png"),
+      ("warning", images, "1 images have no _ampano.png and are not used: "
+                          "back/seq_a/000004_rgb.jpg")]

@@ -10,7 +10,10 @@ each with the file and how to fix it: missing folders and files, unreadable
 or wrongly sized images, label values outside the 18-class table (JSON
 category ids, instance PNG values), panoptic JSON segments that disagree
 with their PNG (areas, ids), amodal JSON entries without images and thing
-segments whose ``amodal_id`` is not in the amodal JSON. Errors are what
+segments whose ``amodal_id`` is not in the amodal JSON. AmodalSynthDrive
+trees get the same kinds of checks in their own format: label PNG and
+image of the same size, PNG values in ASD's label table, every thing
+instance of a PNG with a usable amodal entry in its JSON. Errors are what
 would stop a stage or silently change a metric; warnings are what the
 readers tolerate (files no annotation uses, PNG ids no segment lists). It
 reports everything, not only the first problem, ends with a count, and
@@ -34,6 +37,9 @@ from PIL import Image
 
 from unlock_jax import fileio
 from unlock_jax.data import labels
+from unlock_jax.data.layouts import amodalsynthdrive as asd
+from unlock_jax.data.layouts import common
+from unlock_jax.data.layouts import folder as folder_layout
 
 PANOPTIC_SUFFIX = "_panoptic.png"
 FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -86,7 +92,7 @@ class DataSet:
   ``keys`` are the config entries that use it; ``where`` names the config key
   that set each of layout, root, split and image_size, for the fixes.
   """
-  layout: str  # "kitti360aps", "blendpass" or "folder"
+  layout: str  # "kitti360aps", "blendpass", "amodalsynthdrive" or "folder"
   root: str
   split: str
   image_size: tuple | None
@@ -159,10 +165,7 @@ def data_sets(config, workdir: str | None, everything: bool = False) -> list[Dat
 
 def _listdir(path: str) -> set | None:
   """Names in a folder (one listing instead of a check per file), or None if it is missing."""
-  p = epath.Path(path)
-  if not p.is_dir():
-    return None
-  return {c.name for c in p.iterdir()}
+  return common.listdir(path)
 
 
 def _open_image(path: str) -> Image.Image:
@@ -605,11 +608,12 @@ def _check_blendpass_train(ds: DataSet, report: Report, pool) -> int:
     if not city.is_dir():
       ignored.append(city.name)
       continue
-    for f in sorted(city.iterdir()):
-      if f.name.endswith(".jpg") and not f.is_dir():
-        images[f.name[:-4]] = os.path.join(train, city.name, f.name)
+    for name in sorted(_listdir(os.path.join(train, city.name)) or ()):
+      # One listing per city, no stat per file (GCS): the reader's glob rule.
+      if name.endswith(".jpg"):
+        images[name[:-4]] = os.path.join(train, city.name, name)
       else:
-        ignored.append(f"{city.name}/{f.name}")
+        ignored.append(f"{city.name}/{name}")
   if ignored:
     report.warning(train, f"{len(ignored)} entries are not <city>/<name>.jpg and are "
                    f"ignored: {', '.join(ignored[:5])}{' ...' if len(ignored) > 5 else ''}",
@@ -651,8 +655,7 @@ def check_folder(ds: DataSet, report: Report, pool) -> int:
     report.error(ds.root, "image folder does not exist",
                  f"set --{ds.where['root']} to a folder of panoramas")
     return 0
-  paths = sorted(os.path.join(str(d), f) for d, _, files in epath.Path(ds.root).walk()
-                 for f in files if f.lower().endswith(FOLDER_EXTENSIONS))
+  paths = folder_layout.image_files(ds.root)  # what the reader reads
   if not paths:
     report.error(ds.root, f"no {'/'.join(FOLDER_EXTENSIONS)} images", "add panoramas")
     return 0
@@ -674,8 +677,160 @@ def check_folder(ds: DataSet, report: Report, pool) -> int:
   return len(paths)
 
 
+# --- AmodalSynthDrive ------------------------------------------------------------------
+
+_ASD_TREE = ("<root>/<split>/images/<camera>/<sequence>/<frame>_rgb.jpg and "
+             "<root>/<split>/amodal_panoptic_seg/<camera>/<sequence>/<frame>_ampano.{png,json}")
+_ASD_DEPTHS = ("*", "*/*", "*/*/*/*")  # label files here are not read (the reader's is */*/*)
+
+
+def _shown(items, n: int = 5) -> str:
+  items = list(items)
+  return ", ".join(map(str, items[:n])) + (" ..." if len(items) > n else "")
+
+
+def check_amodalsynthdrive(ds: DataSet, report: Report, pool) -> int:
+  if not epath.Path(ds.root).is_dir():
+    _missing_root(ds, report, "AmodalSynthDrive: <split>/images/, <split>/amodal_panoptic_seg/")
+    return 0
+  gt_dir = os.path.join(ds.root, ds.split, "amodal_panoptic_seg")
+  img_dir = os.path.join(ds.root, ds.split, "images")
+  present = {d: _listdir(d) is not None for d in (gt_dir, img_dir)}
+  for d, what in ((gt_dir, "label"), (img_dir, "image")):
+    if not present[d]:
+      report.error(d, f"missing AmodalSynthDrive {what} folder",
+                   f"the tree is {_ASD_TREE}; set --{ds.where['split']} to a split the root "
+                   "has (train, val, test)")
+  if not present[gt_dir]:
+    return 0
+  stray = [p for depth in _ASD_DEPTHS for p in common.glob(gt_dir, depth + asd.AMPANO_SUFFIX)]
+  if stray:
+    report.warning(gt_dir, f"{len(stray)} label files are not at <camera>/<sequence>/<frame>"
+                   f"{asd.AMPANO_SUFFIX} and are not read: "
+                   f"{_shown(os.path.relpath(p, gt_dir) for p in stray)}",
+                   "move them to amodal_panoptic_seg/<camera>/<sequence>/")
+  pngs = common.glob(gt_dir, asd.LABEL_GLOB)
+  if not pngs:
+    report.error(gt_dir, f"no label files <camera>/<sequence>/<frame>{asd.AMPANO_SUFFIX}",
+                 f"the tree is {_ASD_TREE}")
+    return 0
+  keys = {"/".join(p.split("/")[-3:])[:-len(asd.AMPANO_SUFFIX)]: p for p in pngs}
+  labelled = set(pngs)
+  lone = [p[:-len(asd.AMPANO_JSON_SUFFIX)] for p in
+          common.glob(gt_dir, "*/*/*" + asd.AMPANO_JSON_SUFFIX)]
+  lone = [j for j in lone if j + asd.AMPANO_SUFFIX not in labelled]
+  if lone:
+    report.warning(gt_dir, f"{len(lone)} {asd.AMPANO_JSON_SUFFIX} files have no "
+                   f"{asd.AMPANO_SUFFIX} and are not used: "
+                   f"{_shown(os.path.relpath(j, gt_dir) + asd.AMPANO_JSON_SUFFIX for j in lone)}",
+                   "add their label PNGs or remove them")
+  images = None  # keys of the images present; None: no image folder (reported)
+  if present[img_dir]:
+    suffix = asd.IMAGE_SUFFIX
+    images = {"/".join(p.split("/")[-3:])[:-len(suffix)]
+              for p in common.glob(img_dir, "*/*/*" + suffix)}
+    unused = sorted(images - set(keys))
+    if unused:
+      report.warning(img_dir, f"{len(unused)} images have no {asd.AMPANO_SUFFIX} and are not "
+                     f"used: {_shown(k + suffix for k in unused)}",
+                     "add their labels or move them out of the split")
+  jobs = [pool.submit(_check_asd_frame, ds, key, png, images, report)
+          for key, png in keys.items()]
+  shapes = collections.Counter(hw for hw in (j.result() for j in jobs) if hw)
+  if ds.image_size:
+    h, w = ds.image_size
+    for (ih, iw), n in sorted(shapes.items()):
+      if abs(iw / ih - w / h) > 0.01 * (w / h):
+        report.warning(img_dir, f"{n} images are {iw}x{ih} (aspect {iw / ih:.3f}); they are "
+                       f"resized to {w}x{h} (aspect {w / h:.3f}) and distorted",
+                       f"set --{ds.where['image_size']} to a size of the images' aspect ratio")
+  return len(keys)
+
+
+def _check_asd_frame(ds: DataSet, key: str, png: str, images, report: Report) -> tuple | None:
+  """One frame: image, label PNG (size, values) and JSON (an amodal entry per instance).
+
+  Returns the image's (h, w), None if it cannot be read.
+  """
+  image = asd.image_path(ds.root, ds.split, key)
+  json_path = png[:-len(asd.AMPANO_SUFFIX)] + asd.AMPANO_JSON_SUFFIX
+  hw = None
+  if images is not None and key not in images:
+    report.error(image, f"missing AmodalSynthDrive image of {png}",
+                 "add the image or remove its label files")
+  elif images is not None:
+    try:
+      im = _open_image(image)
+    except (OSError, ValueError, SyntaxError) as e:
+      report.error(image, f"cannot read AmodalSynthDrive image: {e}",
+                   "replace the file with an intact copy")
+    else:
+      report.read()
+      hw = (im.size[1], im.size[0])
+  info = _read_json(json_path, "amodal panoptic JSON", report,
+                    f"add {os.path.basename(json_path)} ({{instance id: {{occluded, "
+                    "amodal_mask}}}}) or remove the label PNG")
+  if info is not None and not isinstance(info, dict):
+    report.error(json_path, f"amodal panoptic JSON is a {type(info).__name__}, expected an "
+                 "object keyed by instance id", "write {\"<id*1000+k>\": {occluded, "
+                 "amodal_mask}, ...}")
+    info = None
+  try:
+    im = _open_image(png)
+  except (OSError, ValueError, SyntaxError) as e:
+    report.error(png, f"cannot read amodal panoptic PNG: {e}", "replace it with an intact copy")
+    return hw
+  report.read()
+  ids = np.asarray(im)
+  if ids.ndim != 2:
+    report.error(png, f"amodal panoptic PNG has mode {im.mode}, expected one channel (16-bit)",
+                 "write it as a single-channel 16-bit PNG")
+    return hw
+  if hw is not None and ids.shape != hw:
+    report.error(png, f"amodal panoptic PNG is {_size_text(ids.shape)}, its image "
+                 f"{_size_text(hw)}", "give the label PNG its image's size")
+    return hw
+  values, counts = np.unique(ids.astype(np.int64), return_counts=True)
+  classes = np.where(values >= labels.LABEL_DIVISOR, values // labels.LABEL_DIVISOR, values)
+  known = np.isin(classes, list(asd.ASD_TO_TRAIN))
+  if not known.all():
+    bad = ", ".join(f"{v} ({c} px)" for v, c in zip(values[~known][:5], counts[~known][:5]))
+    report.error(png, f"amodal panoptic PNG values {bad} are outside AmodalSynthDrive's label "
+                 f"table (class ids {min(asd.ASD_TO_TRAIN)}..{max(asd.ASD_TO_TRAIN)})",
+                 "pixels are ASD class ids (asd_labels.py) or class id*1000 + instance")
+  if info is None:
+    return hw
+  # JSON against PNG: every thing instance the reader keeps needs a usable entry.
+  instances = [int(v) for v, c, ok in zip(values, classes, known) if ok
+               and v >= labels.LABEL_DIVISOR and asd.ASD_TO_TRAIN[int(c)] != labels.IGNORE
+               and labels.is_thing(asd.ASD_TO_TRAIN[int(c)])]
+  short = {}
+  for v in instances:
+    visible = ids == v
+    try:
+      amodal = asd.amodal_mask(info, v, visible, json_path)
+    except common.DataError as e:  # what the reader stops on
+      report.error(json_path, str(e), f"give object '{v}' an entry {{occluded, amodal_mask "
+                   "(COCO RLE of the PNG's size)}")
+      continue
+    missed = int((visible & (amodal == 0)).sum())
+    if missed:
+      short[v] = missed
+  if short:
+    report.warning(json_path, "amodal masks miss visible pixels of objects "
+                   f"{_shown(f'{v} ({n} px)' for v, n in short.items())}",
+                   "an amodal mask should contain the object's visible pixels (the reader "
+                   "uses it as stored)")
+  in_png = {str(int(v)) for v in values}
+  orphans = sorted(k for k in info if k not in in_png)
+  if orphans:
+    report.warning(json_path, f"objects {_shown(orphans)} have no pixels in {png} and are not "
+                   "used", "remove them or fix the PNG")
+  return hw
+
+
 CHECKERS = {"kitti360aps": check_kitti360aps, "blendpass": check_blendpass,
-            "folder": check_folder}
+            "amodalsynthdrive": check_amodalsynthdrive, "folder": check_folder}
 
 
 def check(ds: DataSet, threads: int = 16) -> tuple[Report, int]:
@@ -683,7 +838,8 @@ def check(ds: DataSet, threads: int = 16) -> tuple[Report, int]:
   report = Report()
   if ds.layout not in CHECKERS:
     report.error(ds.root, f"unknown layout {ds.layout!r}",
-                 f"set --{ds.where['layout']} to 'kitti360aps' or 'blendpass'")
+                 f"set --{ds.where['layout']} to 'kitti360aps', 'blendpass' or "
+                 "'amodalsynthdrive'")
     return report, 0
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
     n = CHECKERS[ds.layout](ds, report, pool)
