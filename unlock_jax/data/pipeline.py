@@ -24,8 +24,9 @@ def open_reader(layout: str, root: str, split: str, image_size=None,
                 format: str = "files", data_dir: str = ""):  # pylint: disable=redefined-builtin
   """Reader for a named layout ("kitti360aps", "blendpass" or "amodalsynthdrive").
 
-  ``format="files"`` reads the layout's files under ``root``; ``"tfds"`` reads
-  its TFDS/ArrayRecord build in ``data_dir`` (``root`` unused; built by
+  ``format="files"`` reads the layout's files under ``root`` (a folder or a
+  ``gs://`` URL, read through etils.epath); ``"tfds"`` reads its TFDS/ArrayRecord
+  build in ``data_dir`` (``root`` unused; built by
   ``python -m unlock_jax.data.tfds.build``), which gives the same examples.
   """
   if format == "tfds":
