@@ -4,15 +4,31 @@ One ``CheckpointManager`` per run directory; each step is a composite of
 ``state`` (the train-state pytree), ``data_iter`` (grain's iterator state, one
 file per process) and ``meta`` (JSON). Saves are asynchronous and committed
 atomically by Orbax, so a killed process leaves the previous checkpoint intact.
+
+Checkpoint folders reach Orbax as given: local paths made absolute, URLs
+(``gs://bucket/run/...``) untouched, which Orbax writes through TensorStore's
+own GCS driver (arrays) and etils.epath (metadata).
 """
 import grain
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 
 from unlock_jax import fileio
 from unlock_jax import sharding as shd
 from unlock_jax.train import steps
+
+
+def _check_gcs_client(path: str) -> None:
+  """Orbax lists the steps of a ``gs://`` folder through google-cloud-storage
+  (its hierarchical-namespace check): say so before it fails mid-run."""
+  if not path.startswith("gs://"):
+    return
+  try:
+    from google.cloud import storage  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
+    raise ImportError(
+        f"the checkpoint folder {path} is on GCS: Orbax needs the google-cloud-storage "
+        "package to list it (pip install google-cloud-storage)") from e
 
 
 class Checkpointer:
@@ -21,6 +37,7 @@ class Checkpointer:
   def __init__(self, directory: str, *, max_to_keep: int = 2,
                asynchronous: bool = True):
     self.directory = fileio.absolute(directory)  # gs:// workdirs stay URLs
+    _check_gcs_client(self.directory)
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -86,8 +103,9 @@ def load_variables(path: str, abstract_variables):
   StandardCheckpointer pytree of ``{"params", "batch_stats"}``).
   """
   path = fileio.absolute(path)
-  if not epath.Path(path).is_dir():
+  if not fileio.isdir(path):
     raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+  _check_gcs_client(path)
   mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
   step = mngr.latest_step()
   if step is not None:

@@ -7,14 +7,21 @@ Paths go through ``etils.epath``, so a workdir or data root may be a URL
 fsspec) and local paths to ``os``. On GCS the rename is a server-side copy;
 the object a reader sees is still complete, because GCS publishes an object
 only when its upload has finished.
+
+The readers and listers below (``exists``, ``listdir``, ``walk``,
+``read_bytes``, ``np_load``, ...) call ``os`` directly for local paths, so
+local behaviour and speed stay exactly those of ``os``, and epath for URLs.
 """
+import io
 import json
 import os
 import re
+import shutil
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from etils import epath
+import numpy as np
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -28,6 +35,120 @@ def absolute(path: str) -> str:
   """Local paths made absolute; URLs returned untouched (abspath would mangle ``gs://b``)."""
   path = os.fspath(path)
   return path if is_url(path) else os.path.abspath(path)
+
+
+def exists(path) -> bool:
+  return os.path.exists(path) if not is_url(path) else epath.Path(path).exists()
+
+
+def isdir(path) -> bool:
+  return os.path.isdir(path) if not is_url(path) else epath.Path(path).is_dir()
+
+
+def isfile(path) -> bool:
+  """A file (not a folder); one stat on a URL file system."""
+  if not is_url(path):
+    return os.path.isfile(path)
+  try:
+    return not epath.Path(path).stat().is_directory
+  except FileNotFoundError:
+    return False
+
+
+def getsize(path) -> int:
+  return os.path.getsize(path) if not is_url(path) else int(epath.Path(path).stat().length)
+
+
+def listdir(path) -> list[str]:
+  """Names in a folder (GCS lists sub-folders as ``name/``: the slash is dropped)."""
+  if not is_url(path):
+    return os.listdir(path)
+  return [p.name for p in epath.Path(path).iterdir()]
+
+
+def _bare(path: str) -> str:
+  """``path`` without its scheme and outer slashes, to compare the roots that
+  backends' walks return (tf.io.gfile keeps ``gs://``, fsspec drops it)."""
+  return _URL.sub("", os.fspath(path)).strip("/")
+
+
+def walk(top) -> Iterator[tuple[str, list[str], list[str]]]:
+  """``os.walk`` over a local folder or a URL, yielding each folder as a path
+  relative to ``top`` ("" for ``top`` itself) with its sub-folder and file names."""
+  top = os.fspath(top)
+  if not is_url(top):
+    for folder, dirs, files in os.walk(top):
+      rel = os.path.relpath(folder, top)
+      yield ("" if rel == "." else rel), dirs, files
+    return
+  if not epath.Path(top).is_dir():
+    return  # as os.walk: nothing for a missing folder
+  root = _bare(top)
+  for folder, dirs, files in epath.Path(top).walk():
+    rel = _bare(folder)[len(root):].strip("/")
+    yield rel, [d.rstrip("/") for d in dirs], list(files)
+
+
+def open_file(path, mode: str = "rb"):
+  """``open`` for local paths, ``epath.Path.open`` (seekable) for URLs."""
+  if not is_url(path):
+    return open(path, mode)  # pylint: disable=unspecified-encoding
+  return epath.Path(path).open(mode)
+
+
+def read_bytes(path) -> bytes:
+  with open_file(path, "rb") as f:
+    return f.read()
+
+
+def read_text(path) -> str:
+  return read_bytes(path).decode("utf-8")
+
+
+def read_json(path) -> Any:
+  return json.loads(read_bytes(path))
+
+
+def np_load(path, **kwargs):
+  """``np.load`` of a local path or, read whole into memory, of a URL."""
+  if not is_url(path):
+    return np.load(path, **kwargs)
+  return np.load(io.BytesIO(read_bytes(path)), **kwargs)
+
+
+def remove(path) -> None:
+  if not is_url(path):
+    os.remove(path)
+  else:
+    epath.Path(path).unlink()
+
+
+def rmtree(path) -> None:
+  if not is_url(path):
+    shutil.rmtree(path)
+  else:
+    epath.Path(path).rmtree()
+
+
+def replace(src, dst) -> None:
+  """``os.replace`` of a file or folder.
+
+  On a URL file system (GCS) a folder is a set of objects: each is copied
+  then the source deleted, so there a folder's replacement is not atomic.
+  """
+  if not is_url(src) and not is_url(dst):
+    os.replace(src, dst)
+    return
+  if not isdir(src):
+    epath.Path(src).replace(dst)
+    return
+  if exists(dst):
+    rmtree(dst)
+  for rel, _, files in walk(src):
+    makedirs(os.path.join(dst, rel))
+    for f in files:
+      epath.Path(os.path.join(src, rel, f)).copy(os.path.join(dst, rel, f), overwrite=True)
+  rmtree(src)
 
 
 def makedirs(path: str) -> None:

@@ -5,13 +5,22 @@ While a stage runs, a file handler on the root logger (absl's records pass
 through it, in absl's format) and a copy of stdout (the evaluation tables)
 append to the stage's file; a resumed run appends to the same file. Process
 ``p > 0`` of a multi-host run writes ``<stage>.process<p>.log``.
+
+A URL workdir (``gs://``) has no appendable file: the handler writes a local
+temporary file, seeded with the log already at the URL (so a resumed run
+still appends), which is copied to the URL when the stage ends, also when it
+fails. A killed process (SIGKILL, preemption) leaves that temporary file,
+whose path the log's first line names, but no update at the URL.
 """
 import contextlib
 import logging as py_logging
 import os
 import sys
+import tempfile
 
 from absl import logging
+
+from unlock_jax import fileio
 
 
 class _Tee:
@@ -41,22 +50,38 @@ def path(workdir: str, stage: str, process_index: int = 0) -> str:
 @contextlib.contextmanager
 def stage_log(workdir: str, stage: str, process_index: int = 0):
   """Appends log records and stdout to the stage's log file while open."""
-  if "://" in workdir:  # a bucket: no appendable local file
-    logging.warning("workdir %s is not local: no log file is written", workdir)
-    yield None
-    return
   filename = path(workdir, stage, process_index)
-  os.makedirs(os.path.dirname(filename), exist_ok=True)
-  handler = py_logging.FileHandler(filename, mode="a", encoding="utf-8")
+  local = filename
+  if fileio.is_url(filename):
+    fd, local = tempfile.mkstemp(prefix=f"unlock_jax-{stage}-", suffix=".log")
+    with os.fdopen(fd, "wb") as f:
+      if fileio.exists(filename):
+        f.write(fileio.read_bytes(filename))
+  else:
+    os.makedirs(os.path.dirname(filename), exist_ok=True)
+  handler = py_logging.FileHandler(local, mode="a", encoding="utf-8")
   handler.setFormatter(logging.PythonFormatter())
   root = py_logging.getLogger()
   root.addHandler(handler)
   stdout = sys.stdout
   sys.stdout = _Tee(stdout, handler)
   try:
-    logging.info("Stage %s logs to %s", stage, filename)
+    if local == filename:
+      logging.info("Stage %s logs to %s", stage, filename)
+    else:
+      logging.info("Stage %s logs to %s (through %s until the stage ends)", stage,
+                   filename, local)
     yield filename
   finally:
     sys.stdout = stdout
     root.removeHandler(handler)
     handler.close()
+    if local != filename:
+      try:
+        with open(local, "rb") as f:
+          fileio.atomic_write_bytes(filename, f.read())
+      except Exception as e:  # pylint: disable=broad-except
+        # A failed copy must not hide the stage's own outcome; the file stays.
+        logging.warning("could not copy the log %s to %s: %s", local, filename, e)
+      else:
+        os.remove(local)

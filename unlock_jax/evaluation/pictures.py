@@ -154,7 +154,7 @@ def render_panels(image, gt: dict, pred_sem: np.ndarray, pred_panoptic: np.ndarr
 
 
 def save_png(path: str, array: np.ndarray) -> None:
-  """Writes a uint8 HxW(x3) array as PNG atomically (temp file, then os.replace)."""
+  """Writes a uint8 HxW(x3) array as PNG atomically (``fileio.atomic_write_bytes``)."""
   buf = io.BytesIO()
   Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
   fileio.atomic_write_bytes(path, buf.getvalue())

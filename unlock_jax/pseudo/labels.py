@@ -170,9 +170,9 @@ def write_reference_layout(root: str, name: str, semantic_label: np.ndarray,
     files = instance_files(stem, inst)
     for fname, data in files.items():
       fileio.atomic_write_bytes(os.path.join(folder, fname), data)
-    for fname in os.listdir(folder):
+    for fname in fileio.listdir(folder):
       if stale.fullmatch(fname) and fname not in files:
-        os.remove(os.path.join(folder, fname))
+        fileio.remove(os.path.join(folder, fname))
 
 
 # ---- packed form -------------------------------------------------------------
@@ -210,8 +210,7 @@ def load_packed(path: str, ignore_uncertain: bool = True) -> dict:
   [K,H,W]; with ``ignore_uncertain`` a mask is 255 at its branch's uncertain
   pixels where it is not 1, as the reference's ``LoadAmodalSoftLabels``.
   """
-  with open(path, "rb") as f:
-    data = f.read()
+  data = fileio.read_bytes(path)
   try:
     with np.load(io.BytesIO(data), allow_pickle=False) as z:
       a = {k: z[k] for k in z.files}

@@ -174,7 +174,7 @@ def _corrupt(path: str, why: str) -> ValueError:
 
 def _read_npz(path: str, keys: tuple[str, ...]) -> dict:
   try:
-    with np.load(path, allow_pickle=False) as z:
+    with fileio.np_load(path, allow_pickle=False) as z:
       missing = [k for k in keys if k not in z.files]
       arrays = {k: z[k] for k in keys if k in z.files}
   except FileNotFoundError:
@@ -277,7 +277,7 @@ class PoolIndex:
 
   @classmethod
   def load(cls, path: str) -> "PoolIndex":
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
       raise FileNotFoundError(f"missing ADCL pool index {path}; run the adcl_pool stage")
     return cls(_read_npz(path, ("names", "image_size") + _ENTRY_KEYS), path)
 

@@ -125,12 +125,11 @@ def list_predictions(store_dir: str) -> list[str]:
   """Sorted names of the entries in the store (temp files of a killed write excluded)."""
   root = os.path.join(store_dir, ENTRIES)
   names = []
-  for folder, _, files in os.walk(root):
-    rel = os.path.relpath(folder, root)
+  for rel, _, files in fileio.walk(root):
     for f in files:
       if f.endswith(SUFFIX):
         stem = f[:-len(SUFFIX)]
-        names.append(stem if rel == "." else "/".join(rel.split(os.sep) + [stem]))
+        names.append(stem if not rel else "/".join(rel.split(os.sep) + [stem]))
   return sorted(names)
 
 
@@ -514,8 +513,7 @@ def _header(path: str, data) -> tuple[int, int]:
 
 def _verified_payload(path: str) -> bytes:
   """The payload of an entry file after the header checks; StoreError naming the fault."""
-  with open(path, "rb") as f:
-    data = f.read()
+  data = fileio.read_bytes(path)
   if len(data) < _HEADER.size:
     raise StoreError(f"{path}: truncated ({len(data)} bytes, shorter than the header); {_REDO}")
   length, crc = _header(path, data)
@@ -535,7 +533,7 @@ def is_complete(store_dir: str, name: str) -> bool:
   logged and reported incomplete, so ``predict`` rewrites it.
   """
   path = entry_path(store_dir, name)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     return False
   try:
     _verified_payload(path)
@@ -593,7 +591,7 @@ def load_prediction(store_dir: str, name: str, packed_masks: bool = False) -> di
   Raises FileNotFoundError for a missing entry, StoreError for a bad one.
   """
   path = entry_path(store_dir, name)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"no prediction entry {path}: run the `predict` stage "
                             "to write the prediction store")
   payload = _verified_payload(path)
@@ -631,7 +629,7 @@ def load_summary(store_dir: str, name: str, histogram: bool = True) -> dict:
   and ``load_fine`` instead. Raises like ``load_prediction``.
   """
   path = entry_path(store_dir, name)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"no prediction entry {path}: run the `predict` stage "
                             "to write the prediction store")
   payload = _verified_payload(path)
@@ -682,12 +680,14 @@ def _fast_read(store_dir: str, name: str, keys: tuple) -> tuple | None:
   payload CRC-32 (0.3 ms): the members read carry their own (``_check_crc``).
   """
   path = entry_path(store_dir, name)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"no prediction entry {path}: run the `predict` stage "
                             "to write the prediction store")
-  with open(path, "rb") as f:
+  with fileio.open_file(path, "rb") as f:
     buf = f.read(_PREFIX)
-    size = os.fstat(f.fileno()).st_size
+    f.seek(0, os.SEEK_END)  # the file's size, without a second stat on a URL
+    size = f.tell()
+    f.seek(len(buf))
     if len(buf) < _HEADER.size + 4:
       raise StoreError(f"{path}: truncated ({len(buf)} bytes); {_REDO}")
     length, _ = _header(path, buf)
@@ -829,12 +829,11 @@ def write_meta(store_dir: str, meta: dict) -> None:
 
 def read_meta(store_dir: str) -> dict:
   path = os.path.join(store_dir, META_FILE)
-  if not os.path.isfile(path):
+  if not fileio.isfile(path):
     raise FileNotFoundError(f"no store meta file {path}: run the `predict` stage "
                             "to write the prediction store")
   try:
-    with open(path, encoding="utf-8") as f:
-      meta = json.load(f)
+    meta = json.loads(fileio.read_text(path))
   except ValueError as e:
     raise StoreError(f"{path}: cannot parse store meta ({e}); delete it and rerun "
                      "the `predict` stage") from e

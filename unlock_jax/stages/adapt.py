@@ -39,10 +39,10 @@ def _inputs(config, workdir):
   packed_dir = os.path.join(fileio.resolve(config.opll.out_dir, workdir), "packed")
   pool_path = os.path.join(fileio.resolve(config.adcl_pool.out_dir, workdir),
                            adcl_pool_stage.INDEX_FILE)
-  if not os.path.isdir(packed_dir):
+  if not fileio.isdir(packed_dir):
     raise FileNotFoundError(f"no OPLL pseudo-labels in {packed_dir}: run the `opll` "
                             "stage first (--config.stage=predict,opll,adcl_pool,adapt)")
-  if not os.path.exists(pool_path):
+  if not fileio.exists(pool_path):
     raise FileNotFoundError(f"no ADCL pool index {pool_path}: run the `adcl_pool` stage first")
   return packed_dir, pool_path
 
@@ -61,7 +61,7 @@ def run(config, workdir: str) -> dict:
                                 tgt.get("image_size"), format=tgt.get("format", "files"),
                                 data_dir=fileio.resolve(tgt.get("tfds_data_dir", ""), workdir))
   missing = [k for k in reader.keys
-             if not os.path.exists(os.path.join(packed_dir, k + ".npz"))]
+             if not fileio.exists(os.path.join(packed_dir, k + ".npz"))]
   if missing:
     raise FileNotFoundError(f"{len(missing)} target images have no packed OPLL labels "
                             f"in {packed_dir} (first: {missing[0]}): rerun `opll`")

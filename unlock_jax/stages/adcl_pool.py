@@ -56,7 +56,7 @@ def run(config, workdir: str) -> dict:
   images = opll_stage.TargetImages(config, workdir)
   h, w = meta["image_size"]
   shards = os.path.join(out_dir, "shards")
-  todo = [n for n in mine if not os.path.exists(pool.shard_path(shards, n))]
+  todo = [n for n in mine if not fileio.exists(pool.shard_path(shards, n))]
   prog = progress_lib.Progress(len(todo), "adcl_pool/entries", unit="pano")
   for i, n in enumerate(todo):
     pred = store.load_prediction(store_dir, n)

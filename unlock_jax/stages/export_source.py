@@ -11,11 +11,10 @@ the command that regenerates the folder. ``predict`` and ``adapt`` refuse
 the model if the generated data differ (``synthpass.check_trained_on``).
 
 The folder is replaced atomically (written beside it, then renamed), so a
-killed export leaves the old model in place.
+killed export leaves the old model in place. On GCS a folder rename copies
+its objects one by one (``fileio.replace``): not atomic there.
 """
-import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -54,31 +53,30 @@ def run(config, workdir: str) -> dict:
           "source_only": _results(workdir)}
   if jax.process_index() == 0:
     tmp = out_dir.rstrip("/") + ".tmp"
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
+    if fileio.exists(tmp):
+      fileio.rmtree(tmp)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp, variables)
     ckptr.wait_until_finished()
     if ident is not None:
       fileio.atomic_write_json(os.path.join(tmp, "synthpass.json"), meta)
     old = out_dir.rstrip("/") + ".old"
-    if os.path.exists(out_dir):
-      os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if os.path.exists(old):
-      shutil.rmtree(old)
-  size = sum(os.path.getsize(os.path.join(d, f))
-             for d, _, fs in os.walk(out_dir) for f in fs)
+    if fileio.exists(out_dir):
+      fileio.replace(out_dir, old)
+    fileio.replace(tmp, out_dir)
+    if fileio.exists(old):
+      fileio.rmtree(old)
+  size = sum(fileio.getsize(os.path.join(out_dir, d, f))
+             for d, _, fs in fileio.walk(out_dir) for f in fs)
   logging.info("export_source: step %d → %s (%s, %.2f MB)", step, out_dir, dtype, size / 1e6)
   return {"out_dir": out_dir, "step": int(step), "bytes": size}
 
 
 def _results(workdir: str) -> dict:
   path = os.path.join(workdir, "evaluate", "results.json")
-  if not os.path.exists(path):
+  if not fileio.exists(path):
     return {}
-  with open(path) as f:
-    results = json.load(f).get("results", {})
+  results = fileio.read_json(path).get("results", {})
   # Headline figures on the source domain only (the target's depend on the
   # generated shift); the rest stays in the run's results.json.
   return {k: v for k, v in results.items() if k.startswith("source_")

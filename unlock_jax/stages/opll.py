@@ -95,9 +95,8 @@ def compute_thresholds(store_dir, names, out_dir, cfg, fp: str) -> dict:
   """
   state_path = os.path.join(out_dir, "_state", f"thresholds2_p{jax.process_index()}.pkl")
   done = None
-  if os.path.exists(state_path):
-    with open(state_path, "rb") as f:
-      saved = pickle.load(f)
+  if fileio.exists(state_path):
+    saved = pickle.loads(fileio.read_bytes(state_path))
     if isinstance(saved, dict) and saved.get("fp") == fp:
       done = saved["acc"]
   if all(shd.gather_objects(done is not None)):  # collective: all skip, or none does
@@ -163,15 +162,14 @@ def compute_prototypes(model, variables, mesh, images, store_dir, names, th_sem,
   """Whole-set prototypes (one network pass, resumable per batch)."""
   path = os.path.join(out_dir, "prototypes.npz")
   found = None
-  if os.path.exists(path):
-    with np.load(path) as z:
+  if fileio.exists(path):
+    with fileio.np_load(path) as z:
       if str(z["fingerprint"]) == fp:
         found = z["prototypes"], z["present"]
   state_path = os.path.join(out_dir, "_state", f"prototypes_p{jax.process_index()}.pkl")
   acc, start = prototypes.Sums(), 0
-  if os.path.exists(state_path):
-    with open(state_path, "rb") as f:
-      saved = pickle.load(f)
+  if fileio.exists(state_path):
+    saved = pickle.loads(fileio.read_bytes(state_path))
     if saved["fp"] == fp:
       acc, start = saved["sums"], saved["step"]
   # Collective: all processes skip, or all resume from one batch (a kill can
@@ -261,7 +259,7 @@ def run(config, workdir: str) -> dict:
   gt_reader = None
   root = fileio.resolve(config.predict.root or config.data.target.root, workdir)
   if (o.quality and not config.predict.images and config.predict.split == "train"
-      and os.path.isdir(os.path.join(root, blendpass.HIDDEN_DIR))):
+      and fileio.isdir(os.path.join(root, blendpass.HIDDEN_DIR))):
     gt_reader = blendpass.Reader(root, "train", tuple(meta["image_size"]), hidden_gt=True)
     gt_index = {k: i for i, k in enumerate(gt_reader.keys)}
   use_proto = bool(o.prototype_filter) or gt_reader is not None
@@ -278,8 +276,8 @@ def run(config, workdir: str) -> dict:
   ref_root = os.path.join(out_dir, "OPLL")
   packed = lambda n: os.path.join(out_dir, "packed", n + ".npz")
   part = lambda n: os.path.join(out_dir, "_quality_parts", n + ".pkl")
-  mine = [n for n in names if not os.path.exists(packed(n))
-          or (gt_reader is not None and not os.path.exists(part(n)))]
+  mine = [n for n in names if not fileio.exists(packed(n))
+          or (gt_reader is not None and not fileio.exists(part(n)))]
   todo = sorted(set().union(*shd.gather_objects(mine)))
   logging.info("opll: labels for %d of %d panoramas to write", len(todo), len(names))
   plan = _batches(len(todo), int(o.batch_size))
@@ -352,8 +350,7 @@ def run(config, workdir: str) -> dict:
     shd.barrier("opll quality parts written")
     q = quality.QualityAccumulator()
     for n in my_share(names):
-      with open(part(n), "rb") as f:
-        q.merge(pickle.load(f))
+      q.merge(pickle.loads(fileio.read_bytes(part(n))))
     q = merge_all(q)
     res = q.result()
     summary["quality"] = res

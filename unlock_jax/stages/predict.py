@@ -75,7 +75,7 @@ def run(config, workdir: str) -> dict:
   synthpass.check_trained_on(ckpt_path, fileio.resolve(config.synthpass.out_dir, workdir))
   model, variables, step = inference.load_model(config.model, ckpt_path, mesh)
   meta = store_meta(config, reader, ckpt_path, step)
-  if os.path.exists(os.path.join(store_dir, store.META_FILE)):
+  if fileio.exists(os.path.join(store_dir, store.META_FILE)):
     store.check_meta(store_dir, meta)  # never mix two models in one store
   elif jax.process_index() == 0:
     store.write_meta(store_dir, meta)

@@ -9,7 +9,6 @@ of the bad state), checkpoints the state and the grain iterator state every
 optional periodic ``evaluate(state, step) -> dict`` whose scalars go to the
 same writer.
 """
-import json
 import os
 import signal
 from typing import Callable
@@ -62,9 +61,8 @@ def write_summary(path: str, state, measurements, **extra) -> dict:
   A rerun of a finished run trains nothing (``measurements`` is None) and
   keeps the summary it wrote before.
   """
-  if measurements is None and os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+  if measurements is None and fileio.exists(path):
+    return fileio.read_json(path)
   final = jax.device_get(measurements) if measurements is not None else {}
   summary = {"step": int(jax.device_get(state["step"])), **extra,
              "final": {k: float(v) for k, v in final.items()}}
