@@ -1,4 +1,5 @@
-"""URL workdirs (gs:// on TPU VMs): main passes them through, fileio writes through epath.
+"""URL workdirs (gs:// on TPU VMs): main passes them through, every stage's I/O goes
+through fileio/epath, and generate..adapt run end to end on one.
 
 No network: ``gs://`` is served offline by each of epath's two backends in
 turn, pointed at an in-memory file system. ``tf`` is the backend epath uses
