@@ -406,8 +406,7 @@ def test_file_helpers_on_a_url_file_system_and_locally(gcs, tmp_path):
     assert list(fileio.walk(f"{root}/none")) == []
     assert fileio.getsize(f"{root}/a/two.json") == len(files["a/two.json"])
     assert fileio.read_json(f"{root}/a/two.json") == {"k": [1, 2]}
-    with fileio.np_load(f"{root}/a/b/one.npz") as z:
-      np.testing.assert_array_equal(z["x"], np.arange(5))
+    np.testing.assert_array_equal(fileio.load_npz(f"{root}/a/b/one.npz")["x"], np.arange(5))
     with fileio.open_file(f"{root}/a/two.json") as f:  # partial reads, as the store's
       assert f.read(4) == b'{"k"'
       f.seek(0, os.SEEK_END)

@@ -9,7 +9,7 @@ the object a reader sees is still complete, because GCS publishes an object
 only when its upload has finished.
 
 The readers and listers below (``exists``, ``listdir``, ``walk``,
-``read_bytes``, ``np_load``, ...) call ``os`` directly for local paths, so
+``read_bytes``, ``load_npz``, ...) call ``os`` directly for local paths, so
 local behaviour and speed stay exactly those of ``os``, and epath for URLs.
 """
 import io
@@ -109,11 +109,29 @@ def read_json(path) -> Any:
   return json.loads(read_bytes(path))
 
 
-def np_load(path, **kwargs):
-  """``np.load`` of a local path or, read whole into memory, of a URL."""
-  if not is_url(path):
-    return np.load(path, **kwargs)
-  return np.load(io.BytesIO(read_bytes(path)), **kwargs)
+# numpy parses every .npy header with ast.literal_eval, and CPython 3.11
+# before 3.11.8 can fail when two threads compile at once ("SystemError: AST
+# constructor recursion depth mismatch", gh-106905). The adaptation input
+# reads pseudo-labels and pool entries from several threads, so .npz reads
+# go through this lock (the arrays are small; reads stay fast).
+_NPZ_LOCK = threading.Lock()
+
+
+def load_npz(source) -> dict[str, np.ndarray]:
+  """Every array of an ``.npz`` (a path, a URL or its bytes), read under a lock.
+
+  Thread-safe replacement for ``dict(np.load(...))`` (see ``_NPZ_LOCK``);
+  never unpickles.
+  """
+  data = source if isinstance(source, (bytes, bytearray)) else None
+  with _NPZ_LOCK:
+    if data is None and not is_url(source):
+      z = np.load(source, allow_pickle=False)
+    else:
+      z = np.load(io.BytesIO(data if data is not None else read_bytes(source)),
+                  allow_pickle=False)
+    with z:
+      return {k: z[k] for k in z.files}
 
 
 def remove(path) -> None:

@@ -212,8 +212,7 @@ def load_packed(path: str, ignore_uncertain: bool = True) -> dict:
   """
   data = fileio.read_bytes(path)
   try:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-      a = {k: z[k] for k in z.files}
+    a = fileio.load_npz(data)
     h, w = (int(v) for v in a["shape"])
     sem = a["semantic"]
     if sem.shape != (h, w) or sem.dtype != np.uint8:

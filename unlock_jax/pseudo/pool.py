@@ -174,9 +174,9 @@ def _corrupt(path: str, why: str) -> ValueError:
 
 def _read_npz(path: str, keys: tuple[str, ...]) -> dict:
   try:
-    with fileio.np_load(path, allow_pickle=False) as z:
-      missing = [k for k in keys if k not in z.files]
-      arrays = {k: z[k] for k in keys if k in z.files}
+    z = fileio.load_npz(path)
+    missing = [k for k in keys if k not in z]
+    arrays = {k: z[k] for k in keys if k in z}
   except FileNotFoundError:
     raise
   except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:

@@ -163,9 +163,9 @@ def compute_prototypes(model, variables, mesh, images, store_dir, names, th_sem,
   path = os.path.join(out_dir, "prototypes.npz")
   found = None
   if fileio.exists(path):
-    with fileio.np_load(path) as z:
-      if str(z["fingerprint"]) == fp:
-        found = z["prototypes"], z["present"]
+    z = fileio.load_npz(path)
+    if str(z["fingerprint"]) == fp:
+      found = z["prototypes"], z["present"]
   state_path = os.path.join(out_dir, "_state", f"prototypes_p{jax.process_index()}.pkl")
   acc, start = prototypes.Sums(), 0
   if fileio.exists(state_path):
