@@ -51,13 +51,11 @@ from unlock_jax.data import keys, pipeline
 from unlock_jax.pseudo import labels
 from unlock_jax.pseudo import store
 
-# Off by default for this landing: the file passed in the working tree (8 tests,
-# 8.4 min under load) but its final version has not yet run from a clean clone,
-# and CI must stay green. UNLOCK_JAX_MULTIPROCESS_TESTS=1 runs it.
+# Two-process runs take ~4-5 min of the suite (most of it XLA compiling);
+# UNLOCK_JAX_MULTIPROCESS_TESTS=0 skips them for a quick local run.
 pytestmark = pytest.mark.skipif(
-    os.environ.get("UNLOCK_JAX_MULTIPROCESS_TESTS") != "1",
-    reason="set UNLOCK_JAX_MULTIPROCESS_TESTS=1 (two-process runs, ~4-8 min; "
-           "not yet verified from a clean clone)")
+    os.environ.get("UNLOCK_JAX_MULTIPROCESS_TESTS") == "0",
+    reason="UNLOCK_JAX_MULTIPROCESS_TESTS=0")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/synth/tiny.py:full=1,steps=2"
