@@ -16,6 +16,12 @@ train_source, evaluate, export_source into ``assets/demo_source``):
 
   python -m unlock_jax.main --config configs/demo.py:source=train --workdir /tmp/demo_source
 
+Its source training uses the reference's optimiser groups (neck and heads
+x10) on a base lr 10x the reference's; configs/synth/source_full.py measured
+that this costs most of the instance AP (keep x10 on the decode head only
+there); the committed model and every figure below were made with the
+reference's groups, so they stay until the model is retrained.
+
 Its ``synthpass.json`` records the data it was trained on; ``predict`` and
 ``adapt`` refuse it if the generated data differ (generator version, scale,
 seed, source scenes).

@@ -93,8 +93,15 @@ def test_configs_use_the_source_recipe():
   from configs.synth import source_full  # pylint: disable=g-import-not-at-top
   for cfg in (common.base(), source_b5.get_config(), source_full.get_config()):
     assert cfg.optim.match == "mmcv"
-    assert tuple(map(tuple, cfg.optim.groups)) == optim.source_groups()
     assert (cfg.optim.weight_decay, cfg.optim.power, cfg.optim.end_lr) == (0.01, 1.0, 0.0)
+  for cfg in (common.base(), source_b5.get_config()):
+    assert tuple(map(tuple, cfg.optim.groups)) == optim.source_groups()
+  # The CPU config's base lr is 10x the reference's: only the decode head
+  # gets x10 there, so the R-CNN heads keep the reference's head lr (6e-4).
+  cfg = source_full.get_config()
+  assert cfg.optim.lr == 6e-4
+  assert tuple(map(tuple, cfg.optim.groups)) == (
+      ("decode_head", "decode_head", 10.0, 1.0), ("norm", "norm", 1.0, 0.0))
 
 
 def test_longest_key_wins_whatever_the_order():
