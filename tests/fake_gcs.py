@@ -1,7 +1,7 @@
 """``gs://`` served from memory, for tests of code that takes URL roots (no network).
 
-Copied from tests/test_paths.py's fixture so data tests can use it without
-importing that test module. Each of epath's two backends serves ``gs://`` in
+Shared by tests/test_paths.py (workdirs) and tests/test_data_urls.py (data
+roots). Each of epath's two backends serves ``gs://`` in
 turn: ``tf`` (what epath uses when TensorFlow is installed, as on TPU VMs),
 tf.io.gfile with ``gs://`` mapped onto TF's own ``ram://`` file system; and
 ``fsspec``, with fsspec's memory file system registered for ``gs``. ``FakeGCS``
@@ -110,6 +110,15 @@ class FakeGCS:
     prefix = _MemoryGCS._strip_protocol(url) + "/"
     return sorted({k[len(prefix):].split("/")[0] for k in _MemoryGCS.store
                    if k.startswith(prefix)})
+
+  def files(self, url):
+    """Relative paths of every file under ``url``, sorted."""
+    if self.kind == "tf":
+      root = "ram://" + url[5:]
+      return sorted(os.path.join(d, f)[len(root) + 1:]
+                    for d, _, fs in _tf().io.gfile.walk(root) for f in fs)
+    prefix = _MemoryGCS._strip_protocol(url) + "/"
+    return sorted(k[len(prefix):] for k in _MemoryGCS.store if k.startswith(prefix))
 
   def isdir(self, url):
     if self.kind == "tf":
