@@ -74,7 +74,8 @@ def _bare(path: str) -> str:
 
 def walk(top) -> Iterator[tuple[str, list[str], list[str]]]:
   """``os.walk`` over a local folder or a URL, yielding each folder as a path
-  relative to ``top`` ("" for ``top`` itself) with its sub-folder and file names."""
+  relative to ``top`` ("" for ``top`` itself) with its sub-folder and file names
+  (remove names from the sub-folder list to skip them)."""
   top = os.fspath(top)
   if not is_url(top):
     for folder, dirs, files in os.walk(top):
@@ -86,7 +87,8 @@ def walk(top) -> Iterator[tuple[str, list[str], list[str]]]:
   root = _bare(top)
   for folder, dirs, files in epath.Path(top).walk():
     rel = _bare(folder)[len(root):].strip("/")
-    yield rel, [d.rstrip("/") for d in dirs], list(files)
+    dirs[:] = [d.rstrip("/") for d in dirs]  # in place: callers may prune it, as with os.walk
+    yield rel, dirs, list(files)
 
 
 def open_file(path, mode: str = "rb"):

@@ -13,13 +13,13 @@ the *inclusive* last column/row index, so a 1-px-wide mask has x1 == x2.
 import json
 import logging
 import os
-import re
 from typing import Iterator
 
 from etils import epath
 import numpy as np
 from PIL import Image
 
+from unlock_jax import fileio
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 
@@ -33,15 +33,9 @@ class DataError(ValueError):
 
 # --- files through etils.epath: local paths, and URLs (gs://) on TPU VMs -----------------
 
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-
-
 def listdir(folder: str) -> set | None:
   """Names in ``folder`` (one listing: one request on GCS), or None if it is not a folder."""
-  p = epath.Path(folder)
-  if not p.is_dir():
-    return None
-  return {c.name for c in p.iterdir()}  # .name drops GCS's "sub/" slash
+  return set(fileio.listdir(folder)) if fileio.isdir(folder) else None
 
 
 class Listing:
@@ -66,23 +60,11 @@ def glob(folder: str, pattern: str) -> list[str]:
   return sorted(os.fspath(p) for p in epath.Path(folder).glob(pattern))
 
 
-def _bare(path: str) -> str:
-  """``path`` without scheme and outer slashes: fsspec's walk drops ``gs://``, TF's keeps it."""
-  return _SCHEME.sub("", os.fspath(path)).strip("/")
-
-
 def walk(top: str) -> Iterator[tuple[str, list, list]]:
-  """``os.walk`` through epath: (folder as ``top`` + relative path, sub-folder names, file names).
-
-  Nothing for a missing ``top``; remove names from the sub-folder list to skip them.
-  """
+  """``fileio.walk`` yielding each folder as ``top`` joined with its relative path."""
   top = os.fspath(top)
-  if not epath.Path(top).is_dir():
-    return
-  base = _bare(top)
-  for folder, dirs, files in epath.Path(top).walk():
-    rel = _bare(os.fspath(folder))[len(base):].strip("/")
-    yield (os.path.join(top, rel) if rel else top), dirs, list(files)
+  for rel, dirs, files in fileio.walk(top):
+    yield (os.path.join(top, rel) if rel else top), dirs, files
 
 
 def open_image(path: str, what: str) -> Image.Image:
