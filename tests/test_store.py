@@ -103,6 +103,28 @@ def test_extra_is_optional_and_empty_detection_arrays_are_accepted(tmp_path):
   assert e["modal"]["boxes"].shape == (0, 4) and e["modal"]["masks"].shape == (0, H, W)
 
 
+def test_source_path_and_size_round_trip_and_default_to_none(tmp_path):
+  d = str(tmp_path)
+  sem, code = small_entry()
+  store.write_prediction(d, "trip/a.jpg", sem, code, no_dets(H, W), no_dets(H, W),
+                         source_path="gs://b/pano/trip/a.jpg", source_size=(2688, 5376))
+  e = store.load_prediction(d, "trip/a.jpg")
+  assert e["source_path"] == "gs://b/pano/trip/a.jpg" and e["source_size"] == (2688, 5376)
+  # In the JSON index, beside the entry's own size (readers ignore keys they do not know).
+  payload = open(store.entry_path(d, "trip/a.jpg"), "rb").read()[24:]
+  (n,) = struct.unpack_from("<I", payload)
+  index = json.loads(payload[4:4 + n])
+  assert (index["source_path"], index["source_size"]) == ("gs://b/pano/trip/a.jpg", [2688, 5376])
+  store.write_prediction(d, "c/x", sem, code, no_dets(H, W), no_dets(H, W))
+  e = store.load_prediction(d, "c/x")
+  assert e["source_path"] is None and e["source_size"] is None
+  for bad in ({"source_size": (0, 5)}, {"source_size": (3,)}, {"source_path": ""},
+              {"source_path": 3}):
+    with pytest.raises(ValueError, match="source_"):
+      store.write_prediction(d, "c/y", sem, code, no_dets(H, W), no_dets(H, W), **bad)
+  assert not os.path.exists(store.entry_path(d, "c/y"))
+
+
 @pytest.mark.parametrize("code, high, low", [
     # second differences along x: [0,1,3] -> [0,1,2] -> [0,1,1]; zigzag 0,2,2
     ([[0, 1, 3]], [0, 0, 0], [0, 2, 2]),

@@ -38,7 +38,14 @@ spec §4); OPLL only needs its argmax and max probability, so an entry keeps
   per panorama with the adds). Without the 4-bit form the chunks took 0.156
   MB (0.191 MB at deflate level 1; 4-bit at level 1: 0.159 MB, ~15 ms less
   per write);
-* ``extra``: small named arrays the caller wants alongside.
+* ``extra``: small named arrays the caller wants alongside;
+* ``source_path`` and ``source_size`` (in the index, optional): the image
+  file the entry was predicted from and its ``(height, width)`` before it
+  was resized to the store's size, recorded for the user's own panoramas
+  (``layouts/folder.py``) so exports can be written back at that size
+  (``pseudo/export.py``). Entries without them (a data set split, or written
+  before they were recorded) load with ``None`` for both; adding them kept
+  the format version, as readers ignore index keys they do not know.
 
 Older entries still load: with ``conf_hist`` int64 [2,K] (the sparse
 histogram ``thresholds.sparse_histogram``: sorted keys ``class * 65536 +
@@ -444,10 +451,27 @@ def _check_extra(extra: dict | None) -> dict:
   return out
 
 
+def _check_source(source_path, source_size) -> dict:
+  """The index's source keys; ValueError for a path that is not a string or a bad size."""
+  out = {}
+  if source_path is not None:
+    if not isinstance(source_path, str) or not source_path:
+      raise ValueError(f"source_path must be a non-empty string, got {source_path!r}")
+    out["source_path"] = source_path
+  if source_size is not None:
+    size = [int(v) for v in np.asarray(source_size).reshape(-1)]
+    if len(size) != 2 or min(size) < 1:
+      raise ValueError(f"source_size must be (height, width) >= 1, got {source_size!r}")
+    out["source_size"] = size
+  return out
+
+
 def encode_entry(name: str, semantic, confidence_code, modal: dict, amodal: dict,
-                 extra: dict | None = None) -> bytes:
+                 extra: dict | None = None, source_path: str | None = None,
+                 source_size=None) -> bytes:
   """The bytes of one entry file (header + payload); validates every input."""
   _name_parts(name)
+  source = _check_source(source_path, source_size)
   semantic, code = np.asarray(semantic), np.asarray(confidence_code)
   if semantic.dtype != np.uint8 or semantic.ndim != 2:
     raise ValueError(f"semantic must be uint8 [H,W], got {semantic.dtype} {semantic.shape}")
@@ -476,23 +500,27 @@ def encode_entry(name: str, semantic, confidence_code, modal: dict, amodal: dict
   for rec, blob in parts:
     arrays.append(dict(rec, offset=offset))
     offset += len(blob)
-  index = json.dumps({"name": name, "height": h, "width": w, "arrays": arrays},
+  index = json.dumps({"name": name, "height": h, "width": w, **source, "arrays": arrays},
                      separators=(",", ":")).encode("utf-8")
   payload = b"".join([struct.pack("<I", len(index)), index] + [b for _, b in parts])
   return _HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), zlib.crc32(payload)) + payload
 
 
 def write_prediction(store_dir: str, name: str, semantic, confidence_code, modal: dict,
-                     amodal: dict, extra: dict | None = None) -> int:
+                     amodal: dict, extra: dict | None = None, source_path: str | None = None,
+                     source_size=None) -> int:
   """Writes ``<store_dir>/entries/<name>.pred`` atomically; returns its size in bytes.
 
   ``modal``/``amodal``: ``{"classes" int [N] (11..17), "scores" [N], "boxes"
   [N,4] x1,y1,x2,y2, "masks" bool [N,H,W]}``; ``extra``: small named numeric
-  arrays returned by the loader under "extra". The two-level confidence
+  arrays returned by the loader under "extra"; ``source_path`` and
+  ``source_size`` ``(height, width)``: the image file and its size before
+  resizing, when known (returned by the loader, None otherwise). The two-level confidence
   histogram is computed and stored here (~50 ms for 400x2048: the sparse
   histogram ~20 ms, ~900 chunks deflated ~30 ms).
   """
-  data = encode_entry(name, semantic, confidence_code, modal, amodal, extra)
+  data = encode_entry(name, semantic, confidence_code, modal, amodal, extra, source_path,
+                      source_size)
   fileio.atomic_write_bytes(entry_path(store_dir, name), data)
   return len(data)
 
@@ -584,7 +612,8 @@ def load_prediction(store_dir: str, name: str, packed_masks: bool = False) -> di
 
   Returns ``{"name", "semantic" uint8 [H,W], "confidence" float32 [H,W]
   (= thresholds.dequantize(code)), "confidence_code" uint16 [H,W], "modal",
-  "amodal", "extra"}``; each branch is ``{"classes" int32 [N], "scores"
+  "amodal", "extra", "source_path" (str or None), "source_size" ((height,
+  width) or None)}``; each branch is ``{"classes" int32 [N], "scores"
   float32 [N], "boxes" float32 [N,4], "masks" bool [N,H,W]}``. With
   ``packed_masks`` a branch carries ``"packed"`` (``maskcodec``'s extent,
   bits, offsets) instead of ``"masks"``: 100 full-size masks are 82 MB.
@@ -608,6 +637,10 @@ def load_prediction(store_dir: str, name: str, packed_masks: bool = False) -> di
     for b in _BRANCHES:
       out[b] = _branch(arrays, b, h, w, packed_masks)
     out["extra"] = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
+    size = index.get("source_size")
+    _check_source(index.get("source_path"), size)
+    out["source_path"] = index.get("source_path")
+    out["source_size"] = None if size is None else (int(size[0]), int(size[1]))
   except (ValueError, KeyError, TypeError, IndexError, struct.error, zlib.error) as e:
     detail = f"missing array {e}" if isinstance(e, KeyError) else str(e)
     raise StoreError(f"{path}: cannot decode ({detail}); {_REDO}") from e
