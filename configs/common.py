@@ -197,11 +197,13 @@ def base() -> ml_collections.ConfigDict:
 
   # Stage 1: whole-panorama predictions of the source model over the target
   # train split (empty root/layout/image_size: those of config.data.target),
-  # or over a folder of the user's own panoramas (`images`).
+  # or over a folder of the user's own panoramas (`images`). on_bad_image:
+  # "skip" an unreadable image (listed in <store_dir>/skipped.json) or "fail".
   c.predict = dict(checkpoint="{workdir}/train_source/checkpoints",
                    layout="", root="", split="train", image_size=(),
                    images="", batch_size=4, store_dir="{workdir}/predict",
-                   num_pictures=8, pictures_dir="{workdir}/predict/pictures")
+                   num_pictures=8, pictures_dir="{workdir}/predict/pictures",
+                   on_bad_image="skip")
   # Stage 2: OPLL, (p, t) per output from the reference scripts (spec §5.1).
   c.opll = dict(semantic=dict(p=0.8, t=0.5), modal=dict(p=0.3, t=0.5),
                 amodal=dict(p=0.5, t=0.3),
@@ -225,6 +227,12 @@ def base() -> ml_collections.ConfigDict:
                  end_lr=0.0, warmup_steps=0, match="mmcv", groups=optim.adapt_groups()),
       log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,
       evals=(), out_dir="{workdir}/adapt")
+  # The adapted model's predictions (stage predict_adapted): config.predict
+  # with these keys replaced, so its store never mixes with the source model's.
+  c.predict_adapted = dict(
+      checkpoint=follow(c.adapt, "out_dir") + "/checkpoints",
+      store_dir="{workdir}/predict_adapted",
+      pictures_dir="{workdir}/predict_adapted/pictures")
   # Stage 0's compact export (a committable source model, stages/export_source.py).
   c.export_source = dict(out_dir="{workdir}/export_source", dtype="float32",
                          command="")

@@ -134,7 +134,7 @@ def test_amodalsynthdrive_and_folder_roots_on_a_url(gcs, tmp_path):
   # A folder of panoramas (predict.images) under a URL: the same files, images, order.
   want = folder.Reader(os.path.join(local, "train", "images"), (8, 16))
   got = folder.Reader(f"{url}/train/images", (8, 16))
-  assert got.keys == want.keys == ["back/seq_a/000001_rgb", "front/seq_b/000007_rgb"]
+  assert got.keys == want.keys == ["back/seq_a/000001_rgb.jpg", "front/seq_b/000007_rgb.jpg"]
   for i in range(len(want)):
     np.testing.assert_array_equal(got.load_image(i), want.load_image(i))
 

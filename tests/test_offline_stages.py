@@ -162,12 +162,13 @@ def test_user_images_and_bad_inputs(trained, tmp_path):
                f"--config.predict.store_dir={out}",
                f"--config.predict.pictures_dir={tmp_path / 'pics'}")
   assert proc.returncode == 0, proc.stderr[-4000:]
-  assert store.list_predictions(str(out)) == ["b", "trip/a"]
-  assert "a.jpg is 128x64" in proc.stderr  # aspect-ratio warning names the file
-  assert sorted(os.listdir(tmp_path / "pics")) == ["b.png", "trip_a.png"]
+  assert store.list_predictions(str(out)) == ["b.png", "trip/a.jpg"]
+  assert "a.jpg is 128x64 (aspect 2.00:1)" in proc.stderr  # names the file and both ratios
+  assert "configured 256x50 (5.12:1)" in proc.stderr
+  assert sorted(os.listdir(tmp_path / "pics")) == ["b.png.png", "trip_a.jpg.png"]
 
   # A corrupt store entry: named, with the fix.
-  entry = store.entry_path(str(out), "b")
+  entry = store.entry_path(str(out), "b.png")
   data = bytearray(open(entry, "rb").read())
   data[len(data) // 2] ^= 0xFF
   open(entry, "wb").write(bytes(data))
@@ -183,11 +184,13 @@ def test_user_images_and_bad_inputs(trained, tmp_path):
   assert "does not match the model" in proc.stderr
   assert str(trained / "train_source" / "checkpoints") in proc.stderr
 
-  # An unreadable image: named.
+  # An unreadable image fails the run only with on_bad_image=fail, named
+  # (the skip-and-report default: tests/test_own_images.py).
   open(folder / "c.jpg", "wb").write(b"not a jpeg")
   proc = _main(trained, "predict", f"--config.predict.images={folder}",
-               f"--config.predict.store_dir={out}")
+               f"--config.predict.store_dir={out}", "--config.predict.on_bad_image=fail")
   assert proc.returncode != 0 and "c.jpg" in proc.stderr
+  assert "on_bad_image=skip" in proc.stderr
 
 
 def _restore(path):

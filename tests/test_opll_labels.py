@@ -290,8 +290,19 @@ def test_reference_layout_files(tmp_path):
   pl.write_reference_layout(root, "city07/pano_0001", semantic, empty, empty)
   for folder in ("instance", "amodal_instance"):
     assert os.listdir(tmp_path / folder / "city07") == ["pano_0001_uncertain.png"]
-  with pytest.raises(ValueError):
-    pl.write_reference_layout(root, "pano_0001", semantic, empty, empty)
+  # Names of a folder of one's own panoramas keep their relative path, any depth.
+  pl.write_reference_layout(root, "pano 1.jpg", semantic, empty, amodal)
+  pl.write_reference_layout(root, "trip/day 2/pano.png", semantic, modal, empty)
+  assert np.array_equal(np.array(Image.open(tmp_path / "semantic" / "pano 1.jpg.png")), semantic)
+  assert sorted(f for f in os.listdir(tmp_path / "amodal_instance") if "pano 1" in f) == [
+      "pano 1.jpg_cls2_id0.png", "pano 1.jpg_uncertain.png"]
+  assert sorted(os.listdir(tmp_path / "instance" / "trip" / "day 2")) == [
+      "pano.png_cls0_id0.png", "pano.png_cls2_id0.png", "pano.png_cls2_id1.png",
+      "pano.png_uncertain.png"]
+  assert os.path.isfile(tmp_path / "semantic" / "trip" / "day 2" / "pano.png.png")
+  for bad in ("", "/abs/x.jpg", "a//b.jpg", "../x.jpg", "a/./b.jpg"):
+    with pytest.raises(ValueError, match="relative path"):
+      pl.write_reference_layout(root, bad, semantic, empty, empty)
 
 
 def test_packed_round_trip_matches_reference_loader(tmp_path):

@@ -15,6 +15,8 @@ from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import pipeline
+from unlock_jax.data.layouts import common as layouts_common
+from unlock_jax.data.layouts import folder
 from unlock_jax.models import amodalpass
 from unlock_jax.models import layers
 
@@ -57,17 +59,35 @@ def detections_row(dets: dict, r: int, height: int, width: int) -> dict:
 
 
 class Subset:
-  """A reader restricted to ``indices``; ``load`` names examples by their key."""
+  """A reader restricted to ``indices`` (``keys``, ``load_image``, ``image_size`` too).
+
+  ``load`` gives the image to predict, named by its key (a folder reader's
+  examples also carry its source path and size, ``layouts/folder.py``). An
+  unreadable image does not stop the input pipeline: its example holds
+  ``"error"`` (the reason, naming the file) and a black image.
+  """
 
   def __init__(self, reader, indices):
     self.reader, self.indices = reader, [int(i) for i in indices]
+    self.keys = [reader.keys[j] for j in self.indices]
+    self.image_size = reader.image_size
 
   def __len__(self) -> int:
     return len(self.indices)
 
+  def load_image(self, i: int) -> np.ndarray:
+    return self.reader.load_image(self.indices[i])
+
   def load(self, i: int) -> dict:
     j = self.indices[i]
-    return dict(name=self.reader.keys[j], image=self.reader.load_image(j))
+    try:
+      if isinstance(self.reader, folder.Reader):
+        return self.reader.load(j)
+      return dict(name=self.reader.keys[j], image=self.reader.load_image(j))
+    except layouts_common.DataError as e:
+      h, w = self.reader.image_size
+      return {"name": self.reader.keys[j], "image": np.zeros((h, w, 3), np.uint8),
+              "error": str(e)}
 
 
 def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
@@ -77,7 +97,8 @@ def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
   ``indices`` must be the same list on every process: each process loads its
   rows of every global batch (``pipeline.eval_batches``) and all run the same
   number of steps. ``outputs`` holds numpy ``semantic``, ``confidence``,
-  ``modal``/``amodal`` (the store's per-branch dicts).
+  ``modal``/``amodal`` (the store's per-branch dicts); it is None for an
+  image that could not be read (``example["error"]`` says why).
   """
   predict = predict_fn(model, mesh)
   sub = Subset(reader, indices)
@@ -89,6 +110,9 @@ def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
     h, w = reader.image_size
     for r, ex in enumerate(batch["_host_gt"]):
       if ex is None:  # padding row
+        continue
+      if "error" in ex:
+        yield ex, None
         continue
       row = {"semantic": out["semantic"][r], "confidence": out["confidence"][r]}
       for b in ("modal", "amodal"):

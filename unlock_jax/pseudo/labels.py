@@ -111,11 +111,15 @@ def instance_labels(pred: dict, branch: str, tau: dict[int, dict],
 
 # ---- reference PNG layout ---------------------------------------------------
 
-def _split_name(name: str) -> tuple[str, str]:
-  parts = name.split("/")
-  if len(parts) != 2 or not all(parts):
-    raise ValueError(f"panorama name must be '<city>/<stem>', got {name!r}")
-  return parts[0], parts[1]
+def split_name(name: str) -> tuple[str, str]:
+  """``(folder, stem)`` of a panorama name: ``"<city>/<stem>"`` for BlendPASS, any
+  relative path for a folder of the user's own (``"trip1/day2/pano.jpg"``,
+  ``"pano.jpg"``: folder ``""``). ValueError for an empty, absolute or ``..`` name."""
+  parts = name.split("/") if isinstance(name, str) else [""]
+  if any(p in ("", ".", "..") for p in parts) or "\\" in name:
+    raise ValueError(f"panorama name {name!r} must be a relative path like "
+                     "'<city>/<stem>' or 'folder/file.jpg' (no empty, '.' or '..' parts)")
+  return "/".join(parts[:-1]), parts[-1]
 
 
 def _png_bytes(im: Image.Image) -> bytes:
@@ -159,9 +163,11 @@ def write_reference_layout(root: str, name: str, semantic_label: np.ndarray,
   and ``root/amodal_instance/<city>/``. The uncertain PNG is always written,
   so the city folders always exist (the reference crashes on a missing one).
   Mask files of this stem left by an earlier run and not rewritten are
-  removed, since the reference loader globs ``<stem>_cls{c}_*.png``.
+  removed, since the reference loader globs ``<stem>_cls{c}_*.png``. A
+  folder-of-panoramas name keeps its relative path: ``trip1/a.jpg`` →
+  ``semantic/trip1/a.jpg.png``, ``instance/trip1/a.jpg_cls0_id0.png``.
   """
-  city, stem = _split_name(name)
+  city, stem = split_name(name)
   fileio.atomic_write_bytes(os.path.join(root, "semantic", city, f"{stem}.png"),
                             semantic_png(semantic_label))
   stale = re.compile(re.escape(stem) + r"_cls\d+_id\d+\.png")

@@ -34,6 +34,7 @@ from PIL import Image
 
 from unlock_jax import fileio
 from unlock_jax.data import labels
+from unlock_jax.pseudo import labels as pl_labels
 from unlock_jax.pseudo import maskcodec
 
 SHARED = 255  # pool pixel also covered by another confident amodal mask
@@ -90,16 +91,12 @@ def pool_entries(pred: dict, tau: dict) -> list[dict]:
   return entries
 
 
-def _split_name(name: str) -> tuple[str, str]:
-  city, sep, stem = name.rpartition("/")
-  if not sep or not city or not stem:
-    raise ValueError(f"panorama name {name!r} is not '<city>/<stem>'")
-  return city, stem
-
-
 def reference_path(root: str, name: str, class_id: int, k: int) -> str:
-  """``root/amodal_instance/<city>/<stem>_cls{c}_id{k}.png`` with c = class - 11."""
-  city, stem = _split_name(name)
+  """``root/amodal_instance/<city>/<stem>_cls{c}_id{k}.png`` with c = class - 11.
+
+  ``<city>/<stem>`` is any relative name (``labels.split_name``).
+  """
+  city, stem = pl_labels.split_name(name)
   return os.path.join(root, "amodal_instance", city,
                       f"{stem}_cls{class_id - labels.FIRST_THING}_id{k}.png")
 
@@ -156,8 +153,9 @@ def _ragged(key: str, chunks: list[np.ndarray]) -> dict:
 
 
 def shard_path(folder: str, name: str) -> str:
-  """Where the shard of panorama ``<city>/<stem>`` lives: ``folder/<city>/<stem>.npz``."""
-  city, stem = _split_name(name)
+  """Where the shard of panorama ``<city>/<stem>`` (any relative name) lives:
+  ``folder/<city>/<stem>.npz``."""
+  city, stem = pl_labels.split_name(name)
   return os.path.join(folder, city, stem + ".npz")
 
 

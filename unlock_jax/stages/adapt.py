@@ -4,8 +4,10 @@ Student and EMA teacher start from the source checkpoint
 (``config.adapt.source_checkpoint``, default ``config.predict.checkpoint``),
 whose parameters also anchor the regulariser; they are read at start-up and
 never written into this stage's checkpoints. Input pairs come from
-``pipeline.adapt_iterator`` (packed OPLL labels of ``config.opll.out_dir``,
-the pool index of ``config.adcl_pool.out_dir``); the step is
+``pipeline.adapt_iterator`` (the panoramas ``predict`` read: the target split
+or ``config.predict.images``, less those it skipped as unreadable; packed
+OPLL labels of ``config.opll.out_dir``, the pool index of
+``config.adcl_pool.out_dir``); the step is
 ``train/adapt.py``; the loop (resume, logging, non-finite check,
 checkpoints with the grain iterator state, preemption) is ``train/loop.py``.
 Every ``eval_every`` steps the evaluators named in ``config.adapt.evals``
@@ -30,6 +32,7 @@ from unlock_jax.data import synthpass
 from unlock_jax.evaluation import evaluators
 from unlock_jax.pseudo import inference
 from unlock_jax.stages import adcl_pool as adcl_pool_stage
+from unlock_jax.stages import predict as predict_stage
 from unlock_jax.train import adapt as adapt_lib
 from unlock_jax.train import loop
 from unlock_jax.train import optim
@@ -47,6 +50,32 @@ def _inputs(config, workdir):
   return packed_dir, pool_path
 
 
+def labelled_images(config, workdir: str, packed_dir: str):
+  """The panoramas the pseudo-labels were made for (``predict``'s), all labelled.
+
+  Images ``predict`` skipped as unreadable have no labels and are left out
+  (logged); any other image without labels is an error naming the stage to run.
+  """
+  reader = predict_stage.open_target(config, workdir)
+  store_dir = fileio.resolve(config.predict.store_dir, workdir)
+  keep = [i for i, k in enumerate(reader.keys)
+          if fileio.exists(os.path.join(packed_dir, k + ".npz"))]
+  if len(keep) == len(reader):
+    return reader
+  skipped = predict_stage.read_skipped(store_dir)
+  missing = sorted(set(reader.keys) - {reader.keys[i] for i in keep})
+  unlabelled = [k for k in missing if k not in skipped]
+  if unlabelled:
+    raise FileNotFoundError(
+        f"{len(unlabelled)} target images have no packed OPLL labels in {packed_dir} "
+        f"(first: {unlabelled[0]}): run `predict` and `opll` for them "
+        "(--config.stage=predict,opll,adcl_pool,adapt; complete outputs are skipped)")
+  logging.warning("adapt: %d of %d images are left out, as predict skipped them as "
+                  "unreadable (reasons in %s): %s", len(missing), len(reader),
+                  os.path.join(store_dir, predict_stage.SKIPPED_FILE), ", ".join(missing))
+  return inference.Subset(reader, keep)
+
+
 def run(config, workdir: str) -> dict:
   a = config.adapt
   stage_dir = fileio.resolve(a.out_dir, workdir)
@@ -56,15 +85,7 @@ def run(config, workdir: str) -> dict:
   writer = metric_writers.create_default_writer(stage_dir, just_logging=pi > 0,
                                                 asynchronous=True)
   packed_dir, pool_path = _inputs(config, workdir)
-  tgt = config.data.target
-  reader = pipeline.open_reader(tgt.layout, fileio.resolve(tgt.root, workdir), "train",
-                                tgt.get("image_size"), format=tgt.get("format", "files"),
-                                data_dir=fileio.resolve(tgt.get("tfds_data_dir", ""), workdir))
-  missing = [k for k in reader.keys
-             if not fileio.exists(os.path.join(packed_dir, k + ".npz"))]
-  if missing:
-    raise FileNotFoundError(f"{len(missing)} target images have no packed OPLL labels "
-                            f"in {packed_dir} (first: {missing[0]}): rerun `opll`")
+  reader = labelled_images(config, workdir, packed_dir)
   data_iter = pipeline.adapt_iterator(
       reader, packed_dir=packed_dir, pool_path=pool_path,
       batch_size=shd.local_batch_size(a.batch_size, mesh), crop_size=tuple(a.crop_size),

@@ -265,6 +265,7 @@ def run(config, workdir: str) -> dict:
   use_proto = bool(o.prototype_filter) or gt_reader is not None
   mesh = shd.make_mesh()
   images = TargetImages(config, workdir)
+  predict_stage.unpredicted(images.reader.keys, names, store_dir, "opll")
   if use_proto:
     ckpt = fileio.resolve(config.predict.checkpoint, workdir)
     model, variables, _ = inference.load_model(config.model, ckpt, mesh)

@@ -12,8 +12,15 @@ stopped. With several processes each predicts its rows of
 every global batch of the (shared) to-do list.
 
 ``config.predict.images`` set to a folder predicts the user's own
-equirectangular JPG/PNG panoramas instead (resized to the configured size)
-and draws ``num_pictures`` of them.
+equirectangular JPG/PNG panoramas instead (any depth, names and conversions
+in ``data/layouts/folder.py``; resized to the configured size) and draws
+``num_pictures`` of them.
+
+An image that cannot be read or converted does not stop the run
+(``config.predict.on_bad_image="skip"``, the default): it gets no entry, and
+``<store_dir>/skipped.json`` and the log name each such file and why (the
+later stages leave it out and say so; a rerun tries it again). ``"fail"``
+stops at the first one instead, naming it.
 """
 import os
 import signal
@@ -29,12 +36,16 @@ from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
+from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
 from unlock_jax.evaluation import pictures
 from unlock_jax.pseudo import inference
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
 from unlock_jax.pseudo import viewer
+
+ON_BAD_IMAGE = ("skip", "fail")
+SKIPPED_FILE = "skipped.json"  # in the store folder: the images the last run skipped
 
 
 def open_target(config, workdir: str):
@@ -65,9 +76,60 @@ def store_meta(config, reader, ckpt_path: str, step) -> dict:
           "source": config.predict.images or config.predict.split}
 
 
+def read_skipped(store_dir: str) -> dict:
+  """``{name: reason}`` of the images the last ``predict`` into ``store_dir`` skipped."""
+  path = os.path.join(store_dir, SKIPPED_FILE)
+  if not fileio.exists(path):
+    return {}
+  return {s["name"]: s["reason"] for s in fileio.read_json(path)["skipped"]}
+
+
+def unpredicted(keys, names, store_dir: str, stage: str) -> list[str]:
+  """The reader's ``keys`` without a store entry among ``names``, logged with the reason.
+
+  Images ``predict`` skipped as unreadable are left out (named in the log);
+  an image neither predicted nor skipped is left out with a warning to run
+  ``predict``.
+  """
+  have = set(names)
+  missing = [k for k in keys if k not in have]
+  if missing:
+    skipped = read_skipped(store_dir)
+    bad = [k for k in missing if k in skipped]
+    new = [k for k in missing if k not in skipped]
+    logging.warning(
+        "%s: %d of %d images have no prediction in %s and are left out: %s%s", stage,
+        len(missing), len(keys), store_dir,
+        (f"{len(bad)} unreadable ({', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''}; "
+         f"reasons in {os.path.join(store_dir, SKIPPED_FILE)})") if bad else "",
+        (f"{'; ' if bad else ''}{len(new)} not predicted yet ({', '.join(new[:10])}"
+         f"{', ...' if len(new) > 10 else ''}): run the predict stage") if new else "")
+  return missing
+
+
+def _write_skipped(store_dir: str, skipped: list[dict], total: int) -> None:
+  skipped = sorted(skipped, key=lambda s: s["name"])
+  if jax.process_index() == 0:
+    fileio.atomic_write_json(os.path.join(store_dir, SKIPPED_FILE),
+                             {"total": total, "skipped": skipped})
+  if skipped:
+    logging.warning("predict: skipped %d unreadable image(s) of %d (listed in %s; fix or "
+                    "remove them and rerun predict, which tries them again):\n%s",
+                    len(skipped), total, os.path.join(store_dir, SKIPPED_FILE),
+                    "\n".join(f"  {s['path'] or s['name']}: {s['reason']}" for s in skipped))
+
+
 def run(config, workdir: str) -> dict:
   provenance.record(workdir, "predict", config)
+  return predict(config, workdir)
+
+
+def predict(config, workdir: str) -> dict:
+  """Predicts ``open_target`` with ``config.predict.checkpoint`` into its store."""
   p = config.predict
+  if p.on_bad_image not in ON_BAD_IMAGE:
+    raise ValueError(f"config.predict.on_bad_image must be one of {ON_BAD_IMAGE}, "
+                     f"got {p.on_bad_image!r}")
   store_dir = fileio.resolve(p.store_dir, workdir)
   mesh = shd.make_mesh()
   reader = open_target(config, workdir)
@@ -95,9 +157,16 @@ def run(config, workdir: str) -> dict:
   num_pictures = int(p.num_pictures) if p.images else 0
   # The first of the to-do list, drawn by whichever process predicts them.
   to_draw = {reader.keys[i] for i in todo[:num_pictures]}
-  t0, n, nbytes = time.monotonic(), 0, 0
+  t0, n, nbytes, skipped = time.monotonic(), 0, 0, []
   for ex, row in inference.iterate(reader, todo, model=model, variables=variables,
                                    mesh=mesh, batch_size=bs, on_batch=prog.update):
+    if row is None:  # unreadable
+      if p.on_bad_image == "fail":
+        raise common.DataError(f"{ex['error']} (--config.predict.on_bad_image=skip "
+                               "skips unreadable images and lists them)")
+      skipped.append({"name": ex["name"], "path": ex.get(folder.SOURCE_PATH),
+                      "reason": ex["error"]})
+      continue
     nbytes += store.write_prediction(
         store_dir, ex["name"], row["semantic"],
         thresholds.quantize(row["confidence"]), row["modal"], row["amodal"])
@@ -109,8 +178,11 @@ def run(config, workdir: str) -> dict:
                         pic)
   secs = time.monotonic() - t0
   # All processes' counts; also a barrier: the next stage lists the whole store.
-  n, nbytes = (sum(v) for v in zip(*shd.gather_objects((n, nbytes))))
-  summary = {"predicted": n, "total": len(reader), "seconds": secs,
+  gathered = shd.gather_objects((n, nbytes, skipped))
+  n, nbytes = sum(g[0] for g in gathered), sum(g[1] for g in gathered)
+  skipped = [s for g in gathered for s in g[2]]
+  _write_skipped(store_dir, skipped, len(reader))
+  summary = {"predicted": n, "skipped": len(skipped), "total": len(reader), "seconds": secs,
              "panoramas_per_sec": n / secs if secs > 0 else 0.0,
              "bytes_per_panorama": nbytes / n if n else 0.0}
   logging.info("predict: %s", summary)

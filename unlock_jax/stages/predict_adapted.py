@@ -1,0 +1,24 @@
+"""Stage 5: the adapted model's predictions, in a store of their own.
+
+``predict`` (the same panoramas: ``config.predict.images`` or the target
+split, the same batch size, pictures and bad-image rule) with the keys of
+``config.predict_adapted`` replacing those of ``config.predict``: by default
+the last checkpoint of ``adapt`` (``<adapt.out_dir>/checkpoints``) into
+``{workdir}/predict_adapted``, so the source model's store, which the
+pseudo-labels came from, and the adapted model's never mix.
+"""
+from unlock_jax import provenance
+from unlock_jax.stages import predict as predict_stage
+
+
+def adapted_config(config):
+  """``config`` with ``config.predict`` updated by ``config.predict_adapted``."""
+  out = config.copy_and_resolve_references()
+  for key, value in out.predict_adapted.items():
+    out.predict[key] = value
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  provenance.record(workdir, "predict_adapted", config)
+  return predict_stage.predict(adapted_config(config), workdir)
