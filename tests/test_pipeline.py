@@ -126,17 +126,71 @@ def test_crop_box_follows_cat_max_ratio():
   # x1=0 and x1=32 give one class; x1=26 gives 4 of 8 columns of class 1 (0.5 < 0.75).
   box = transforms.random_crop_box(sem, (4, 8), _ScriptedRng([0, 32, 26, 0]), 0.75)
   assert box == (0, 4, 26, 34)
-  # Ten failures: the tenth draw is used unchecked (mmseg behaviour).
-  box = transforms.random_crop_box(sem, (4, 8), _ScriptedRng([0] * 9 + [1, 26]), 0.75)
+  # Ten failures: the eleventh draw is used unchecked (mmseg behaviour).
+  box = transforms.random_crop_box(sem, (4, 8), _ScriptedRng([0] * 10 + [1, 26]), 0.75)
   assert box == (0, 4, 1, 9)
   # No class-ratio rule: the first draw is taken.
   assert transforms.random_crop_box(sem, (4, 8), _ScriptedRng([0, 26]), 1.0) == (0, 4, 0, 8)
   # Ignore pixels do not count as a class.
   sem2 = np.full((4, 40), 255, np.uint8)
   sem2[:, :4] = 3
-  assert transforms.random_crop_box(sem2, (4, 8), _ScriptedRng([0] * 10), 0.75) == (0, 4, 0, 8)
+  assert transforms.random_crop_box(sem2, (4, 8), _ScriptedRng([0] * 11), 0.75) == (0, 4, 0, 8)
   with pytest.raises(ValueError, match="larger than the image"):
     transforms.random_crop_box(sem, (5, 8), np.random.default_rng(0))
+
+
+class _CountingRng:
+  """``integers`` from a seeded generator, counting the calls."""
+
+  def __init__(self, seed):
+    self.rng, self.calls = np.random.default_rng(seed), 0
+
+  def integers(self, lo, hi):
+    self.calls += 1
+    return self.rng.integers(lo, hi)
+
+
+def _mmseg_crop(seg, crop_size, rng, cat_max_ratio, ignore_index=255):
+  """mmseg 0.x ``RandomCrop.__call__``'s box, transcribed (np.random → rng)."""
+  def get_crop_bbox():
+    margin_h = max(seg.shape[0] - crop_size[0], 0)
+    margin_w = max(seg.shape[1] - crop_size[1], 0)
+    offset_h = rng.integers(0, margin_h + 1)
+    offset_w = rng.integers(0, margin_w + 1)
+    return offset_h, offset_h + crop_size[0], offset_w, offset_w + crop_size[1]
+
+  crop_bbox = get_crop_bbox()
+  if cat_max_ratio < 1.:
+    for _ in range(10):
+      y1, y2, x1, x2 = crop_bbox
+      labels, cnt = np.unique(seg[y1:y2, x1:x2], return_counts=True)
+      cnt = cnt[labels != ignore_index]
+      if len(cnt) > 1 and np.max(cnt) / np.sum(cnt) < cat_max_ratio:
+        break
+      crop_bbox = get_crop_bbox()
+  return crop_bbox
+
+
+@pytest.mark.parametrize("kind", ["never_ok", "sometimes_ok", "no_rule"])
+def test_crop_box_draws_as_mmseg(kind):
+  """Same boxes and the same number of draws as mmseg's loop (11 at most)."""
+  for seed in range(20):
+    maps = np.random.default_rng(seed)
+    if kind == "never_ok":  # one class (and ignore): every check fails
+      sem = np.where(maps.random((12, 30)) < 0.3, 255, 7).astype(np.uint8)
+    else:
+      sem = np.zeros((12, 30), np.uint8)
+      sem[:, maps.integers(5, 25):] = 1
+    ratio = 1.0 if kind == "no_rule" else 0.75
+    ours, theirs = _CountingRng(seed), _CountingRng(seed)
+    got = transforms.random_crop_box(sem, (6, 8), ours, ratio)
+    want = _mmseg_crop(sem, (6, 8), theirs, ratio)
+    assert tuple(int(v) for v in want) == got
+    assert ours.calls == theirs.calls
+    if kind == "never_ok":
+      assert ours.calls == 2 * 11
+    if kind == "no_rule":
+      assert ours.calls == 2
 
 
 def test_boxes_and_flip_against_loops():

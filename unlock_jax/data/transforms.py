@@ -34,23 +34,30 @@ def random_crop_box(semantic: np.ndarray, crop_size: tuple[int, int],
                     max_tries: int = 10) -> tuple[int, int, int, int]:
   """A crop ``(y1, y2, x1, x2)`` as mmseg's RandomCrop draws it.
 
-  With ``cat_max_ratio < 1`` the offset is redrawn up to ``max_tries`` times
-  until the cropped semantic map passes :func:`_crop_ok`; after that the last
-  draw is used unchecked (reference behaviour). A crop as tall as the image
-  (panoramas, KITTI-360 rescaled to 376 rows) only moves horizontally.
+  With ``cat_max_ratio < 1`` the crop is checked against :func:`_crop_ok` up
+  to ``max_tries`` times, each failure drawing a new one, and the draw after
+  the last failure is used unchecked: ``max_tries + 1`` draws at most, as
+  mmseg's loop (a first draw, then ten check-and-redraw rounds). A crop as
+  tall as the image (panoramas, KITTI-360 rescaled to 376 rows) only moves
+  horizontally.
   """
   h, w = semantic.shape
   ch, cw = crop_size
   if ch > h or cw > w:
     raise ValueError(f"crop {ch}x{cw} is larger than the image {h}x{w}")
-  for attempt in range(max_tries if cat_max_ratio < 1.0 else 1):
+
+  def draw():
     y1 = int(rng.integers(0, h - ch + 1))
     x1 = int(rng.integers(0, w - cw + 1))
-    box = (y1, y1 + ch, x1, x1 + cw)
-    if cat_max_ratio >= 1.0 or attempt == max_tries - 1:
-      break
-    if _crop_ok(semantic[y1:y1 + ch, x1:x1 + cw], cat_max_ratio):
-      break
+    return y1, y1 + ch, x1, x1 + cw
+
+  box = draw()
+  if cat_max_ratio < 1.0:
+    for _ in range(max_tries):
+      y1, y2, x1, x2 = box
+      if _crop_ok(semantic[y1:y2, x1:x2], cat_max_ratio):
+        break
+      box = draw()
   return box
 
 
