@@ -185,7 +185,8 @@ def semantic_map(rng, h, w, things=()):
 
 
 def pool_for(rng, image, n_dets, s):
-  """§6 entries of one panorama: ``n_dets`` confident detections, semantic = their classes."""
+  """Pool entries (docs/method.md §6) of one panorama: ``n_dets`` confident detections,
+  semantic = their classes."""
   h, w = image.shape[:2]
   classes, masks = detections(rng, n_dets, h, w, s)
   sem = semantic_map(rng, h, w, zip(classes, masks))

@@ -1,4 +1,5 @@
-"""UNLOCK's adaptation step (train/adapt.py; spec §7.1, §7.4-§7.6, §10 items 6-7).
+"""UNLOCK's adaptation step (train/adapt.py; docs/method.md §7.1, §7.4-§7.6;
+docs/reference_differences.md items 6-7).
 
 Expectations are computed here, independently: closed-form EMA / regulariser
 formulas, BatchNorm momentum updates in float64 numpy from the BatchNorm inputs
@@ -452,7 +453,7 @@ def test_student_forwards_draw_different_dropout_masks(captured):
 # --- 6. + 7. The full step: adaptation groups, one compilation, sharding, NaN latch ---------------
 
 def _group_lr_mult(path: str) -> float:
-  """The adaptation recipe from spec §7.6, by our parameter paths."""
+  """The adaptation recipe from docs/method.md §7.6, by our parameter paths."""
   if path.startswith("decode_head/"):
     return 1e4
   if path.startswith("neck/"):

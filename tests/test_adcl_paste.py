@@ -1,4 +1,4 @@
-"""ADCL online paste (spec §7.3): hand-built pools for each rule, and the whole
+"""ADCL online paste (docs/method.md §7.3): hand-built pools for each rule, and the whole
 output against a literal transcription of the reference loop on full-size
 arrays, with the same candidate draws, over many random seeds."""
 import numpy as np

@@ -1,4 +1,4 @@
-"""ADCL pool (spec §6) against a direct transcription of the reference loop,
+"""ADCL pool (docs/method.md §6) against a direct transcription of the reference loop,
 on hand-built and random tiny panoramas; shard/index round trips; reference PNGs."""
 import json
 import os

@@ -1,12 +1,13 @@
 """Strong augmentation (colour jitter → blur) vs an independent float64 NumPy oracle.
 
-The spec (``strong_augmentation.md`` §10) recipes a fixture made by running
-kornia 0.5.8. kornia cannot be installed here, so the oracle is the spec's own
-float64 NumPy re-derivation of §3-§5, written below step by step from the
-spec's formulas (not from ``augment.py``); §8 reports that this re-derivation
-agrees with kornia 0.5.8 to ≤1.2e-6 ([0,1] units) and ≤3.4e-6 (normalised).
-The fixture's images, cases and tolerances are kept (5e-6 in [0,1] units,
-1e-5 in normalised units). Two more independent checks: the HSV conversion vs
+The natural oracle is a fixture made by running kornia 0.5.8, the
+reference's version. kornia cannot be installed here, so the oracle is a
+float64 NumPy re-derivation of kornia 0.5.8's ColorJitter and GaussianBlur2d
+(docs/method.md §7.4), written below step by step from kornia's formulas (not
+from ``augment.py``); that re-derivation was measured against kornia 0.5.8,
+when it was written, to ≤1.2e-6 ([0,1] units) and ≤3.4e-6 (normalised). The
+fixture's images, cases and tolerances are kept (5e-6 in [0,1] units, 1e-5
+in normalised units). Two more independent checks: the HSV conversion vs
 Python's ``colorsys`` and the blur vs ``torch.nn.functional.conv2d``.
 """
 import colorsys
@@ -24,7 +25,7 @@ MEAN = np.array([123.675, 116.28, 103.53])
 STD = np.array([58.395, 57.12, 57.375])
 
 
-# --- float64 NumPy oracle, following the spec's formulas ---------------------------------------
+# --- float64 NumPy oracle, following kornia 0.5.8's formulas ------------------------------------
 
 def np_rgb_to_hsv(x):
   r, g, b = x[..., 0], x[..., 1], x[..., 2]
@@ -103,7 +104,7 @@ def torch_blur(x, sigma, size):
 
 
 def np_strong(x_norm, p):
-  """The spec's §3 per-image pipeline with explicit draws (gates shared by the batch)."""
+  """The per-image pipeline with explicit draws (gates shared by the batch)."""
   out = []
   for i in range(x_norm.shape[0]):
     x = np.asarray(x_norm[i], np.float64)
@@ -263,7 +264,7 @@ def test_blur_39_taps_at_400():
     np.testing.assert_allclose(got[0], torch_blur(x[0], sigma, 39), atol=1e-5)
 
 
-# --- the spec's fixture cases (§10), with the NumPy oracle in kornia's place ---------------------
+# --- the kornia fixture's cases, with the NumPy oracle in kornia's place ------------------------
 
 def test_spec_fixture_cases():
   rng = np.random.default_rng(0)

@@ -1,4 +1,7 @@
-"""ClassMix masks, mixing, and the teacher's pseudo-weight vs NumPy restatements of spec §7.4."""
+"""ClassMix masks, mixing, and the teacher's pseudo-weight vs NumPy restatements of the rules.
+
+docs/method.md §7.4.
+"""
 import itertools
 import math
 

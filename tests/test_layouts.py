@@ -58,7 +58,7 @@ def get_bbox_coord(mask):
 
 
 def oracle_gt(pan, segments, amodal_by_id, h, w):
-  """Independent numpy transliteration of the reference GT generation (spec §1.1)."""
+  """Independent numpy transliteration of the reference GT generation (docs/method.md §8.1)."""
   semantic = np.full(pan.shape, 255, np.uint8)
   modal, amodal = [], []
   for s in segments:
@@ -216,7 +216,7 @@ def test_boxes_from_masks_rules():
   m[1, 4, 1] = 1            # a single pixel: x1 == x2
   pos = boxes_from_masks(m, "positive")
   np.testing.assert_array_equal(pos, [[2, 1, 4, 2], [1, 4, 1, 4], [0, 0, 0, 0]])
-  nz = boxes_from_masks(m, "nonzero")  # reference §10.1: 255 inflates the box
+  nz = boxes_from_masks(m, "nonzero")  # docs/reference_differences.md item 1: 255 inflates the box
   np.testing.assert_array_equal(nz[0], [2, 1, 7, 5])
   assert nz[0].tolist() == get_bbox_coord(m[0] != 0)
   with pytest.raises(ValueError, match="rule"):

@@ -102,7 +102,7 @@ def test_outputs_match_direct_computation(trained, uninterrupted, tmp_path):
       assert th[branch][str(c)]["tau"] == pytest.approx(
           _oracle_tau(vals.astype(np.float64), p_, t_), abs=0)
 
-  # Packed labels vs §5.2 computed here; reference layout present.
+  # Packed labels vs docs/method.md §5.2 computed here; reference layout present.
   for n, p in zip(names, preds):
     tau = np.array([th["semantic"][str(c)]["tau"] for c in range(18)])
     want = np.where(p["confidence"].astype(np.float64) < tau[p["semantic"]], 255,

@@ -1,4 +1,5 @@
-"""OPLL labels (spec §5.2, §5.3): hand-built cases and a transcription of the reference scripts."""
+"""OPLL labels (docs/method.md §5.2, §5.3): hand-built cases and a transcription of the
+reference scripts."""
 import glob
 import os
 import re

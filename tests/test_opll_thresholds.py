@@ -1,4 +1,4 @@
-"""OPLL thresholds (spec §5.1): streaming accumulators, and the two-level passes the
+"""OPLL thresholds (docs/method.md §5.1): streaming accumulators, and the two-level passes the
 stage uses, against a sort-and-index oracle and the full histogram."""
 import json
 

@@ -15,7 +15,7 @@ from unlock_jax.tools import convert_torch
 from unlock_jax.train import optim, steps
 
 # What the reference does to each part of the network, written from its
-# configs (spec §7.6, experiments.py pmult=True), not from optim.py's rule.
+# configs (docs/method.md §7.6, experiments.py pmult=True), not from optim.py's rule.
 # Rows are disjoint; every parameter must match exactly one.
 _NORM = r"^backbone/(.+/)?(norm\d?|norm_patches)/(scale|bias)$"
 _PARTS = {

@@ -3,7 +3,7 @@
 One mesh axis, ``data``: parameters are replicated, batches are split along
 their leading dimension. Axis types are ``Auto`` (jax.make_mesh now defaults to
 Explicit, under which un-annotated replicated weights fail to contract with
-sharded activations; see spec jax_stack.md §6).
+sharded activations).
 """
 import pickle
 from typing import Any

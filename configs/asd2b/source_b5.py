@@ -5,7 +5,7 @@ r"""Source model on AmodalSynthDrive at B5, for the ASD→BlendPASS setting.
       --config.data.target.root=/data/BlendPASS_ASD --workdir gs://bucket/asd2b_source
 
 The paper's synthetic-to-real setting. The reference releases no ASD config
-(only the class list, spec unlock_algorithm.md §2), so this mirrors
+(only the class list, docs/method.md §2), so this mirrors
 configs/k2b/source_b5.py (architecture, optimiser, 40k steps, batch 8,
 cat_max_ratio 0.75, flip) with these choices of ours, none from the reference:
 ASD's 1920x1080 frames (all four cameras of the train split) are read at half

@@ -12,7 +12,8 @@ optim.source_groups), poly(1.0), 40k iterations (the reference's run name
 ``adamw_6e-05_pmTrue_poly10warm_1x1_40k``; batch 2 per GPU in mmdet defaults,
 here a global batch of 8). Evaluated on the 100 BlendPASS val panoramas with
 source-only thresholds (0.95/0.95). No released numbers exist for this model
-(spec evaluation_and_data.md §3), so none are promised here. Initialise the
+(docs/reference_differences.md, "What the reference does
+not publish"), so none are promised here. Initialise the
 backbone from an ImageNet MiT-B5 conversion with
 ``--config.init_checkpoint=<tools/convert_torch output>`` where available.
 """

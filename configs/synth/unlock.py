@@ -13,12 +13,10 @@ are full-height squares as the reference's 400x400 of 400x2048; the paste's
 teacher rows scale with the crop height (3 top / 22 bottom at 100 rows).
 Learning rate: the reference's base 1e-7 with the decode head x1e4 (peak
 1e-3) etc.; ``adapt_steps`` iterations instead of 10,000.
-Measured before the parity fixes of issue 10 (one seed, source model at 1000
-steps, shift 1.0, 400 adaptation steps; README, "Results on synthpass"),
-target val: source only (tau 0.95/0.95) mIoU 33.39, mPQ 18.57,
-mAP 3.38, mAAP 2.96, mAPQ 18.37; UNLOCK (tau 0.55/0.5) 35.44, 22.92, 3.56,
-3.19, 23.07; over adaptation seeds 0-2 (--config.seed=N) mIoU 35.16 ± 0.42,
-mPQ 22.46 ± 0.58, mAP 3.57 ± 0.01, mAAP 3.20 ± 0.01, mAPQ 22.58 ± 0.53.
+Not measured with the current code; the last measurement (older code,
+source model at 1000 steps, shift 1.0) is in docs/history.md. The demo
+(configs/demo.py) is the measured run of the whole method (README,
+"Results on synthpass").
 To adapt an existing source model: ``--config.stage=predict,opll,adcl_pool,adapt,evaluate
 --config.predict.checkpoint=DIR``.
 """

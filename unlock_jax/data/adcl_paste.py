@@ -1,6 +1,6 @@
-"""ADCL online paste (spec §7.3): position-locked copy-paste of pool objects.
+"""ADCL online paste (docs/method.md §7.3): position-locked copy-paste of pool objects.
 
-Runs per PL crop in the grain workers, after crop and flip (§7.2.2 step 6).
+Runs per PL crop in the grain workers, after crop and flip (§7.2.2 step 4).
 Up to ``max_paste`` objects from the ADCL pool (``pseudo/pool.py``) are
 pasted at exactly the panorama pixels they occupied in their own panorama,
 inside the crop's window, and the crop's semantic, modal and amodal labels are
@@ -10,7 +10,7 @@ rebuilt around them. The reference (``GenBlendPASSAmodalMixedLabelsForMaskFormer
 the pool index already holds every entry's extent, mask crop and RGB crop, so
 a candidate outside the window is rejected from its extent alone and the
 accepted ones touch only their own pixels. The accept/reject sequence, and so
-the distribution of pastes, is the reference's (spec §10.13).
+the distribution of pastes, is the reference's (docs/reference_differences.md item 13).
 
 Flip: ``window`` is the crop's box in *un-flipped* panorama coordinates (the
 reference's ``crop_bbox``), and the pool crop taken at that window is written
@@ -29,17 +29,18 @@ one-pixel-high object has no label.
 Deliberate choices, each with a switch back to the reference:
   * ``box_rule="positive"``: PL instance boxes from the ``== 1`` pixels, not
     from every non-zero pixel; the reference's ``"nonzero"`` stretches every
-    box over all uncertain (255) pixels of the crop (spec §10.1). Pasted masks
+    box over all uncertain (255) pixels of the crop
+    (docs/reference_differences.md item 1). Pasted masks
     are 0/1, so for them both rules agree.
   * ``modal_box_from_visible=True``: a pasted object's modal box is the box of
-    its visible mask; the reference reuses the amodal box (§10.3). If the
+    its visible mask; the reference reuses the amodal box (item 3). If the
     visible box is degenerate the modal entry alone is dropped.
   * ``black_fill=False`` keeps the PL crop's own pixels where the pool mask
-    is 255 instead of painting them black (§10.4); the default is the
+    is 255 instead of painting them black (item 4); the default is the
     reference's black.
 Not reproduced: the reference skips every candidate whose path contains
-"cer" (meant for ``_uncertain.png``, §10.11; the pool has none), and it fails
-on a pool of fewer than 80 entries (§10.13) where this draws all of them.
+"cer" (meant for ``_uncertain.png``, item 11; the pool has none), and it fails
+on a pool of fewer than 80 entries (item 13) where this draws all of them.
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def paste(image: np.ndarray, semantic: np.ndarray, modal: dict, amodal: dict,
           max_area_fraction: float = 1 / 8, min_visible: int = 25,
           black_fill: bool = True, modal_box_from_visible: bool = True,
           box_rule: str = "positive", candidates=None) -> dict:
-  """Pastes up to ``max_paste`` pool objects into one PL crop (spec §7.3).
+  """Pastes up to ``max_paste`` pool objects into one PL crop (docs/method.md §7.3).
 
   Args:
     image: uint8 [h,w,3] RGB, the PL crop after crop and flip.

@@ -1,6 +1,6 @@
 """The 18-class label space shared by KITTI-360 APS and BlendPASS (K2B).
 
-Train id == id for all classes (spec: evaluation_and_data.md §0). Thing classes
+Train id == id for all classes (docs/formats.md §1). Thing classes
 are semantic ids 11..17; the instance heads use 0..6 (``id - 11``). Panoptic and
 instance ids are ``class * LABEL_DIVISOR + k`` with k >= 1.
 """

@@ -205,7 +205,7 @@ def _pool(path: str):
 
 @dataclasses.dataclass(frozen=True)
 class AdaptPairTransform:
-  """(PL index, unlabelled index) → one adaptation pair (spec §7.2).
+  """(PL index, unlabelled index) → one adaptation pair (docs/method.md §7.2).
 
   PL branch: image + packed OPLL labels (instance masks carry the image's
   uncertain pixels as 255), ``cat_max_ratio`` crop with ≤ 10 redraws on the

@@ -1,4 +1,6 @@
-"""Cityscapes-style instance AP as the reference computes it: mAP (§1.5) and mAAP (§1.6).
+"""Cityscapes-style instance AP as the reference computes it: mAP and mAAP.
+
+docs/method.md §8.5, §8.6.
 
 Reference: ``blendpassscripts/evaluation/evalInstanceLevelSemanticLabeling.py``
 (``assignGt2Preds`` L333-430, ``evaluateMatches`` L432-652) and its amodal twin

@@ -1,6 +1,6 @@
 """Fuses semantic and instance predictions into modal and amodal panoptic predictions.
 
-Spec: evaluation_and_data.md §1.3 (modal) and §1.7 (amodal), reference
+docs/method.md §8.3 (modal) and §8.7 (amodal); reference
 ``tools/panoptic_deeplab/post_processing/evaluation_format.py`` L156-238,
 ``instance_post_processing.py`` L156-212 and ``amodal_post_processing.py`` L156-234.
 Every step runs on bincounts and on masks cropped to their boxes; nothing loops over pixels.
@@ -91,7 +91,7 @@ def merge_semantic_and_instance(sem: np.ndarray, ins: np.ndarray,
                                 stuff_area: int = STUFF_AREA,
                                 num_classes: int = labels.NUM_CLASSES,
                                 void_to_road: bool = True) -> np.ndarray:
-  """Modal panoptic map (§1.3 step 2-3): things by semantic majority vote, then stuff.
+  """Modal panoptic map (§8.3): things by semantic majority vote, then stuff.
 
   The detector class is ignored: an instance takes the most frequent *semantic* thing
   class under it, and only its thing-predicted pixels. Stuff regions smaller than
@@ -131,7 +131,7 @@ def modal_panoptic(sem: np.ndarray, dets: Detections, tau_m: float,
 
 @dataclasses.dataclass
 class AmodalPanoptic:
-  """Layered amodal panoptic prediction (§1.7).
+  """Layered amodal panoptic prediction (§8.7).
 
   ``layer0`` [H,W] int32: stuff ids ``cls*1000`` (void already turned into 0 = road) with
   VOID_LABEL on every instance pixel. ``ids``/``categories`` [K] and ``crops``: one
@@ -155,7 +155,7 @@ class AmodalPanoptic:
 def amodal_panoptic(sem: np.ndarray, dets: Detections, tau_a: float,
                     stuff_area: int = STUFF_AREA,
                     num_classes: int = labels.NUM_CLASSES) -> AmodalPanoptic:
-  """Semantic + amodal detections → layered amodal panoptic prediction (§1.7).
+  """Semantic + amodal detections → layered amodal panoptic prediction (§8.7).
 
   QUIRKs kept: each kept amodal mask is clipped to pixels predicted as a thing class;
   stuff under any kept (unclipped) mask and every other void pixel become road (id 0).

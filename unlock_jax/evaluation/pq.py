@@ -1,4 +1,6 @@
-"""Panoptic quality (mPQ, §1.4) and amodal panoptic quality (mAPQ, §1.8) accumulators.
+"""Panoptic quality (mPQ) and amodal panoptic quality (mAPQ) accumulators.
+
+docs/method.md §8.4 and §8.8.
 
 Reference: ``blendpassscripts/evaluation/evalPanopticSemanticLabeling.py`` L127-253 and
 ``evalAmodalPanopticSemanticLabeling.py`` L136-294 (modified cityscapesScripts). GT VOID is
@@ -184,7 +186,7 @@ class PanopticAccumulator:
 
 
 class AmodalPanopticAccumulator:
-  """mAPQ over images (§1.8): PQ between GT and predicted *layers* of segments.
+  """mAPQ over images (§8.8): PQ between GT and predicted *layers* of segments.
 
   GT layer 0 is the GT semantic map with thing pixels removed (stuff segment id =
   category = class, 255 = VOID); every amodal GT instance is its own layer. Each (GT

@@ -1,6 +1,6 @@
 """mIoU from a confusion matrix, exactly as the reference's BlendPASSSemanticEvaluator.
 
-Spec: evaluation_and_data.md §1.2 (reference ``tools/panoptic_deeplab/eval/semantic.py``
+docs/method.md §8.2 (reference ``tools/panoptic_deeplab/eval/semantic.py``
 L145-235). The matrix has one extra row/column for the ignore label; rows are predictions,
 columns ground truth.
 

@@ -79,7 +79,7 @@ def make_gt(rng, h=64, w=256, n_things=6, crowd=True, void=True, max_radius=None
     if bm is None or ba is None:
       continue
     modal.append({"mask": mm.astype(np.uint8), "category_id": cls, "seg_id": seg_id})
-    # The reader's filter (§1.1): boxes at least 2 px wide and high.
+    # The reader's filter (docs/method.md §8.1): boxes at least 2 px wide and high.
     if bm[0] < bm[1] and bm[2] < bm[3] and ba[0] < ba[1] and ba[2] < ba[3]:
       amodal.append({"mask": am.astype(np.uint8), "category_id": cls, "seg_id": seg_id,
                      "amodal_id": a_id})

@@ -1,4 +1,4 @@
-"""OPLL pseudo-labels from one panorama's predictions (spec §5.2, §5.3).
+"""OPLL pseudo-labels from one panorama's predictions (docs/method.md §5.2, §5.3).
 
 Semantic: the argmax, with 255 where the confidence is below its class's
 threshold. Instances (modal and amodal alike): a detection scoring below its
@@ -6,7 +6,7 @@ class's threshold (or rejected by a filter) only marks "uncertain" pixels; a
 kept one is clipped to the pixels whose semantic argmax is any thing class and
 dropped if nothing is left; the uncertain map is the low-score area on thing
 pixels that no kept mask covers. At load time those pixels become ignore (255)
-in every mask of the image (``LoadAmodalSoftLabels``, spec §7.2.2).
+in every mask of the image (``LoadAmodalSoftLabels``, §7.2.2).
 
 Two on-disk forms: the reference's PNG folders (for inspection and
 comparison) and one packed ``.npz`` per panorama for the input pipeline.
@@ -66,8 +66,9 @@ def instance_labels(pred: dict, branch: str, tau: dict[int, dict],
   "uncertain" bool [H,W]}`` in the detections' order.
 
   An image without detections gets an all-False uncertain map; the reference
-  reuses the previous image's maps there (§10.12), which is benign because the
-  map only acts inside instance masks and such an image has none.
+  reuses the previous image's maps there (docs/reference_differences.md
+  item 12), which is benign because the map only acts inside instance masks
+  and such an image has none.
   """
   if branch not in BRANCHES:
     raise ValueError(f"branch must be one of {BRANCHES}, got {branch!r}")

@@ -1,4 +1,4 @@
-"""ADCL amodal-instance pool (spec §6) and the compact index the online paste reads.
+"""ADCL amodal-instance pool (docs/method.md §6) and the compact index the online paste reads.
 
 Per panorama, a confident amodal detection (``score >= tau_c``, tau from the
 §5.1 rule with p=0.1, t=0.95) enters the pool as its mask clipped to the
@@ -14,8 +14,8 @@ plus the source panorama at every draw. Here each entry is kept as its tight
 box (absolute panorama coordinates: the paste is position-locked), the
 0/1/255 mask crop and the RGB crop of its source panorama, so the paste never
 opens a file. Class and source are stored fields, not parsed from file names
-(spec §10.11). A pool with fewer than 80 entries, or none, is the paste's
-concern (spec §10.13), not this module's.
+(docs/reference_differences.md item 11). A pool with fewer than 80 entries,
+or none, is the paste's concern (item 13), not this module's.
 
 Files: one ``.npz`` shard per panorama (an empty panorama gets one too, so
 the stage resumes panorama by panorama) and one index concatenating them in

@@ -1,7 +1,7 @@
 """OPLL's prototype filter: a documented departure from the reference code.
 
 The reference keeps a pseudo-label when its confidence passes the class-wise
-threshold (spec §5); nothing checks that the *features* agree with the class.
+threshold (docs/method.md §5); nothing checks that the *features* agree with the class.
 Following ProDA and 360SFUDA++ (reliable panoramic prototypes), this module
 builds one prototype per semantic class from the source model's decode-head
 features (``AmodalPASS`` output ``sem_features``, bilinearly resized to the

@@ -6,7 +6,7 @@ Layout of a store folder::
     <store_dir>/entries/<name>.pred    one entry per panorama; name = "<city>/<stem>"
 
 The reference dumps an 18x400x2048 float32 softmax map per panorama (59 MB;
-spec §4); OPLL only needs its argmax and max probability, so an entry keeps
+docs/method.md §4); OPLL only needs its argmax and max probability, so an entry keeps
 
 * ``semantic`` uint8 [H,W]: the argmax (deflate; large flat regions);
 * ``confidence_code`` uint16 [H,W]: ``thresholds.quantize(max prob)``, kept
@@ -22,7 +22,7 @@ spec §4); OPLL only needs its argmax and max probability, so an entry keeps
   box crops of packed bits (``maskcodec``), deflated;
 * the per-class histogram of the stored codes in two levels, computed here
   from the maps (so it cannot disagree with them), for the OPLL threshold
-  pass (``stages/opll.py``; spec §5.1): ``conf_blocks`` uint32 [4, C, 64]
+  pass (``stages/opll.py``; docs/method.md §5.1): ``conf_blocks`` uint32 [4, C, 64]
   (deflated, ~8 kB): per (class, 1024-code block) its pixel count, the end
   offset, format and CRC-32 of its chunk; ``conf_fine`` (codec ``chunks``):
   per non-empty (class, block) the 1024 code counts as 4-bit pairs or

@@ -1,4 +1,4 @@
-"""OPLL's class-wise threshold rule (spec §5.1), exact and streaming.
+"""OPLL's class-wise threshold rule (docs/method.md §5.1), exact and streaming.
 
 For class ``c`` with confidences ``x_0 <= ... <= x_{n-1}`` over the whole
 target set, keep fraction ``p`` and cap ``t``::
@@ -44,7 +44,7 @@ def dequantize(codes: np.ndarray) -> np.ndarray:
   return np.asarray(codes).astype(np.float32) / np.float32(QUANT)
 
 
-# (p, t) per output, from the reference scripts (spec §5.1 table).
+# (p, t) per output, from the reference scripts (docs/method.md §5.1).
 DEFAULTS = {"semantic": (0.8, 0.5), "modal": (0.3, 0.5), "amodal": (0.5, 0.3),
             "adcl": (0.1, 0.95)}
 

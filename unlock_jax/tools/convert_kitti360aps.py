@@ -4,7 +4,7 @@ r"""Converts the public KITTI-360-APS release into the layout our kitti360aps re
         --split train --out /data/APS_KITTI_360 [--class_map identity|asd|map.json]
 
 The reference's "preprocessed KITTI-360 APS labels" link is empty and no
-converter is published (spec evaluation_and_data.md §2.2). This one writes,
+converter is published (docs/formats.md §2.2). This one writes,
 under ``--out``, what ``unlock_jax/data/layouts/kitti360aps.py`` reads:
 
   Image/<split>/<name>.png              RGB (a PNG input is copied byte for byte)

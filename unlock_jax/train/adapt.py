@@ -1,4 +1,4 @@
-"""UNLOCK's adaptation step (spec §7.4-§7.6): one pure, jitted function.
+"""UNLOCK's adaptation step (docs/method.md §7.4-§7.6): one pure, jitted function.
 
 Per step ``t`` (state ``{"params", "batch_stats", "opt", "teacher", "step",
 "first_bad_step"}``; the frozen source parameters are an argument, never
@@ -7,9 +7,10 @@ part of the state or its checkpoints):
 1. EMA teacher, before the forward and for ``t >= 1`` only, parameters only:
    ``teacher <- a·teacher + (1-a)·params`` with ``a = min(1 - 1/(t+1), ema_max)``.
 2. Teacher on the unlabelled crops: dropout/drop-path off, BatchNorm on the
-   batch's statistics *without* updating any stored ones (§10 item 6, as the
-   reference), ``stop_gradient``; labels and confidences at crop size; one
-   pseudo-weight scalar for the whole batch, top/bottom rows 0 (§10 item 7).
+   batch's statistics *without* updating any stored ones (as the reference;
+   docs/reference_differences.md item 6), ``stop_gradient``; labels and
+   confidences at crop size; one pseudo-weight scalar for the whole batch,
+   top/bottom rows 0 (item 7).
 3. ClassMix from the batch's PL label set, then colour jitter and blur on the
    mixed images (``train/classmix.py``, ``train/augment.py``).
 4. ``L = L_clean + L_mix``: L_clean = semantic CE on the PL crops + both

@@ -1,13 +1,12 @@
 """Strong augmentation of the ClassMix image: colour jitter, then Gaussian blur.
 
 The semantics are those of the reference (DACS ``strong_transform`` on top of
-kornia 0.5.8), written out in ``strong_augmentation.md``; section numbers below
-refer to that spec. What a reader might not expect:
+kornia 0.5.8; docs/method.md §7.4). What a reader might not expect:
 
-* The two *whether* decisions are drawn once per batch (§2): either every image
+* The two *whether* decisions are drawn once per batch: either every image
   of the batch is jittered or none is; the same for blur. Factors, σ and the
   op order are drawn per image.
-* kornia 0.5.8's ``ColorJitter`` is not torchvision's (§4, §6): brightness is
+* kornia 0.5.8's ``ColorJitter`` is not torchvision's: brightness is
   additive (``x + b − 1``), contrast a plain multiply (``x·c``), saturation
   scales HSV's S, hue rotates HSV's H in radians; RGB is clamped to [0,1] only
   after brightness and contrast, and the four ops run in a random order per
@@ -39,7 +38,7 @@ def rgb_to_hsv(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """RGB [...,3] → (H in [0,2π), S, V), step for step as kornia's ``rgb_to_hsv``.
 
   The ``eps`` in S and the first-channel tie rule are kept: they make the HSV
-  round trip a (tiny) non-identity that the reference also has (§6.4-5).
+  round trip a (tiny) non-identity that the reference also has.
   """
   r, g, b = x[..., 0], x[..., 1], x[..., 2]
   v = jnp.max(x, axis=-1)

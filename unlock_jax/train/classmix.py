@@ -1,4 +1,4 @@
-"""ClassMix and the mixed targets of UNLOCK's self-training branch (spec §7.4).
+"""ClassMix and the mixed targets of UNLOCK's self-training branch (docs/method.md §7.4).
 
 The mixed image takes the pixels of the chosen classes from the pseudo-labelled
 (PL) image and everything else from the unlabeled image:

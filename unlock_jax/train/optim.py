@@ -64,7 +64,7 @@ def source_groups() -> tuple:
 
 
 def adapt_groups() -> tuple:
-  """The adaptation recipe (spec §7.6; Training_Mix_targetonly_unmaskformer.py).
+  """The adaptation recipe (docs/method.md §7.6; Training_Mix_targetonly_unmaskformer.py).
 
   With base lr 1e-7: decode head ×10⁴ (1e-3), FPN ×10, R-CNN heads ×0.1,
   backbone norms decay 0; ``pos_block`` (decay 0) matches nothing here.

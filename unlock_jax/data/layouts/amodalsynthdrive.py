@@ -1,7 +1,7 @@
 """Reader of the AmodalSynthDrive (ASD) layout: the source domain of the ASD→BlendPASS setting.
 
 The reference ships only ASD's class list (``mmseg/datasets/amodalsynthdrive.py``
-L8-15 of yihong-97/UNLOCK, spec unlock_algorithm.md §2); its ASD loader and
+L8-15 of yihong-97/UNLOCK, docs/method.md §2); its ASD loader and
 configs are not released. Everything below comes from the dataset authors'
 public code (robot-learning-freiburg):
 
@@ -35,7 +35,7 @@ and road line (34) as road; every other id (void, parking, guard rail,
 caravan, trailer, train, other, water, ...) is ignore (255). An id outside
 the table is an error naming the file.
 
-Ground truth follows ``common.build_gt`` (spec evaluation_and_data.md §1.1):
+Ground truth follows ``common.build_gt`` (docs/method.md §8.1):
 a thing instance enters the modal/amodal lists if it has non-empty modal and
 amodal masks whose tight boxes are at least 2 px wide and high; a thing
 class value below 1000 is a crowd region (Cityscapes convention: semantic

@@ -1,7 +1,7 @@
 """Shared pieces of the data-set readers: errors, checked file reading, GT building, padding.
 
 Ground truth follows the reference (``GenAPSKITTIAmodalLabelsForMaskFormer``,
-spec evaluation_and_data.md §1.1): semantic starts at 255 and every non-crowd
+docs/method.md §8.1): semantic starts at 255 and every non-crowd
 segment writes its ``category_id``; an instance enters the modal/amodal lists
 if it is a non-crowd thing with a non-empty modal mask (``panoptic == id``), a
 non-empty amodal mask (its ``amodal_id`` polygons) and both tight boxes at
@@ -225,7 +225,7 @@ def boxes_from_masks(masks: np.ndarray, rule: str = "positive") -> np.ndarray:
 
   ``rule="positive"`` uses pixels == 1 (ignore value 255 excluded);
   ``rule="nonzero"`` uses pixels != 0, reproducing the reference's inflated
-  boxes when masks carry 255 (unlock_algorithm.md §10.1). Empty masks → zeros.
+  boxes when masks carry 255 (docs/reference_differences.md item 1). Empty masks → zeros.
   """
   masks = np.asarray(masks)
   if rule == "positive":

@@ -164,7 +164,7 @@ def mask_targets(masks: jnp.ndarray, rois: jnp.ndarray, gt_index: jnp.ndarray,
   separately; target = object fraction >= 0.5.
 
   Ignored cells (weight 0):
-  * ``ignore_rule="full"`` (default, the reference's intent, spec §7.5): only
+  * ``ignore_rule="full"`` (default, the reference's intent, docs/method.md §7.5): only
     cells whose RoIAligned ignore fraction is 1 (``>= 1 - 1e-6`` for float
     rounding). A pseudo-label mask carries every uncertain pixel of its image,
     so a stricter rule would drop much of the foreground.
