@@ -86,8 +86,11 @@ class Subset:
       return dict(name=self.reader.keys[j], image=self.reader.load_image(j))
     except layouts_common.DataError as e:
       h, w = self.reader.image_size
-      return {"name": self.reader.keys[j], "image": np.zeros((h, w, 3), np.uint8),
-              "error": str(e)}
+      ex = {"name": self.reader.keys[j], "image": np.zeros((h, w, 3), np.uint8),
+            "error": str(e)}
+      if isinstance(self.reader, folder.Reader):
+        ex[folder.SOURCE_PATH] = self.reader.paths[j]
+      return ex
 
 
 def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
@@ -122,8 +125,9 @@ def iterate(reader, indices, *, model, variables, mesh, batch_size: int,
       on_batch(step + 1)
 
 
-def load_model(model_cfg, checkpoint_path: str, mesh):
-  """``(model, variables, step)`` from a train run or converted checkpoint.
+def load_model(model_cfg, checkpoint_path: str, mesh, step: int | None = None):
+  """``(model, variables, step)`` from a train run or converted checkpoint
+  (``step``: that step of a run instead of its latest).
 
   A checkpoint written for another architecture fails with a message that
   names the folder and the fix, instead of orbax's shape dump alone.
@@ -131,7 +135,7 @@ def load_model(model_cfg, checkpoint_path: str, mesh):
   model = amodalpass.build(model_cfg)
   abstract = checkpoint.abstract_variables(model, (1, 64, 64, 3), mesh)
   try:
-    variables, step = checkpoint.load_variables(checkpoint_path, abstract)
+    variables, step = checkpoint.load_variables(checkpoint_path, abstract, step)
   except FileNotFoundError:
     raise
   except (ValueError, KeyError, TypeError) as e:

@@ -660,19 +660,22 @@ def check_folder(ds: DataSet, report: Report, pool) -> int:
     report.error(ds.root, f"no {'/'.join(FOLDER_EXTENSIONS)} images", "add panoramas")
     return 0
   h, w = ds.image_size
+  try:
+    folder_layout.check_names([folder_layout.name_of(ds.root, p) for p in paths], ds.root)
+  except common.DataError as e:
+    report.error(ds.root, str(e), "rename the files")
 
   def one(path):
     try:
-      im = _open_image(path)
-    except (OSError, ValueError, SyntaxError) as e:
-      report.error(path, f"cannot read image: {e}", "replace or remove the file")
+      rgb = folder_layout.decode(path)  # as predict reads it: EXIF orientation, RGB
+    except common.DataError as e:
+      report.error(path, str(e), "replace or remove the file (predict skips it)")
       return
     report.read()
-    iw, ih = im.size
-    if abs(iw / ih - w / h) > 0.01 * (w / h):
-      report.warning(path, f"is {iw}x{ih} (aspect {iw / ih:.3f}); it will be resized to "
-                     f"{w}x{h} (aspect {w / h:.3f})", "use equirectangular panoramas of "
-                     "the configured aspect ratio (2:1 or the training size's)")
+    ih, iw = rgb.shape[:2]
+    msg = folder_layout.aspect_problem((iw, ih), (w, h))
+    if msg:
+      report.warning(path, msg, f"use panoramas of the configured aspect ratio ({w / h:.2f}:1)")
   list(pool.map(one, paths))
   return len(paths)
 

@@ -123,15 +123,30 @@ def to_rgb(im: Image.Image, path: str) -> np.ndarray:
                          "8-bit RGB conversion; save it as an 8-bit RGB JPG or PNG")
 
 
-def aspect_warning(path: str, image_wh, size_wh) -> str | None:
-  """The warning for an image whose aspect ratio differs from the configured size's by > 1%."""
+def decode(path: str) -> np.ndarray:
+  """uint8 RGB of an image file at its own size, EXIF orientation applied.
+
+  DataError naming the file if it cannot be read or converted.
+  """
+  try:
+    im = ImageOps.exif_transpose(common.open_image(path, "image"))
+  except common.DataError:
+    raise
+  except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
+    raise common.DataError(f"cannot read image {path}: {e}") from e  # huge, bad EXIF
+  return to_rgb(im, path)
+
+
+def aspect_problem(image_wh, size_wh) -> str | None:
+  """What is wrong with an image whose aspect ratio differs from the configured
+  size's by more than 1% (``"is WxH (aspect ...), but ..."``), or None."""
   (iw, ih), (w, h) = image_wh, size_wh
   if abs(iw / ih - w / h) <= 0.01 * (w / h):
     return None
   vertical = (iw / ih) / (w / h)  # vertical scale relative to the horizontal one
-  return (f"{path} is {iw}x{ih} (aspect {iw / ih:.2f}:1), but panoramas are resized to "
-          f"the configured {w}x{h} ({w / h:.2f}:1): its height is scaled {vertical:.2f}x "
-          "as much as its width, which distorts latitude. Crop the images to "
+  return (f"is {iw}x{ih} (aspect {iw / ih:.2f}:1), but panoramas are resized to the "
+          f"configured {w}x{h} ({w / h:.2f}:1): its height is scaled {vertical:.2f}x as "
+          "much as its width, which distorts latitude. Crop the images to "
           f"{w / h:.2f}:1, or set the panorama size (--config.predict.image_size) to "
           f"their aspect ratio ({iw / ih:.2f}:1)")
 
@@ -161,30 +176,19 @@ class Reader:
   def __len__(self) -> int:
     return len(self.paths)
 
-  def _decode(self, i: int) -> np.ndarray:
-    """uint8 RGB of image ``i`` at its own size, EXIF orientation applied."""
-    path = self.paths[i]
-    try:
-      im = ImageOps.exif_transpose(common.open_image(path, "image"))
-    except common.DataError:
-      raise
-    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as e:
-      raise common.DataError(f"cannot read image {path}: {e}") from e  # huge, bad EXIF
-    return to_rgb(im, path)
-
   def load_image(self, i: int) -> np.ndarray:
     """uint8 [H,W,3] RGB at the configured size; DataError naming an unreadable file."""
     return self.load(i)["image"]
 
   def load(self, i: int) -> dict:
     """``name``, ``image`` at the configured size, ``SOURCE_PATH`` and ``SOURCE_SIZE``."""
-    rgb = self._decode(i)
+    rgb = decode(self.paths[i])
     ih, iw = rgb.shape[:2]
     h, w = self.image_size
-    msg = aspect_warning(self.paths[i], (iw, ih), (w, h))
+    msg = aspect_problem((iw, ih), (w, h))
     if msg and (iw, ih) not in self._warned:
       self._warned.add((iw, ih))  # two grain threads may both warn: harmless
-      logging.warning("%s. Further %dx%d images are resized alike without a warning.",
-                      msg, iw, ih)
+      logging.warning("%s %s. Further %dx%d images are resized alike without a warning.",
+                      self.paths[i], msg, iw, ih)
     return {"name": self.keys[i], "image": common.fit_rgb(rgb, (h, w)),
             SOURCE_PATH: self.paths[i], SOURCE_SIZE: (ih, iw)}
