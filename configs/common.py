@@ -199,10 +199,15 @@ def base() -> ml_collections.ConfigDict:
   # train split (empty root/layout/image_size: those of config.data.target),
   # or over a folder of the user's own panoramas (`images`). on_bad_image:
   # "skip" an unreadable image (listed in <store_dir>/skipped.json) or "fail".
+  # export_dir: also write every prediction at its image's own size for other
+  # tools (semantic and COCO panoptic PNGs, COCO JSON with RLE masks;
+  # pseudo/export.py), fused at export_tau_m (None: the tau the checkpoint's
+  # model_config.json records).
   c.predict = dict(checkpoint="{workdir}/train_source/checkpoints",
                    layout="", root="", split="train", image_size=(),
                    images="", batch_size=4, store_dir="{workdir}/predict",
                    num_pictures=8, pictures_dir="{workdir}/predict/pictures",
+                   export_dir="", export_tau_m=ml_collections.config_dict.placeholder(float),
                    on_bad_image="skip")
   # Stage 2: OPLL, (p, t) per output from the reference scripts (spec §5.1).
   c.opll = dict(semantic=dict(p=0.8, t=0.5), modal=dict(p=0.3, t=0.5),
@@ -232,6 +237,7 @@ def base() -> ml_collections.ConfigDict:
   c.predict_adapted = dict(
       checkpoint=follow(c.adapt, "out_dir") + "/checkpoints",
       store_dir="{workdir}/predict_adapted",
+      export_dir="",  # set its own: never predict's export folder
       pictures_dir="{workdir}/predict_adapted/pictures")
   # Stage 0's compact export (a committable source model, stages/export_source.py).
   c.export_source = dict(out_dir="{workdir}/export_source", dtype="float32",

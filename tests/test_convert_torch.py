@@ -14,6 +14,7 @@ from absl import flags
 import numpy as np
 import pytest
 
+from unlock_jax import model_info
 from unlock_jax.models import amodalpass
 from unlock_jax.tools import convert_torch
 
@@ -236,6 +237,9 @@ def test_convert_writes_orbax_and_fails_by_default(tmp_path, cfg_file):
   restored = ocp.StandardCheckpointer().restore(str(out))
   _assert_trees_equal(restored["params"], variables["params"])
   _assert_trees_equal(restored["batch_stats"], variables["batch_stats"])
+  rec = model_info.read(str(out))  # the architecture beside the weights
+  assert rec["model"].to_dict() == amodalpass.tiny_model_config().to_dict()
+  assert rec["image_size"] == convert_torch.REFERENCE_SIZE and rec["written_by"] == "convert_torch"
 
   bad = dict(sd)
   bad["decode_head.extra.weight"] = np.zeros(3)

@@ -21,6 +21,10 @@ from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
 
 
+# pycocotools 2.0.11 decodes through a numpy-1 __array__ call (harmless under numpy 2).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
 def oracle_indices(n_in, n_out):
   return [math.floor((Fraction(i) + Fraction(1, 2)) * n_in / n_out) for i in range(n_out)]
 

@@ -95,8 +95,11 @@ def abstract_variables(model, image_shape, mesh):
           for k in ("params", "batch_stats")}
 
 
-def load_variables(path: str, abstract_variables):
+def load_variables(path: str, abstract_variables, step: int | None = None):
   """Restores ``{"params", "batch_stats"}`` from a run dir or a converted checkpoint.
+
+  ``step`` restores that step of a run's checkpoint folder instead of its
+  latest (``unlock_jax.load`` of a step folder).
 
   ``path`` is either a train run's checkpoint folder (latest step, its
   ``state`` item) or a folder written by ``tools/convert_torch`` (a plain
@@ -107,7 +110,11 @@ def load_variables(path: str, abstract_variables):
     raise FileNotFoundError(f"checkpoint folder {path} does not exist")
   _check_gcs_client(path)
   mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False))
-  step = mngr.latest_step()
+  if step is not None and step not in mngr.all_steps():
+    steps = sorted(mngr.all_steps())
+    mngr.close()
+    raise FileNotFoundError(f"no checkpoint step {step} in {path} (its steps: {steps})")
+  step = mngr.latest_step() if step is None else step
   if step is not None:
     target = {k: abstract_variables[k] for k in ("params", "batch_stats")}
     restored = mngr.restore(step, args=ocp.args.Composite(

@@ -25,11 +25,13 @@ from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
 from unlock_jax.evaluation import evaluators
+from unlock_jax.evaluation import report
 from unlock_jax.pseudo import inference
 from unlock_jax.stages import adcl_pool as adcl_pool_stage
 from unlock_jax.stages import predict as predict_stage
@@ -103,6 +105,9 @@ def run(config, workdir: str) -> dict:
   source_params = jax.device_put(variables["params"], shd.replicated(mesh))
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                  max_to_keep=a.keep_checkpoints)
+  if pi == 0:  # the architecture beside the weights, for unlock_jax.load
+    model_info.write(ckpt.directory, config.model, model_info.panorama_size(config),
+                     report.TAU_ADAPTED, "adapt")
   state, _ = loop.restore_or_init(ckpt, state, data_iter)
   step_fn = adapt_lib.make_adapt_step(model, tx, schedule, mesh, state, cfg=a)
   base_rng = shd.replicate(jax.random.fold_in(jax.random.key(config.seed), 4), mesh)

@@ -7,7 +7,9 @@ as for converted PyTorch models), each floating leaf stored in
 back to float32), plus ``synthpass.json``: the identity of the synthpass data
 the model was trained on (``synthpass.identity``), the train step, the
 headline source-val figures of the run's ``evaluate/results.json`` if present, and
-the command that regenerates the folder. ``predict`` and ``adapt`` refuse
+the command that regenerates the folder; and ``model_config.json``
+(``model_info.py``: the architecture, panorama size and fusion threshold,
+what ``unlock_jax.load`` reads). ``predict`` and ``adapt`` refuse
 the model if the generated data differ (``synthpass.check_trained_on``).
 
 The folder is replaced atomically (written beside it, then renamed), so a
@@ -24,6 +26,7 @@ from absl import logging
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import synthpass
@@ -58,6 +61,8 @@ def run(config, workdir: str) -> dict:
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp, variables)
     ckptr.wait_until_finished()
+    model_info.write(tmp, config.model, model_info.panorama_size(config),
+                     report.TAU_SOURCE_ONLY, "export_source")
     if ident is not None:
       fileio.atomic_write_json(os.path.join(tmp, "synthpass.json"), meta)
     old = out_dir.rstrip("/") + ".old"

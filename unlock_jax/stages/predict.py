@@ -11,6 +11,13 @@ rewrites truncated or corrupt ones, so a killed run resumes where it
 stopped. With several processes each predicts its rows of
 every global batch of the (shared) to-do list.
 
+``config.predict.export_dir`` set also writes every panorama's prediction
+at its image's own size, for other tools (``pseudo/export.py``: semantic
+PNG, COCO panoptic PNG and JSON, COCO instances JSON of the modal and amodal
+masks), from the store after the run; the panoptic maps are fused at
+``export_tau_m`` (default: the tau in the checkpoint's ``model_config.json``,
+``model_info.py``).
+
 ``config.predict.images`` set to a folder predicts the user's own
 equirectangular JPG/PNG panoramas instead (any depth, names and conversions
 in ``data/layouts/folder.py``; resized to the configured size) and draws
@@ -31,6 +38,7 @@ from absl import logging
 from clu import metric_writers
 
 from unlock_jax import fileio
+from unlock_jax import model_info
 from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -39,6 +47,8 @@ from unlock_jax.data import synthpass
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
 from unlock_jax.evaluation import pictures
+from unlock_jax.evaluation import report
+from unlock_jax.pseudo import export
 from unlock_jax.pseudo import inference
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
@@ -169,7 +179,8 @@ def predict(config, workdir: str) -> dict:
       continue
     nbytes += store.write_prediction(
         store_dir, ex["name"], row["semantic"],
-        thresholds.quantize(row["confidence"]), row["modal"], row["amodal"])
+        thresholds.quantize(row["confidence"]), row["modal"], row["amodal"],
+        source_path=ex.get(folder.SOURCE_PATH), source_size=ex.get(folder.SOURCE_SIZE))
     n += 1
     debug_kill(config, n)
     if ex["name"] in to_draw:
@@ -188,4 +199,27 @@ def predict(config, workdir: str) -> dict:
   logging.info("predict: %s", summary)
   writer.write_scalars(0, {f"predict/{k}": v for k, v in summary.items()})
   writer.flush()
+  if p.export_dir:
+    summary["export"] = export_predictions(config, workdir, reader, ckpt_path)
   return summary
+
+
+def export_predictions(config, workdir: str, reader, ckpt_path: str) -> dict:
+  """The store's entries of ``reader``'s panoramas, at their own sizes, into ``export_dir``."""
+  p = config.predict
+  rec = model_info.read(ckpt_path)
+  if p.export_tau_m is not None:
+    tau_m, origin = float(p.export_tau_m), "config.predict.export_tau_m"
+  elif rec is not None:
+    tau_m, origin = rec["tau"][0], rec["path"]
+  else:
+    tau_m, origin = report.TAU_ADAPTED[0], (
+        f"the default: {ckpt_path} has no {model_info.FILE}; set "
+        "--config.predict.export_tau_m")
+  store_dir = fileio.resolve(p.store_dir, workdir)
+  have = set(store.list_predictions(store_dir))
+  names = [k for k in reader.keys if k in have]  # less the unreadable ones
+  logging.info("predict: exporting %d panoramas, panoptic maps fused at tau_m %.2f (%s)",
+               len(names), tau_m, origin)
+  return export.export_store(store_dir, fileio.resolve(p.export_dir, workdir), names,
+                             tau_m=tau_m, stuff_area=export.stuff_area_for(reader.image_size))

@@ -14,9 +14,11 @@ from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
+from unlock_jax.evaluation import report
 from unlock_jax.models import amodalpass
 from unlock_jax.train import loop
 from unlock_jax.train import optim
@@ -58,6 +60,9 @@ def run(config, workdir: str) -> dict:
 
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                  max_to_keep=config.keep_checkpoints)
+  if pi == 0:  # the architecture beside the weights, for unlock_jax.load
+    model_info.write(ckpt.directory, config.model, model_info.panorama_size(config),
+                     report.TAU_SOURCE_ONLY, "train_source")
   if ckpt.latest_step() is None and config.get("init_checkpoint"):
     path = fileio.resolve(config.init_checkpoint, workdir)
     logging.info("Initialising parameters from %s", path)

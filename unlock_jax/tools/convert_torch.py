@@ -16,6 +16,10 @@ False)`): the classifier is dropped, and what plain MiT lacks (deformable
 offset/modulator convs, SimPool) and everything outside the backbone keep a
 fresh initialisation. Use the result as `config.init_checkpoint`.
 
+The output folder also gets `model_config.json` (the configured model, its
+panorama size and the source-only fusion threshold; `unlock_jax/model_info.py`),
+so `unlock_jax.load(out)` needs no config.
+
 Files are read with `torch.load(weights_only=True)`: tensors, plain containers
 and the numpy scalars/arrays mmcv's `meta` can carry, nothing else, so a
 downloaded checkpoint cannot run code. `--trust_checkpoint` unpickles in full
@@ -50,7 +54,6 @@ through etils.epath, Orbax writes URLs itself.
 
 from collections.abc import Callable, Mapping
 import dataclasses
-import importlib.util
 import io
 import os
 import pickle
@@ -65,6 +68,7 @@ from etils import epath
 import numpy as np
 
 from unlock_jax import fileio
+from unlock_jax import model_info
 from unlock_jax.models import reference_names
 
 IGNORED_PREFIXES = ("ema_model.", "source_model.", "imnet_model.")
@@ -74,6 +78,8 @@ NOT_IN_IMAGENET_MIT = ("offset_conv", "modulator_conv", "image_pool")
 # Where `AmodalPASS` keeps the reference's two R-CNN branches.
 DEFAULT_RENAMES = reference_names.REFERENCE_BRANCHES
 _BN_LEAVES = {"running_mean": "mean", "running_var": "var"}
+# The reference's panorama size (BlendPASS), recorded when the config names none.
+REFERENCE_SIZE = (400, 2048)
 
 
 @dataclasses.dataclass
@@ -452,21 +458,17 @@ def read_pth(path: str, *, trust_checkpoint: bool = False) -> dict[str, np.ndarr
 
 
 def load_model_config(spec: str | None):
-  """`configs/x.py[:arg]` -> its `get_config(arg).model`; None -> defaults."""
+  """`configs/x.py[:arg]` -> (its `get_config(arg).model`, the panorama size it
+  predicts at, when the config says); None -> (defaults, the reference's 400x2048)."""
   from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
 
   if not spec:
-    return amodalpass.default_model_config()
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"config file {path} does not exist")
-  mod_spec = importlib.util.spec_from_file_location("_convert_cfg", path)
-  module = importlib.util.module_from_spec(mod_spec)
-  mod_spec.loader.exec_module(module)
-  cfg = module.get_config(arg) if arg else module.get_config()
+    return amodalpass.default_model_config(), REFERENCE_SIZE
+  cfg = model_info.config_from_file(spec)
   if "model" not in cfg:
-    raise ValueError(f"{path}: get_config() has no `model` section")
-  return cfg.model
+    raise ValueError(f"{spec.partition(':')[0]}: get_config() has no `model` section")
+  size = model_info.panorama_size(cfg) if "predict" in cfg and "data" in cfg else REFERENCE_SIZE
+  return cfg.model, size
 
 
 def is_imagenet_mit(state_dict: Mapping[str, Any]) -> bool:
@@ -494,12 +496,13 @@ def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
+  from unlock_jax.evaluation import report as report_lib  # pylint: disable=g-import-not-at-top
   from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
 
   out_dir = fileio.absolute(out_dir)
   if epath.Path(out_dir).exists():
     raise FileExistsError(f"output {out_dir} already exists")
-  model_cfg = load_model_config(config)
+  model_cfg, image_size = load_model_config(config)
   model = amodalpass.build(model_cfg)
   roi_size = int(model_cfg.rcnn.roi_size) if model_cfg.instance_heads else 7
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
@@ -535,6 +538,9 @@ def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
   # Orbax writes into a temporary folder and renames it when complete.
   ckptr.save(out_dir, {"params": params, "batch_stats": stats})
   ckptr.wait_until_finished()
+  # The architecture beside the weights (unlock_jax.load); the source-only
+  # fusion threshold, which unlock_jax.load(tau_m=...) overrides for an adapted model.
+  model_info.write(out_dir, model_cfg, image_size, report_lib.TAU_SOURCE_ONLY, "convert_torch")
   return report
 
 
