@@ -3,7 +3,8 @@
 Layout of a store folder::
 
     <store_dir>/meta.json              format version, image size, quantisation, checkpoint
-    <store_dir>/entries/<name>.pred    one entry per panorama; name = "<city>/<stem>"
+    <store_dir>/entries/<name>.pred    one entry per panorama; name = "<city>/<stem>" or
+                                       a relative path (a folder of one's own panoramas)
 
 The reference dumps an 18x400x2048 float32 softmax map per panorama (59 MB;
 docs/method.md §4); OPLL only needs its argmax and max probability, so an entry keeps
@@ -115,7 +116,7 @@ def _name_parts(name: str) -> list[str]:
   if not isinstance(name, str) or not name:
     raise ValueError(f"prediction name must be a non-empty string, got {name!r}")
   if name.startswith("/") or "\\" in name or "\0" in name:
-    raise ValueError(f"prediction name {name!r} must be relative '<city>/<stem>' "
+    raise ValueError(f"prediction name {name!r} must be a relative path like '<city>/<stem>' "
                      "with '/' separators")
   parts = name.split("/")
   if any(p in ("", ".", "..") for p in parts):
