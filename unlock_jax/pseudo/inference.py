@@ -3,7 +3,7 @@
 One jitted, batch-sharded function per model returns what the prediction
 store keeps (semantic argmax, its max softmax probability, both branches'
 detections). As
-the reference's ``MaskRCNNPanoptic_PL_ALL`` (spec §4): whole image, no flip,
+the reference's ``MaskRCNNPanoptic_PL_ALL`` (docs/method.md §4): whole image, no flip,
 logits bilinearly resized to the image before the softmax.
 """
 import jax

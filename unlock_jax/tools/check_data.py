@@ -4,8 +4,8 @@ r"""Checks the configured data sets before a run: every problem, with its file a
       [--workdir DIR] [--config.data.source.root=/data/APS_KITTI_360 ...] [--all]
 
 Walks the data sets that the configured stages read (``config.stage``; with
-``--all`` every data set the config names) in their on-disk layouts (spec
-evaluation_and_data.md §2, readers in ``unlock_jax/data/layouts``) and lists,
+``--all`` every data set the config names) in their on-disk layouts
+(docs/formats.md §2, readers in ``unlock_jax/data/layouts``) and lists,
 each with the file and how to fix it: missing folders and files, unreadable
 or wrongly sized images, label values outside the 18-class table (JSON
 category ids, instance PNG values), panoptic JSON segments that disagree
@@ -45,7 +45,7 @@ PANOPTIC_SUFFIX = "_panoptic.png"
 FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png")
 HIDDEN_DIR = "_synth_gt"  # blendpass.HIDDEN_DIR (synthpass-only train ground truth)
 LABEL_FIX = ("use the 18 K2B train ids 0..17 (things 11..17; table in "
-             "unlock_jax/data/labels.py and spec evaluation_and_data.md §0)")
+             "unlock_jax/data/labels.py and docs/formats.md §1)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,11 +352,11 @@ def _polygon_problem(seg) -> str | None:
 def _check_labelled(spec: _Labelled, size: _Size, report: Report, pool) -> int:
   """Checks one labelled split; returns the number of annotated examples."""
   pan_fix = (f"{spec.what} needs {spec.pan_json} (COCO panoptic: annotations[{{file_name, "
-             "segments_info}], categories), see spec evaluation_and_data.md §2")
+             "segments_info}], categories), see docs/formats.md §2")
   pan = _read_json(spec.pan_json, "panoptic JSON", report, pan_fix)
   amodal = _read_json(spec.amodal_json, "amodal JSON", report,
                       f"{spec.what} needs {spec.amodal_json} (COCO instances with the "
-                      "amodal polygons), see spec evaluation_and_data.md §2")
+                      "amodal polygons), see docs/formats.md §2")
   if pan is None:
     return 0
   if not isinstance(pan, dict) or not {"annotations", "categories"} <= set(pan):
@@ -492,7 +492,7 @@ def _check_segments(spec: _Labelled, stem: str, segments, report: Report) -> boo
         sid // labels.LABEL_DIVISOR == cat and sid % labels.LABEL_DIVISOR >= 1):
       msg = (f"thing segment {sid} of {stem} (category {cat}) does not have the id "
              f"{cat}*1000+k")
-      fix = "number thing segments class*1000 + k, k >= 1 (spec §0)"
+      fix = "number thing segments class*1000 + k, k >= 1 (docs/formats.md §1)"
       (report.error if spec.strict_ids else report.warning)(spec.pan_json, msg, fix)
   return ok
 
