@@ -9,7 +9,8 @@ import time
 from absl import logging
 
 
-def _fmt(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+  """``1h02m03s`` / ``2m03s``."""
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
@@ -37,8 +38,8 @@ class Progress:
     rate = (done - self.done0) / elapsed if elapsed > 0 else 0.0
     eta = (self.total - done) / rate if rate > 0 else float("nan")
     pct = 100.0 * done / max(self.total, 1)
-    eta_s = _fmt(eta) if eta == eta else "?"
+    eta_s = format_duration(eta) if eta == eta else "?"
     logging.info("%s: %d/%d (%.0f%%), %.2f %s/s, elapsed %s, ETA %s", self.desc,
-                 done, self.total, pct, rate, self.unit, _fmt(elapsed), eta_s)
+                 done, self.total, pct, rate, self.unit, format_duration(elapsed), eta_s)
     if self.writer is not None:
       self.writer.write_scalars(done, {f"{self.desc}/{self.unit}_per_sec": rate})

@@ -8,18 +8,26 @@ of the bad state), checkpoints the state and the grain iterator state every
 ``checkpoint_every`` steps and at the end or on preemption, and runs an
 optional periodic ``evaluate(state, step) -> dict`` whose scalars go to the
 same writer.
+
+Its log lines: one while the first step compiles (minutes for a large model)
+and its time once done, then at each log step
+``<stage> step <step>/<total>: <measurements> | <rate>, ETA <time>``; the
+writer (:func:`create_writer`) keeps the scalars for TensorBoard only.
 """
 import os
 import signal
+import time
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from absl import logging
+from clu import metric_writers
 from clu import periodic_actions
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import progress
 from unlock_jax import sharding as shd
 
 
@@ -46,12 +54,32 @@ def interval_means(last: dict, total: dict, count: int) -> dict:
               else float(v)) for k, v in last.items()}
 
 
+def create_writer(logdir: str):
+  """TensorBoard summaries in ``logdir`` (process 0; no-op elsewhere).
+
+  Not clu's default writer: its log copy of each scalar line would repeat
+  :func:`run`'s own progress lines without the step total.
+  """
+  if jax.process_index() > 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
+
+
+def _line(values: dict) -> str:
+  order = sorted(values, key=lambda k: (not k.startswith("loss"), k))  # losses first
+  return ", ".join(f"{k}={values[k]:.4g}" for k in order)
+
+
 def restore_or_init(ckpt, state, data_iter):
-  """``(state, step)``: the latest checkpoint's, or ``state`` at its own step."""
-  start = ckpt.latest_step()
-  if start is not None:
+  """``(state, step)``: the latest complete checkpoint's, or ``state`` at its own step.
+
+  A damaged latest checkpoint (a truncated file) is set aside with a warning and
+  the run goes on from the previous complete one (``Checkpointer.restore_latest``).
+  """
+  restored = ckpt.restore_latest(checkpoint.abstract_like(state), data_iter)
+  if restored is not None:
+    state, start = restored
     logging.info("Resuming from step %d in %s", start, ckpt.directory)
-    state, _ = ckpt.restore(start, checkpoint.abstract_like(state), data_iter)
   return state, int(jax.device_get(state["step"]))
 
 
@@ -83,23 +111,39 @@ def run(state, train_step, data_iter, *, mesh, ckpt, writer, config, total: int,
                           if isinstance(v, (int, float, str, bool))})
   measurements = None
   interval_sum, interval_steps = None, 0
+  first, timed = step, None  # timed: (step, time) once the first step has run
+  if step < total:
+    logging.info("%s: compiling the train step (the first step takes longer)...", stage)
   while step < total:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      start = time.monotonic()
       batch = shd.put_batch(next(data_iter), mesh)
       state, measurements = train_step(state, batch, *step_args)
       interval_sum = (measurements if interval_sum is None
                       else _accumulate(interval_sum, measurements))
       interval_steps += 1
     step += 1
+    if step == first + 1:
+      jax.block_until_ready(measurements)
+      logging.info("%s: first step (compilation included) took %.1f s", stage,
+                   time.monotonic() - start)
+      timed = (step, time.monotonic())
     report(step)
     if step % config.log_every == 0 or step == total:
       check_finite(state, ckpt)
-      writer.write_scalars(step, interval_means(jax.device_get(measurements),
-                                                jax.device_get(interval_sum),
-                                                interval_steps))
+      means = interval_means(jax.device_get(measurements), jax.device_get(interval_sum),
+                             interval_steps)
+      writer.write_scalars(step, means)
+      rate = (step - timed[0]) / max(time.monotonic() - timed[1], 1e-9)
+      speed = (f" | {rate:.2f} steps/s, ETA {progress.format_duration((total - step) / rate)}"
+               if step > timed[0] else "")
+      logging.info("%s step %d/%d: %s%s", stage, step, total, _line(means), speed)
       interval_sum, interval_steps = None, 0
     if evaluate is not None and eval_every and (step % eval_every == 0 or step == total):
-      writer.write_scalars(step, evaluate(state, step))
+      scores = evaluate(state, step)
+      writer.write_scalars(step, scores)
+      logging.info("%s step %d/%d, evaluation: %s", stage, step, total,
+                   _line({k: v for k, v in scores.items() if k.count("/") <= 2}))
     if (step % config.checkpoint_every == 0 or step == total
         or ckpt.reached_preemption(step)):
       check_finite(state, ckpt)
