@@ -9,6 +9,7 @@ resized by exact rational nearest-neighbour indices written here; the
 export's PNGs (PIL) and RLE masks (pycocotools) decode to the API's arrays.
 """
 import json
+import logging
 import math
 import os
 import shutil
@@ -191,6 +192,16 @@ def test_arrays_and_pil_images_predict_as_their_file(setup):
     assert got["segments"] == want["segments"]
   with pytest.raises(ValueError, match=r"uint8 \[H,W,3\].*float32 \[4, 5, 3\]"):
     m.predict(np.zeros((4, 5, 3), np.float32))
+
+
+def test_a_squeezed_image_is_predicted_at_its_size_with_one_warning(setup, caplog):
+  square = np.full((40, 40, 3), 90, np.uint8)
+  with caplog.at_level(logging.WARNING):
+    outs = setup["model"].predict_batch([square, square])
+  assert [o["semantic"].shape for o in outs] == [(40, 40)] * 2
+  assert [o["modal"]["masks"].shape[1:] for o in outs] == [(40, 40)] * 2
+  warned = [r.getMessage() for r in caplog.records if "is 40x40" in r.getMessage()]
+  assert len(warned) == 1 and "image_size=(H, W)" in warned[0]
 
 
 def _run_folder(setup, root):

@@ -60,6 +60,7 @@ import os
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image
 from PIL import ImageOps
 
@@ -183,6 +184,17 @@ class Model:
     self.checkpoint, self.step, self.model_config = checkpoint, step, model_config
     self.image_size = tuple(int(v) for v in image_size)
     self.tau_m, self.stuff_area, self.batch_size = tau_m, stuff_area, batch_size
+    self._warned: set = set()  # image sizes warned about
+
+  def _check_aspect(self, image, size) -> None:
+    """Warns once per image size whose aspect ratio the resize distorts (as ``predict``)."""
+    (ih, iw), (h, w) = size, self.image_size
+    msg = folder.aspect_problem((iw, ih), (w, h))
+    if msg and (iw, ih) not in self._warned:
+      self._warned.add((iw, ih))
+      what = os.fspath(image) if isinstance(image, (str, os.PathLike)) else "an image"
+      logging.warning("%s %s (here: unlock_jax.load(..., image_size=(H, W))). Further %dx%d "
+                      "images are resized alike without a warning.", what, msg, iw, ih)
 
   def __repr__(self) -> str:
     return (f"Model({self.checkpoint!r}, step={self.step}, image_size={self.image_size}, "
@@ -197,7 +209,10 @@ class Model:
     images = list(images)
     out = []
     for start in range(0, len(images), self.batch_size):
-      rgbs = [to_rgb(im) for im in images[start:start + self.batch_size]]
+      chunk = images[start:start + self.batch_size]
+      rgbs = [to_rgb(im) for im in chunk]
+      for im, a in zip(chunk, rgbs):
+        self._check_aspect(im, a.shape[:2])
       reader = _Images([common.fit_rgb(a, self.image_size) for a in rgbs], self.image_size)
       rows = {ex["name"]: row for ex, row in inference.iterate(
           reader, range(len(reader)), model=self.model, variables=self.variables,
