@@ -247,6 +247,11 @@ def test_a_folder_without_its_record_needs_the_config(setup, tmp_path):
   assert m.image_size == (60, 300) and m.tau_m == 0.7
   with pytest.raises(FileNotFoundError, match="does not exist"):
     unlock_jax.load(str(tmp_path / "nowhere"))
+  # A run killed before its first checkpoint: its record, no steps.
+  os.makedirs(tmp_path / "early")
+  shutil.copy(setup["model_dir"] + "/" + model_info.FILE, tmp_path / "early")
+  with pytest.raises(FileNotFoundError, match="holds no checkpoint"):
+    unlock_jax.load(str(tmp_path / "early"))
   (bare / model_info.FILE).write_text(json.dumps({"format_version": 99}))
   with pytest.raises(ValueError, match="format_version 99"):
     unlock_jax.load(str(bare))

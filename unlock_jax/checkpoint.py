@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from unlock_jax import fileio
+from unlock_jax import model_info
 from unlock_jax import sharding as shd
 from unlock_jax.train import steps
 
@@ -314,7 +315,8 @@ def _rewrite_hint(path: str) -> str:
 
 def _no_checkpoint_reason(path: str) -> tuple[str, bool]:
   """Why a folder without step folders is no exported model: (reason, damaged)."""
-  names = fileio.listdir(path)
+  # A run writes its model_config.json before its first step is saved.
+  names = [n for n in fileio.listdir(path) if n != model_info.FILE]
   if not names:
     return "the folder is empty", False
   if all(".orbax-checkpoint-tmp" in n for n in names):
