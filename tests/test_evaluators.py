@@ -91,6 +91,17 @@ def test_semantic_and_oass_evaluators_match_direct_accumulation(root, tmp_path, 
   pics = sorted(os.listdir(tmp_path / "pics"))
   assert len(pics) == 2 and all(p.endswith(".png") for p in pics)
   assert ev.pictures[0][1].dtype == np.uint8 and ev.pictures[0][1].ndim == 3
+  # Two named runs in the same folder (evaluate's source_only and UNLOCK): each
+  # run's pictures keep their own names; none overwrites another's.
+  for run in ("source_only", "UNLOCK"):
+    named = evaluators.from_config("val", ocfg, model=None, mesh=mesh,
+                                   workdir=str(tmp_path), run=run)
+    dict(named.run({}))
+    assert [n for n, _ in named.pictures] == [f"{run}_{n}" for n, _ in ev.pictures]
+  pics = sorted(os.listdir(tmp_path / "pics"))
+  assert len(pics) == 6
+  for run in ("source_only", "UNLOCK"):
+    assert sum(p.startswith(f"{run}_val_") for p in pics) == 2
   # Evaluators print nothing (the stage prints each table once); the OASS
   # table has one row per class and one headline line.
   assert capsys.readouterr().out == ""

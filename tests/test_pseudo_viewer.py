@@ -2,6 +2,7 @@
 stripes, unlabelled marker, occluded vs visible amodal parts, pool 1 vs 255), shapes."""
 import numpy as np
 
+from unlock_jax.data import labels
 from unlock_jax.evaluation import pictures
 from unlock_jax.pseudo import viewer
 
@@ -58,11 +59,12 @@ def _on_and_off_stripe(region):
 def test_shapes_and_empty_variant():
   for scale, (h, w) in ((1.0, (H, W)), (0.5, (6, 9))):
     out = viewer.render_pseudo_labels(_image(30), _variant(), title="x", scale=scale)
-    assert out.dtype == np.uint8 and out.shape == (5 * (L + h), w, 3)
+    # Panels, then the legend: its strip and one row (road, the only class).
+    assert out.dtype == np.uint8 and out.shape == (5 * (L + h) + 2 * L, w, 3)
     pred = {"semantic": np.zeros((H, W), np.uint8), "confidence": np.ones((H, W), np.float32),
             "modal": _inst([]), "amodal": _inst([])}
     out = viewer.render_prediction(_image(30), pred, scale=scale)
-    assert out.dtype == np.uint8 and out.shape == (4 * (L + h), w, 3)
+    assert out.dtype == np.uint8 and out.shape == (4 * (L + h) + 2 * L, w, 3)
   # No instances and an empty pool: those panels are the image at 35 % (30 -> 10).
   out = viewer.render_pseudo_labels(_image(30), {"semantic": np.zeros((H, W), np.uint8)})
   for i in (1, 2, 3, 4):
@@ -175,3 +177,25 @@ def test_prediction_thresholds_and_own_visible_part():
     assert (tuple(amo[y, x]) == colour) == bool(_stripe(y, x))
   # The low-score amodal mask (whole image, 0.2 < tau_a) is not drawn.
   assert (amo[0, :] == 0).all() and (amo[:, 17] == 0).all()
+
+
+def test_legend_lists_the_classes_of_labels_instances_and_pool():
+  sem = np.zeros((H, W), np.uint8)
+  sem[:, 9:] = 8  # vegetation
+  v = _variant(semantic=sem, modal=_inst([(CAR, 0.9, _mask(2, 6, 2, 6))]),
+               pool=[dict(class_id=PED, mask=_mask(6, 10, 10, 14).astype(np.uint8))])
+  out = viewer.render_pseudo_labels(_image(0), v)
+  key = out[5 * (L + H) + L:]  # below the legend's own label strip
+  inner = pictures.SWATCH - 2
+  shown = [c for c in range(labels.NUM_CLASSES) if any(
+      (key[y:y + inner, x:x + inner] == labels.PALETTE[c]).all()
+      for y in range(key.shape[0] - inner + 1) for x in range(W - inner + 1))]
+  assert shown == [0, 8, PED, CAR]
+  pred = {"semantic": sem, "modal": _inst([(CAR, 0.9, _mask(2, 6, 2, 6)),
+                                           (PED, 0.1, _mask(6, 9, 2, 6))])}
+  out = viewer.render_prediction(_image(0), pred, tau_m=0.5)
+  key = out[4 * (L + H) + L:]
+  shown = [c for c in range(labels.NUM_CLASSES) if any(
+      (key[y:y + inner, x:x + inner] == labels.PALETTE[c]).all()
+      for y in range(key.shape[0] - inner + 1) for x in range(W - inner + 1))]
+  assert shown == [0, 8, CAR]  # the pedestrian scores below tau_m: not drawn, not listed

@@ -81,11 +81,14 @@ def _open(cfg, workdir: str):
 class SemanticEvaluator:
   """mIoU and per-class IoU (reference rules) on whole images of one split.
 
-  Config keys: layout, root, split, image_size, batch_size.
+  Config keys: layout, root, split, image_size, batch_size. ``run``: the
+  model's name, as for :class:`OassEvaluator` (no pictures here to name).
   """
 
-  def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "semantic"):
+  def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "semantic",
+               run: str = ""):
     self.cfg, self.model, self.mesh, self.name = cfg, model, mesh, name
+    self.run_name = run
     self.reader = _open(cfg, workdir)
     self.image_size = tuple(cfg.image_size)
     self.result: dict = {}
@@ -130,11 +133,16 @@ class OassEvaluator:
   min_region_size (the reference's pixel counts, scaled with the image),
   one_to_one (published APQ matching instead of the reference's),
   num_pictures, pictures_dir, picture_scale. A model without instance heads
-  is scored with no detections.
+  is scored with no detections. ``run`` names the model scored (``evaluate``'s
+  run names, ``source_only`` / ``UNLOCK``): its pictures are
+  ``<pictures_dir>/<run>_<evaluator>_<panorama>.png`` and their titles say it,
+  so the runs of one evaluation never overwrite each other's.
   """
 
-  def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "oass"):
+  def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "oass",
+               run: str = ""):
     self.cfg, self.model, self.mesh, self.name = cfg, model, mesh, name
+    self.run_name = run
     self.reader = _open(cfg, workdir)
     self.image_size = tuple(cfg.image_size)
     self.pictures_dir = fileio.resolve(cfg.pictures_dir, workdir)
@@ -186,11 +194,14 @@ class OassEvaluator:
     return report.format_table(self.result)
 
   def _picture(self, gt, pred, fused) -> None:
-    name = f"{self.name}_{gt['name'].replace('/', '_')}"
+    run = self.run_name
+    name = "_".join(filter(None, [run, self.name, gt["name"].replace("/", "_")]))
+    model = (f"{run} (tau_m {float(self.cfg.tau_m):g}, tau_a {float(self.cfg.tau_a):g})"
+             if run else "")
     array = pictures_lib.render_panels(
         gt["image"], gt, pred["sem"], fused["panoptic"], fused["amodal_panoptic"],
         fused["instance_map"], scale=float(self.cfg.picture_scale),
-        title=gt["name"])
+        title=" · ".join(filter(None, [model, self.name, gt["name"]])))
     pictures_lib.save_png(f"{self.pictures_dir}/{name}.png", array)
     self.pictures.append((name, array))
 
@@ -198,9 +209,9 @@ class OassEvaluator:
 TYPES = {"semantic": SemanticEvaluator, "oass": OassEvaluator}
 
 
-def from_config(name: str, cfg, *, model, mesh, workdir: str):
-  """Builds the evaluator named by ``cfg.type``."""
+def from_config(name: str, cfg, *, model, mesh, workdir: str, run: str = ""):
+  """Builds the evaluator named by ``cfg.type``; ``run`` names the model scored."""
   if cfg.type not in TYPES:
     raise ValueError(f"config.evals.{name}.type={cfg.type!r} is unknown; "
                      f"available: {sorted(TYPES)}")
-  return TYPES[cfg.type](cfg, model=model, mesh=mesh, workdir=workdir, name=name)
+  return TYPES[cfg.type](cfg, model=model, mesh=mesh, workdir=workdir, name=name, run=run)

@@ -1,7 +1,8 @@
 """One picture per panorama showing where the model fails, for files and TensorBoard.
 
 Rows, each with a text label: image | semantic pred | semantic GT | semantic errors |
-panoptic pred | panoptic GT | amodal pred | amodal GT. Segments keep their class hue with a
+panoptic pred | panoptic GT | amodal pred | amodal GT | the class-colour legend (a
+swatch and the name of every class in the picture). Segments keep their class hue with a
 stable per-id shade; amodal instances draw their visible part solid and their occluded
 part (amodal minus visible) hatched, so missing or wrong occluded extents stand out.
 """
@@ -10,12 +11,15 @@ import io
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+from PIL import ImageFont
 
 from unlock_jax import fileio
 from unlock_jax.data import labels
 
 LABEL_HEIGHT = 14
+SWATCH = 10  # legend swatch side, px
 _ERROR = np.array([255, 0, 0], np.uint8)
+_SWATCH_EDGE = (128, 128, 128)  # keeps dark classes (truck) visible on black
 
 
 def _shade(seg_id: int) -> np.ndarray:
@@ -110,6 +114,51 @@ def _label(panel: np.ndarray, text: str) -> np.ndarray:
   return np.concatenate([np.asarray(strip), panel], 0)
 
 
+def class_ids(*maps, instance_classes=()) -> list[int]:
+  """The train ids present in semantic maps (255 and unknown ids left out) and in
+  lists of instance classes, sorted: what a picture's legend lists."""
+  ids = set(int(c) for c in instance_classes)
+  for m in maps:
+    ids.update(int(c) for c in np.unique(np.asarray(m)))
+  return sorted(c for c in ids if 0 <= c < labels.NUM_CLASSES)
+
+
+def legend(ids, width: int) -> np.ndarray:
+  """The colour key of ``ids``: per class a ``SWATCH``-px square of its palette colour
+  and its name, left to right, wrapped into rows of ``width`` px.
+
+  uint8 ``[rows * LABEL_HEIGHT, width, 3]`` (one row saying so if ``ids`` is empty).
+  """
+  font = ImageFont.load_default()
+  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+  rows, x = [[]], 3
+  for c in ids:
+    name = labels.CLASS_NAMES[c]
+    entry = SWATCH + 4 + int(np.ceil(measure.textlength(name, font=font))) + 10
+    if x + entry > width and rows[-1]:
+      rows.append([])
+      x = 3
+    rows[-1].append((x, c, name))
+    x += entry
+  strip = Image.new("RGB", (width, LABEL_HEIGHT * len(rows)), (0, 0, 0))
+  draw = ImageDraw.Draw(strip)
+  if not ids:
+    draw.text((3, 1), "no class", fill=(255, 255, 255), font=font)
+  top = (LABEL_HEIGHT - SWATCH) // 2
+  for r, row in enumerate(rows):
+    y = r * LABEL_HEIGHT + top
+    for x, c, name in row:
+      draw.rectangle((x, y, x + SWATCH - 1, y + SWATCH - 1),
+                     fill=tuple(int(v) for v in labels.PALETTE[c]), outline=_SWATCH_EDGE)
+      draw.text((x + SWATCH + 4, y - top + 1), name, fill=(255, 255, 255), font=font)
+  return np.asarray(strip)
+
+
+def legend_rows(ids, width: int, note: str = "") -> np.ndarray:
+  """:func:`legend` under its own label strip (``"classes"`` and ``note``)."""
+  return _label(legend(ids, width), f"classes{': ' + note if note else ''}")
+
+
 def _resize(panel: np.ndarray, scale: float) -> np.ndarray:
   if scale == 1.0:
     return panel
@@ -121,11 +170,11 @@ def _resize(panel: np.ndarray, scale: float) -> np.ndarray:
 def render_panels(image, gt: dict, pred_sem: np.ndarray, pred_panoptic: np.ndarray,
                   pred_amodal, pred_instance_map=None, scale: float = 0.5,
                   title: str = "") -> np.ndarray:
-  """The stacked picture as uint8 [rows, W*scale, 3].
+  """The stacked picture as uint8 [rows, W*scale, 3], the legend last.
 
   ``image`` uint8 [H,W,3] (or None: grey), ``gt`` the GT dict, ``pred_panoptic`` and
   ``pred_amodal`` (an ``AmodalPanoptic``) and ``pred_instance_map`` as returned by
-  ``report.evaluate_image``.
+  ``report.evaluate_image``; ``title`` names the picture (model and panorama).
   """
   gt_sem = np.asarray(gt["semantic"])
   h, w = gt_sem.shape
@@ -150,6 +199,11 @@ def render_panels(image, gt: dict, pred_sem: np.ndarray, pred_panoptic: np.ndarr
        f"amodal: ground truth, {len(gt['amodal'])} instances (hatched = occluded)"),
   ]
   rows = [_label(_resize(p, scale), text) for p, text in panels]
+  ids = class_ids(pred_sem, gt_sem, instance_classes=[
+      int(i) // labels.LABEL_DIVISOR for i in [*pred_amodal.ids]
+      + [a["seg_id"] for a in gt["amodal"]]])
+  rows.append(legend_rows(ids, rows[0].shape[1],
+                          "instances in shades of their class, black = ignore / void"))
   return np.concatenate(rows, 0)
 
 

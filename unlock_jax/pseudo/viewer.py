@@ -1,6 +1,7 @@
 """Pictures of pseudo-labels and of predictions, for a human to judge them at a glance.
 
-Panels are stacked vertically, each under a text strip (``pictures.label_panel``).
+Panels are stacked vertically, each under a text strip (``pictures.label_panel``),
+and end with the class-colour legend of the classes shown (``pictures.legend``).
 Conventions shared by both pictures:
 
 * Semantic overlays are ``(image + class colour) // 2``; an unlabelled pixel (255)
@@ -100,14 +101,16 @@ def _empty(h, w):
           "scores": np.zeros(0, np.float32)}
 
 
-def _stack(panels, scale: float) -> np.ndarray:
-  return np.concatenate([pictures.label_panel(pictures.resize_panel(p, scale), text)
-                         for p, text in panels], 0)
+def _stack(panels, scale: float, ids) -> np.ndarray:
+  rows = [pictures.label_panel(pictures.resize_panel(p, scale), text) for p, text in panels]
+  rows.append(pictures.legend_rows(ids, rows[0].shape[1], "instances in shades of their class"))
+  return np.concatenate(rows, 0)
 
 
 def render_pseudo_labels(image: np.ndarray, variant: dict, title: str = "",
                          scale: float = 1.0) -> np.ndarray:
-  """Five labelled panels, uint8 ``[5 * (14 + H*scale), W*scale, 3]``: semantic labels
+  """Five labelled panels and the legend, uint8 ``[5 * (14 + H*scale) + legend rows,
+  W*scale, 3]``: semantic labels
   over the image, kept modal masks, kept amodal masks (occluded part hatched), the
   uncertain maps (orange modal, cyan amodal, striped both) and the pool entries
   (1 pixels in the entry's shade, 255 pixels white-hatched).
@@ -150,12 +153,16 @@ def render_pseudo_labels(image: np.ndarray, variant: dict, title: str = "",
       (uncertain, "uncertain: orange modal, cyan amodal, striped both"),
       (pooled, f"pool: {len(pool)} entries (solid = 1, white hatch = 255)"),
   ]
-  return _stack(panels, scale)
+  ids = pictures.class_ids(sem, instance_classes=[
+      *np.asarray(modal["classes"]).reshape(-1), *np.asarray(amodal["classes"]).reshape(-1),
+      *[e["class_id"] for e in pool]])
+  return _stack(panels, scale, ids)
 
 
 def render_prediction(image: np.ndarray, pred: dict, tau_m: float = 0.5, tau_a: float = 0.5,
                       title: str = "", scale: float = 1.0) -> np.ndarray:
-  """Four labelled panels, uint8 ``[4 * (14 + H*scale), W*scale, 3]``, for a user's own
+  """Four labelled panels and the legend, uint8 ``[4 * (14 + H*scale) + legend rows,
+  W*scale, 3]``, for a user's own
   panoramas: the image, the semantic overlay, a panoptic-like overlay (semantic colours
   with modal instances of score >= ``tau_m`` in their own shades on top) and the amodal
   instances of score >= ``tau_a`` (occluded part = amodal minus its own visible pixels in
@@ -190,4 +197,6 @@ def render_prediction(image: np.ndarray, pred: dict, tau_m: float = 0.5, tau_a: 
                                                       classes, keep_a)),
        f"amodal: {int(keep_a.sum())} instances with score >= {tau_a:g} (hatched = occluded)"),
   ]
-  return _stack(panels, scale)
+  ids = pictures.class_ids(sem, instance_classes=[
+      *classes[keep_m], *np.asarray(amodal["classes"]).reshape(-1)[keep_a]])
+  return _stack(panels, scale, ids)

@@ -6,7 +6,8 @@ written by ``tools/convert_torch``) is scored by every ``config.evals.*``;
 ``config.evaluate.runs`` set — ``{name: {"checkpoint": path, "tau": (tau_m,
 tau_a)}}``, e.g. ``source_only`` at the reference's 0.95/0.95 and ``UNLOCK``
 at 0.55/0.5 (not ``unlock``: ConfigDict has a method of that name) — each named checkpoint is scored with its own fusion
-thresholds (applied to every ``oass`` evaluator) and ``results.json`` holds
+thresholds (applied to every ``oass`` evaluator; its pictures are named
+after the run) and ``results.json`` holds
 ``{"runs": {name: {"checkpoint", "step", "results"}}}``, with the usual
 ``<evaluator>/<metric>`` keys, plus a side-by-side table of the headline
 metrics. Each evaluator's per-class table is printed once, by this stage.
@@ -40,7 +41,7 @@ def comparison_table(runs: dict) -> str:
   return "\n".join(lines)
 
 
-def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None):
+def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None, run=""):
   abstract = checkpoint.abstract_variables(model, (1, 64, 64, 3), mesh)
   variables, step = checkpoint.load_variables(ckpt_path, abstract)
   logging.info("Evaluating %s (step %s)", ckpt_path, step)
@@ -49,7 +50,8 @@ def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None):
     if tau is not None and ecfg.type == "oass":
       ecfg = ecfg.copy_and_resolve_references()
       ecfg.tau_m, ecfg.tau_a = (float(t) for t in tau)
-    ev = evaluators.from_config(name, ecfg, model=model, mesh=mesh, workdir=workdir)
+    ev = evaluators.from_config(name, ecfg, model=model, mesh=mesh, workdir=workdir,
+                                run=run)
     for metric, value in ev.run(variables):
       results[f"{name}/{metric}"] = value
     if jax.process_index() == 0:
@@ -80,7 +82,8 @@ def run(config, workdir: str) -> dict:
       writer = metric_writers.create_default_writer(os.path.join(out_dir, name),
                                                     just_logging=just_log)
       runs[name] = _score(config, model, mesh, workdir,
-                          fileio.resolve(r.checkpoint, workdir), writer, r.get("tau"))
+                          fileio.resolve(r.checkpoint, workdir), writer, r.get("tau"),
+                          run=name)
     if jax.process_index() == 0:
       print(comparison_table(runs), flush=True)
     out = {"runs": runs}
