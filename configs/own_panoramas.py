@@ -8,8 +8,12 @@ under the folder, at any depth; names, colour modes, sizes and unreadable
 files as in ``unlock_jax/data/layouts/folder.py``) → ``opll`` (pseudo-labels)
 → ``adcl_pool`` → ``adapt`` → ``predict_adapted`` (the adapted model over the
 same panoramas, into ``{workdir}/predict_adapted``; the source model's
-predictions stay in ``{workdir}/predict``). No ground truth is read anywhere.
-Every stage resumes where a killed run stopped.
+predictions stay in ``{workdir}/predict``). The result, the adapted model's
+predictions at each image's own size, is ``{workdir}/predict_adapted/export``:
+``semantic/<name>.png``, ``panoptic/<name>.png`` + ``panoptic.json``,
+``instances_modal.json``, ``instances_amodal.json`` (``<name>``: the image's
+path under the folder, ``pseudo/export.py``). No ground truth is read
+anywhere. Every stage resumes where a killed run stopped.
 
 Arguments (``:key=value,key=value``):
 
@@ -78,6 +82,7 @@ def get_config(arg=None):
   c.predict.num_pictures = 4
   c.opll.num_pictures = 4
   c.opll.quality = False  # no ground truth
+  c.predict_adapted.export_dir = "{workdir}/predict_adapted/export"
   if arg.runlocal:
     c.adapt.total_steps = 4
   return c

@@ -251,6 +251,15 @@ def test_own_folder_adaptation_end_to_end(tmp_path):
       os.path.join("assets", "demo_source"))
   pred = store.load_prediction(str(wd / "predict_adapted"), "gray/pano16.png")
   assert pred["semantic"].shape == SIZE
+  # ... and at each image's own size (they come in three sizes).
+  export = wd / "predict_adapted" / "export"
+  sizes = {n: Image.open(root / n).size for n in names}
+  assert len(set(sizes.values())) == 3
+  for n in names:
+    assert Image.open(export / "semantic" / (n + ".png")).size == sizes[n], n
+  coco = json.load(open(export / "panoptic.json"))
+  assert [im["file_name"] for im in coco["images"]] == names
+  assert not os.path.exists(wd / "predict" / "export")
 
   # on_bad_image=fail: the first unreadable file stops the run, named.
   proc = _main(wd, "--config.stage=predict", "--config.predict.on_bad_image=fail",
