@@ -209,3 +209,11 @@ def test_export_store_files_decode_to_the_outputs(tmp_path, caplog):
         x1, y1, x2, y2 = box
         np.testing.assert_allclose(a["bbox"], [x1, y1, x2 - x1, y2 - y1], rtol=1e-6)
       assert [a["id"] for a in inst["annotations"]] == list(range(1, len(inst["annotations"]) + 1))
+
+
+def test_id2rgb_is_the_coco_panoptic_colour():
+  ids = np.array([[0, 1, 255, 256], [65535, 65536, 18999, 2**24 - 1]], np.int32)
+  rgb = labels.id2rgb(ids)
+  assert rgb.dtype == np.uint8 and rgb.shape == (2, 4, 3) and rgb.flags.c_contiguous
+  np.testing.assert_array_equal(rgb, np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1))
+  np.testing.assert_array_equal(labels.rgb2id(rgb), ids)

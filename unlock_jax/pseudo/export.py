@@ -97,9 +97,12 @@ class Resize:
       return a
     return np.take(np.take(a, self.ys, axis=-2), self.xs, axis=-1)
 
-  def mask(self, m: np.ndarray) -> np.ndarray:
-    """One ``[h, w]`` bool mask → ``[H, W]``, gathering only the window of its pixels."""
-    out = np.zeros(self.dst, bool)
+  def mask(self, m: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """One ``[h, w]`` bool mask → ``[H, W]``, gathering only the window of its pixels.
+
+    ``out``: a zeroed ``[H, W]`` bool array to write into (any memory order).
+    """
+    out = np.zeros(self.dst, bool) if out is None else out
     crop = masks_lib.crop_mask(m)
     if crop.area:
       # Output rows/columns whose source lies in the crop (the indices are sorted).
@@ -131,62 +134,79 @@ def fuse(semantic: np.ndarray, modal: dict, *, tau_m: float, stuff_area: int) ->
                   pan + labels.LABEL_DIVISOR).astype(np.int32)
 
 
-def segments_info(panoptic: np.ndarray) -> list[dict]:
-  """COCO ``segments_info`` of a panoptic id map (module docstring), by ascending id."""
-  uniq, idx, counts = masks_lib.compact_ids(panoptic)
+def segments_info(panoptic: np.ndarray, rs: Resize | None = None) -> list[dict]:
+  """COCO ``segments_info`` (module docstring) of ``panoptic``, or with ``rs`` of
+  ``rs.map(panoptic)``, by ascending id.
+
+  Computed on the small map: an output pixel repeats the source pixel its
+  indices pick, so an id's area is the sum over its source pixels of how
+  often their row and column are picked, and its box spans the output rows
+  and columns that pick its first and last picked ones.
+  """
   h, w = panoptic.shape
+  rs = rs or Resize((h, w), (h, w))
+  wy, wx = np.bincount(rs.ys, minlength=h), np.bincount(rs.xs, minlength=w)
+  uniq, idx, _ = masks_lib.compact_ids(panoptic)
+  area = np.bincount(idx.ravel(), weights=np.outer(wy, wx).ravel(), minlength=uniq.size)
   rows = np.zeros((uniq.size, h), bool)
   cols = np.zeros((uniq.size, w), bool)
-  rows[idx, np.arange(h)[:, None]] = True
-  cols[idx, np.arange(w)[None, :]] = True
-  y0, x0 = rows.argmax(1), cols.argmax(1)
-  y1, x1 = h - rows[:, ::-1].argmax(1), w - cols[:, ::-1].argmax(1)
+  rows[idx[:, wx > 0], np.arange(h)[:, None]] = True  # rows holding the id in a picked column
+  cols[idx[wy > 0], np.arange(w)[None, :]] = True
+  rows[:, wy == 0] = cols[:, wx == 0] = False
   out = []
   for k, seg_id in enumerate(uniq.tolist()):
-    if seg_id == VOID:
+    if seg_id == VOID or not area[k]:
       continue
+    r, c = np.flatnonzero(rows[k]), np.flatnonzero(cols[k])
+    y0, y1 = np.searchsorted(rs.ys, r[0], "left"), np.searchsorted(rs.ys, r[-1], "right")
+    x0, x1 = np.searchsorted(rs.xs, c[0], "left"), np.searchsorted(rs.xs, c[-1], "right")
     cls, inst = divmod(seg_id, labels.LABEL_DIVISOR)
     out.append({"id": seg_id, "category_id": cls - 1, "isthing": int(inst > 0), "iscrowd": 0,
-                "area": int(counts[k]),
-                "bbox": [int(x0[k]), int(y0[k]), int(x1[k] - x0[k]), int(y1[k] - y0[k])]})
+                "area": int(round(area[k])),
+                "bbox": [int(x0), int(y0), int(x1 - x0), int(y1 - y0)]})
   return out
 
 
 def at_resolution(pred: dict, size, *, tau_m: float, stuff_area: int,
-                  with_masks: bool = True) -> dict:
+                  with_masks: bool = True, with_confidence: bool = True) -> dict:
   """One prediction at its model size (a store entry, or a row of ``inference.iterate``) → ``size``.
 
-  Returns ``{"semantic" uint8 [H,W], "confidence" float32 [H,W], "panoptic"
-  int32 [H,W], "segments" [dict], "modal", "amodal"}``, each branch
-  ``{"classes" int32 [N] (11..17), "scores" float32 [N], "boxes" float32
-  [N,4] (x1, y1, x2, y2), "masks" bool [N,H,W] (only ``with_masks``)}``.
+  Returns ``{"semantic" uint8 [H,W], "confidence" float32 [H,W] (only
+  ``with_confidence``), "panoptic" int32 [H,W], "segments" [dict], "modal",
+  "amodal"}``, each branch ``{"classes" int32 [N] (11..17), "scores" float32
+  [N], "boxes" float32 [N,4] (x1, y1, x2, y2), "masks" bool [N,H,W] (only
+  ``with_masks``)}``.
   """
   semantic = np.asarray(pred["semantic"])
   rs = Resize(semantic.shape, size)
-  pan = rs.map(fuse(semantic, pred["modal"], tau_m=tau_m, stuff_area=stuff_area))
-  out = {"semantic": rs.map(semantic).astype(np.uint8),
-         "confidence": rs.map(np.asarray(pred["confidence"])).astype(np.float32),
-         "panoptic": pan, "segments": segments_info(pan)}
+  pan = fuse(semantic, pred["modal"], tau_m=tau_m, stuff_area=stuff_area)
+  out = {"semantic": rs.map(semantic).astype(np.uint8), "panoptic": rs.map(pan),
+         "segments": segments_info(pan, rs)}
+  if with_confidence:
+    out["confidence"] = rs.map(np.asarray(pred["confidence"])).astype(np.float32)
   for b in BRANCHES:
     d = pred[b]
     out[b] = {"classes": np.asarray(d["classes"], np.int32),
               "scores": np.asarray(d["scores"], np.float32), "boxes": rs.boxes(d["boxes"])}
     if with_masks:
-      out[b]["masks"] = (np.stack([rs.mask(m) for m in d["masks"]]) if len(d["masks"])
-                         else np.zeros((0,) + rs.dst, bool))
+      masks = np.zeros((len(d["masks"]),) + rs.dst, bool)  # pages touched only in windows
+      for m, o in zip(d["masks"], masks):
+        rs.mask(m, out=o)
+      out[b]["masks"] = masks
   return out
 
 
 def encode_rle(mask: np.ndarray) -> dict:
-  """COCO RLE of one bool mask: ``{"size": [H, W], "counts": str}``."""
-  rle = mask_utils.encode(np.asfortranarray(mask, np.uint8))
+  """COCO RLE of one bool mask: ``{"size": [H, W], "counts": str}`` (no copy if Fortran-ordered)."""
+  mask = np.asfortranarray(mask)
+  rle = mask_utils.encode(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, order="F"))
   return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def _instances(branch: dict, boxes: np.ndarray, rs: Resize) -> list[dict]:
   anns = []
   for c, s, box, m in zip(branch["classes"], branch["scores"], boxes, branch["masks"]):
-    m = rs.mask(m)
+    m = rs.mask(m, out=np.zeros(rs.dst, bool, order="F"))  # column-major, as RLE runs
     x1, y1, x2, y2 = (float(v) for v in box)
     anns.append({"category_id": int(c), "segmentation": encode_rle(m),
                  "area": int(np.count_nonzero(m)), "bbox": [x1, y1, x2 - x1, y2 - y1],
@@ -197,7 +217,8 @@ def _instances(branch: dict, boxes: np.ndarray, rs: Resize) -> list[dict]:
 def export_entry(out_dir: str, entry: dict, size, *, tau_m: float, stuff_area: int) -> dict:
   """Writes one store entry's PNGs at ``size``; returns its record for the JSON files."""
   name = entry["name"]
-  res = at_resolution(entry, size, tau_m=tau_m, stuff_area=stuff_area, with_masks=False)
+  res = at_resolution(entry, size, tau_m=tau_m, stuff_area=stuff_area, with_masks=False,
+                      with_confidence=False)
   pictures.save_png(os.path.join(out_dir, SEMANTIC_DIR, name + ".png"), res["semantic"])
   pictures.save_png(os.path.join(out_dir, PANOPTIC_DIR, name + ".png"),
                     labels.id2rgb(res["panoptic"]))
