@@ -131,9 +131,9 @@ def test_segments_info_against_numpy():
   assert export.segments_info(big) == oracle_segments(big)
 
 
-def test_at_resolution_is_the_nearest_resize_of_each_output():
+@pytest.mark.parametrize("size", [(23, 37), (7, 11), (4, 5), (10, 40)])
+def test_at_resolution_is_the_nearest_resize_of_each_output(size):
   pred, want = hand_prediction()
-  size = (23, 37)
   out = export.at_resolution(pred, size, tau_m=0.5, stuff_area=6)
   np.testing.assert_array_equal(out["semantic"], oracle_resize(pred["semantic"], size))
   np.testing.assert_array_equal(out["confidence"], oracle_resize(pred["confidence"], size))
@@ -145,7 +145,8 @@ def test_at_resolution_is_the_nearest_resize_of_each_output():
     np.testing.assert_array_equal(out[b]["masks"], oracle_resize(d["masks"], size))
     np.testing.assert_array_equal(out[b]["classes"], d["classes"])
     np.testing.assert_array_equal(out[b]["scores"], d["scores"])
-    np.testing.assert_allclose(out[b]["boxes"], d["boxes"] * ([37 / 16, 23 / 10] * 2), rtol=1e-6)
+    np.testing.assert_allclose(out[b]["boxes"], d["boxes"] * ([size[1] / 16, size[0] / 10] * 2),
+                               rtol=1e-6)
   same = export.at_resolution(pred, (10, 16), tau_m=0.5, stuff_area=6)
   np.testing.assert_array_equal(same["panoptic"], want)
   np.testing.assert_array_equal(same["modal"]["masks"], pred["modal"]["masks"])
