@@ -247,6 +247,8 @@ def test_a_folder_without_its_record_needs_the_config(setup, tmp_path):
   assert m.image_size == (60, 300) and m.tau_m == 0.7
   with pytest.raises(FileNotFoundError, match="does not exist"):
     unlock_jax.load(str(tmp_path / "nowhere"))
+  with pytest.raises(ValueError, match="batch_size=6 must be a positive multiple of the 4"):
+    unlock_jax.load(setup["model_dir"], batch_size=6)
   # A run killed before its first checkpoint: its record, no steps.
   os.makedirs(tmp_path / "early")
   shutil.copy(setup["model_dir"] + "/" + model_info.FILE, tmp_path / "early")

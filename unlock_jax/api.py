@@ -125,16 +125,16 @@ def load(path: str, config=None, *, tau_m: float | None = None, image_size=None,
         f"model folder {path} does not exist: pass an export_source folder (like "
         "assets/demo_source), a run's checkpoints folder (<workdir>/train_source/"
         "checkpoints, <workdir>/adapt/checkpoints) or one of its step folders")
+  n_dev = jax.device_count()  # the mesh's
+  batch_size = int(batch_size or n_dev)
+  if batch_size < 1 or batch_size % n_dev:
+    raise ValueError(f"batch_size={batch_size} must be a positive multiple of the "
+                     f"{n_dev} devices")
   rec = model_info.read(path)
   model_cfg, size, tau = _architecture(path, rec, config, image_size)
   mesh = shd.make_mesh()
   ckpt, step = _weights(path)
   model, variables, step = inference.load_model(model_cfg, ckpt, mesh, step=step)
-  n_dev = mesh.devices.size
-  batch_size = int(batch_size or n_dev)
-  if batch_size < 1 or batch_size % n_dev:
-    raise ValueError(f"batch_size={batch_size} must be a positive multiple of the "
-                     f"{n_dev} devices")
   return Model(model, variables, mesh, checkpoint=ckpt, step=step,
                model_config=model_cfg, image_size=size,
                tau_m=float(tau_m if tau_m is not None else
