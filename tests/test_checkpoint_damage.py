@@ -225,3 +225,11 @@ def test_damaged_committed_source_model_through_load_model(tmp_path):
   _truncate(os.path.join(path, "_METADATA"))
   with pytest.raises(checkpoint.DamagedCheckpointError, match="metadata file is cut short"):
     inference.load_model(config.model, path, mesh)
+  # Intact, but read as another architecture: reported as such, naming the fix.
+  shutil.rmtree(path)
+  shutil.copytree(os.path.join(REPO, "assets", "demo_source"), path)
+  config.model.fpn_channels = 32
+  with pytest.raises(checkpoint.ArchitectureMismatchError) as e:
+    inference.load_model(config.model, path, mesh)
+  assert str(e.value).startswith(f"checkpoint {path} does not match the model in config.model")
+  assert "set config.model to the architecture" in str(e.value)

@@ -129,19 +129,10 @@ def load_model(model_cfg, checkpoint_path: str, mesh, step: int | None = None):
   """``(model, variables, step)`` from a train run or converted checkpoint
   (``step``: that step of a run instead of its latest).
 
-  A checkpoint written for another architecture fails with a message that
-  names the folder and the fix, instead of orbax's shape dump alone.
+  A checkpoint written for another architecture, or a damaged one, fails with
+  one message naming the folder and the fix (``checkpoint.CheckpointError``).
   """
   model = amodalpass.build(model_cfg)
   abstract = checkpoint.abstract_variables(model, (1, 64, 64, 3), mesh)
-  try:
-    variables, step = checkpoint.load_variables(checkpoint_path, abstract, step)
-  except FileNotFoundError:
-    raise
-  except (ValueError, KeyError, TypeError) as e:
-    raise ValueError(
-        f"checkpoint {checkpoint_path} does not match the model in config.model "
-        f"({e.__class__.__name__}: {str(e)[:500]}). Point the stage at a checkpoint "
-        "trained with this config's model section, or set config.model to the "
-        "architecture the checkpoint was trained with.") from e
+  variables, step = checkpoint.load_variables(checkpoint_path, abstract, step)
   return model, variables, step
