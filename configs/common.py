@@ -159,6 +159,11 @@ def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.stage = "train_source"
   c.seed = 0
+  # Each stage's `overwrite`: a rerun whose settings differ from those its
+  # outputs were made with is refused; True deletes those outputs, and the
+  # ones computed from them, and runs afresh (unlock_jax/fingerprint.py).
+  c.generate = dict(overwrite=False)
+  c.train_source = dict(overwrite=False)
 
   c.synthpass = dict(out_dir=SYNTH_ROOT, scale=0.25, seed=0,
                      num_source=dict(train=300, val=50),
@@ -192,7 +197,7 @@ def base() -> ml_collections.ConfigDict:
 
   # `runs`: several named checkpoints, each {"checkpoint", "tau": (tau_m, tau_a)}.
   c.evaluate = dict(checkpoint="{workdir}/train_source/checkpoints",
-                    results_dir="{workdir}/evaluate", runs={})
+                    results_dir="{workdir}/evaluate", runs={}, overwrite=False)
   c.evals = ml_collections.ConfigDict()
 
   # Stage 1: whole-panorama predictions of the source model over the target
@@ -208,15 +213,15 @@ def base() -> ml_collections.ConfigDict:
                    images="", batch_size=4, store_dir="{workdir}/predict",
                    num_pictures=8, pictures_dir="{workdir}/predict/pictures",
                    export_dir="", export_tau_m=ml_collections.config_dict.placeholder(float),
-                   on_bad_image="skip")
+                   on_bad_image="skip", overwrite=False)
   # Stage 2: OPLL, (p, t) per output from the reference scripts (spec §5.1).
   c.opll = dict(semantic=dict(p=0.8, t=0.5), modal=dict(p=0.3, t=0.5),
                 amodal=dict(p=0.5, t=0.3),
                 prototype_filter=False, prototype_margin=0.0,
                 quality=True, num_pictures=4, batch_size=4, state_every=200,
-                out_dir="{workdir}/opll")
+                out_dir="{workdir}/opll", overwrite=False)
   # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (spec §6).
-  c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool")
+  c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool", overwrite=False)
   # Stage 4: adaptation (spec §7), the reference's K2B hyper-parameters.
   c.adapt = dict(
       source_checkpoint="",  # empty: config.predict.checkpoint
@@ -231,16 +236,16 @@ def base() -> ml_collections.ConfigDict:
       optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
                  end_lr=0.0, warmup_steps=0, match="mmcv", groups=optim.adapt_groups()),
       log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,
-      evals=(), out_dir="{workdir}/adapt")
+      evals=(), out_dir="{workdir}/adapt", overwrite=False)
   # The adapted model's predictions (stage predict_adapted): config.predict
   # with these keys replaced, so its store never mixes with the source model's.
   c.predict_adapted = dict(
       checkpoint=follow(c.adapt, "out_dir") + "/checkpoints",
       store_dir="{workdir}/predict_adapted",
       export_dir="",  # set its own: never predict's export folder
-      pictures_dir="{workdir}/predict_adapted/pictures")
+      pictures_dir="{workdir}/predict_adapted/pictures", overwrite=False)
   # Stage 0's compact export (a committable source model, stages/export_source.py).
   c.export_source = dict(out_dir="{workdir}/export_source", dtype="float32",
-                         command="")
+                         command="", overwrite=False)
   c.debug = dict(kill_after_checkpoint=-1, kill_after_entries=-1)
   return c

@@ -82,7 +82,8 @@ def get_config(arg=None):
     c.stage = "generate,train_source,evaluate,export_source"
     c.evals = common.synth_evals(c.data, common.oass_eval, scale=arg.scale,
                                  tau=(0.95, 0.95))
-    c.export_source.update(out_dir=cpu.DEMO_SOURCE, dtype="bfloat16", command=(
+    # overwrite: this command exists to replace the committed model.
+    c.export_source.update(out_dir=cpu.DEMO_SOURCE, dtype="bfloat16", overwrite=True, command=(
         "python -m unlock_jax.main --config configs/demo.py:source=train "
         "--workdir /tmp/demo_source"))
   elif arg.source == "committed":

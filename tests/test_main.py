@@ -9,6 +9,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import common
+from unlock_jax import provenance
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,10 +28,11 @@ def test_misspelled_override_fails_naming_the_key(tmp_path):
 
 def test_unknown_stage_lists_the_stages(tmp_path):
   proc = _main("--config", "configs/demo.py", "--workdir", str(tmp_path),
-               "--config.stage=trian_source", timeout=120)
+               "--config.stage=generate,trian_source", timeout=120)
   assert proc.returncode != 0
   assert "unknown stage 'trian_source'" in proc.stderr
   assert "train_source" in proc.stderr
+  assert not (tmp_path / "data").exists()  # checked before generate ran
 
 
 def test_config_arguments_are_typed_and_checked():
@@ -87,15 +89,19 @@ def test_tiny_pipeline_end_to_end(tmp_path):
   assert results["step"] == 2
   for split in ("source_val", "target_val"):
     assert 0.0 <= results["results"][f"{split}/mIoU"] <= 100.0
-  prov = json.load(open(tmp_path / "provenance" / "train_source.json"))
+  (record,) = provenance.records(str(tmp_path), "train_source")
+  prov = json.load(open(record))
   assert prov["packages"]["jax"] and prov["devices"] and prov["git_commit"]
-  assert os.path.exists(tmp_path / "provenance" / "train_source.config.json")
+  assert prov["status"] == "fresh" and prov["config"]["total_steps"] == 2
   events = [f for f in os.listdir(tmp_path / "train_source") if f.startswith("events.out.tfevents")]
   assert events, "clu should write TensorBoard event files"
   # Rerunning the same command resumes: nothing to train, same results.
   again = _main("--config", "configs/synth/tiny.py:steps=2", "--workdir", str(tmp_path))
   assert again.returncode == 0, again.stderr[-4000:]
   assert json.load(open(tmp_path / "evaluate" / "results.json")) == results
+  # One provenance record per invocation: the first one is kept.
+  first, second = provenance.records(str(tmp_path), "train_source")
+  assert first == record and json.load(open(second))["status"] == "resume"
   # Every stage kept its log in the workdir; the rerun appended to it.
   for stage in ("generate", "train_source", "evaluate"):
     text = open(tmp_path / "logs" / f"{stage}.log").read()

@@ -177,12 +177,17 @@ def test_user_images_and_bad_inputs(trained, tmp_path):
   assert proc.returncode != 0
   assert entry in proc.stderr and "predict" in proc.stderr
 
-  # A checkpoint of another architecture: named, with the fix.
+  # A checkpoint of another architecture: named, with the fix. (This run's
+  # own checkpoint under another model is refused before that, by the
+  # fingerprint check, naming model.head_channels.)
+  other = tmp_path / "other_checkpoints"
+  shutil.copytree(trained / "train_source" / "checkpoints", other)
   proc = _main(trained, "predict", "--config.model.head_channels=24",
+               f"--config.predict.checkpoint={other}",
                f"--config.predict.store_dir={tmp_path / 's2'}")
   assert proc.returncode != 0
   assert "does not match the model" in proc.stderr
-  assert str(trained / "train_source" / "checkpoints") in proc.stderr
+  assert str(other) in proc.stderr
 
   # An unreadable image fails the run only with on_bad_image=fail, named
   # (the skip-and-report default: tests/test_own_images.py).

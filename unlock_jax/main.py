@@ -58,19 +58,45 @@ def main(argv):
   fileio.makedirs(workdir)
   logging.info("process %d/%d, devices: %s", jax.process_index(),
                jax.process_count(), jax.devices())
-  for stage in [s.strip() for s in config.stage.split(",") if s.strip()]:
+  stages = _stages(config)
+  _check_before_starting(config, workdir, [name for name, _ in stages])
+  for stage, module in stages:
     logging.info("=== stage %s ===", stage)
-    try:
-      module = importlib.import_module(f"unlock_jax.stages.{stage}")
-    except ModuleNotFoundError as e:
-      if e.name != f"unlock_jax.stages.{stage}":
-        raise
-      folder = os.path.join(os.path.dirname(__file__), "stages")
-      stages = sorted(f[:-3] for f in os.listdir(folder)
-                      if f.endswith(".py") and not f.startswith("_"))
-      raise app.UsageError(f"unknown stage {stage!r}; available: {stages}") from None
     with logfile.stage_log(workdir, stage, jax.process_index()):
       module.run(config, workdir)
+
+
+def _stages(config) -> list:
+  """``[(name, module)]`` of ``config.stage``; every name checked before any runs."""
+  names = [s.strip() for s in config.stage.split(",") if s.strip()]
+  folder = os.path.join(os.path.dirname(__file__), "stages")
+  available = sorted(f[:-3] for f in os.listdir(folder)
+                     if f.endswith(".py") and not f.startswith("_"))
+  if not names:
+    raise app.UsageError(f"config.stage names no stage; available: {available}")
+  unknown = [n for n in names if n not in available]
+  if unknown:
+    raise app.UsageError(f"unknown stage {unknown[0]!r}" + "".join(
+        f", {n!r}" for n in unknown[1:]) + f" in --config.stage={config.stage}; "
+        f"available: {available}")
+  return [(n, importlib.import_module(f"unlock_jax.stages.{n}")) for n in names]
+
+
+def _check_before_starting(config, workdir: str, names: list) -> None:
+  """Every listed stage's config and fingerprint, against the outputs already there.
+
+  On every process (they must agree), so a stage list that would be refused
+  halfway (changed settings, a misspelt later stage) fails before the first
+  stage spends anything.
+  """
+  from unlock_jax import fingerprint  # pylint: disable=g-import-not-at-top
+  from unlock_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  from unlock_jax.tools import check_data  # pylint: disable=g-import-not-at-top
+  problems = check_data.ungenerated(config, workdir) + fingerprint.plan(config, workdir, names)
+  problems = list(dict.fromkeys(p for found in shd.gather_objects(problems) for p in found))
+  if problems:
+    raise SystemExit("Nothing was run: --config.stage="
+                     f"{','.join(names)} would be refused.\n\n" + "\n\n".join(problems))
 
 
 if __name__ == "__main__":

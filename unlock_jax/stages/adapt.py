@@ -25,6 +25,7 @@ from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -81,7 +82,7 @@ def labelled_images(config, workdir: str, packed_dir: str):
 def run(config, workdir: str) -> dict:
   a = config.adapt
   stage_dir = fileio.resolve(a.out_dir, workdir)
-  provenance.record(workdir, "adapt", config)
+  provenance.record(workdir, "adapt", config, fingerprint.begin(config, workdir, "adapt"))
   mesh = shd.make_mesh()
   pi, pc = jax.process_index(), jax.process_count()
   writer = metric_writers.create_default_writer(stage_dir, just_logging=pi > 0,

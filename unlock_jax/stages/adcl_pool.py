@@ -17,6 +17,7 @@ from absl import logging
 from clu import metric_writers
 
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -30,13 +31,14 @@ INDEX_FILE = "pool_index.npz"
 
 
 def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "adcl_pool", config)
+  provenance.record(workdir, "adcl_pool", config,
+                    fingerprint.begin(config, workdir, "adcl_pool"))
   shd.connect_processes()
   a = config.adcl_pool
   store_dir, names, meta = opll_stage.open_store(config, workdir)
   out_dir = fileio.resolve(a.out_dir, workdir)
   p, t = (float(v) for v in a.pt)
-  fp = opll_stage.fingerprint(names, meta, {"adcl": (p, t)})
+  fp = opll_stage.cache_key(names, meta, {"adcl": (p, t)})
 
   scores = thresholds.ScoreLists()
   mine = opll_stage.my_share(names)

@@ -21,6 +21,7 @@ from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.evaluation import evaluators
@@ -64,9 +65,8 @@ def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None, run=""):
 
 
 def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "evaluate", config)
-  if not config.evals:
-    raise ValueError("config.evals is empty: nothing to evaluate")
+  provenance.record(workdir, "evaluate", config,
+                    fingerprint.begin(config, workdir, "evaluate"))
   out_dir = fileio.resolve(config.evaluate.results_dir, workdir)
   mesh = shd.make_mesh()
   model = amodalpass.build(config.model)

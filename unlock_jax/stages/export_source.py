@@ -26,6 +26,7 @@ from absl import logging
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -35,7 +36,9 @@ from unlock_jax.models import amodalpass
 
 
 def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "export_source", config)
+  # The record goes into the new folder, which replaces the old one whole.
+  fp = fingerprint.begin(config, workdir, "export_source", write_record=False)
+  provenance.record(workdir, "export_source", config, fp)
   e = config.export_source
   out_dir = fileio.resolve(e.out_dir, workdir)
   ckpt_dir = os.path.join(workdir, "train_source", "checkpoints")
@@ -65,6 +68,7 @@ def run(config, workdir: str) -> dict:
                      report.TAU_SOURCE_ONLY, "export_source")
     if ident is not None:
       fileio.atomic_write_json(os.path.join(tmp, "synthpass.json"), meta)
+    fingerprint.write(tmp, fp, workdir)
     old = out_dir.rstrip("/") + ".old"
     if fileio.exists(out_dir):
       fileio.replace(out_dir, old)

@@ -10,6 +10,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -17,7 +18,8 @@ from unlock_jax.data import synthpass
 
 
 def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "generate", config)
+  provenance.record(workdir, "generate", config,
+                    fingerprint.begin(config, workdir, "generate"))
   cfg = config.synthpass
   out_dir = fileio.resolve(cfg.out_dir, workdir)
   summary = {}

@@ -36,6 +36,7 @@ from absl import logging
 from clu import metric_writers
 
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -57,7 +58,8 @@ from unlock_jax.stages import predict as predict_stage
 BRANCHES = ("modal", "amodal")
 
 
-def fingerprint(names, meta: dict, settings: dict) -> str:
+def cache_key(names, meta: dict, settings: dict) -> str:
+  """Keys the saved threshold statistics and prototypes: the store's entries and settings."""
   h = hashlib.sha256()
   h.update(json.dumps([list(names), meta, settings], sort_keys=True, default=str).encode())
   return h.hexdigest()[:16]
@@ -235,7 +237,7 @@ def open_store(config, workdir: str):
 
 
 def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "opll", config)
+  provenance.record(workdir, "opll", config, fingerprint.begin(config, workdir, "opll"))
   shd.connect_processes()
   o = config.opll
   store_dir, names, meta = open_store(config, workdir)
@@ -243,7 +245,7 @@ def run(config, workdir: str) -> dict:
   pt = {b: (float(o[b].p), float(o[b].t)) for b in ("semantic", "modal", "amodal")}
   settings = {"pt": pt, "proto": bool(o.prototype_filter), "margin": float(o.prototype_margin),
               "adcl": tuple(config.adcl_pool.pt)}
-  fp = fingerprint(names, meta, settings)
+  fp = cache_key(names, meta, settings)
   writer = metric_writers.create_default_writer(
       out_dir, just_logging=jax.process_index() > 0)
 

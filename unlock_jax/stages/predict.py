@@ -38,6 +38,7 @@ from absl import logging
 from clu import metric_writers
 
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import model_info
 from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
@@ -130,7 +131,8 @@ def _write_skipped(store_dir: str, skipped: list[dict], total: int) -> None:
 
 
 def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "predict", config)
+  provenance.record(workdir, "predict", config,
+                    fingerprint.begin(config, workdir, "predict"))
   return predict(config, workdir)
 
 

@@ -7,6 +7,7 @@ the last checkpoint of ``adapt`` (``<adapt.out_dir>/checkpoints``) into
 ``{workdir}/predict_adapted``, so the source model's store, which the
 pseudo-labels came from, and the adapted model's never mix.
 """
+from unlock_jax import fingerprint
 from unlock_jax import provenance
 from unlock_jax.stages import predict as predict_stage
 
@@ -20,5 +21,6 @@ def adapted_config(config):
 
 
 def run(config, workdir: str) -> dict:
-  provenance.record(workdir, "predict_adapted", config)
+  provenance.record(workdir, "predict_adapted", config,
+                    fingerprint.begin(config, workdir, "predict_adapted"))
   return predict_stage.predict(adapted_config(config), workdir)

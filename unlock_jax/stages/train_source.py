@@ -14,6 +14,7 @@ from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import fingerprint
 from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -27,7 +28,8 @@ from unlock_jax.train import steps
 
 def run(config, workdir: str) -> dict:
   stage_dir = os.path.join(workdir, "train_source")
-  provenance.record(workdir, "train_source", config)
+  provenance.record(workdir, "train_source", config,
+                    fingerprint.begin(config, workdir, "train_source"))
   mesh = shd.make_mesh()
   pi, pc = jax.process_index(), jax.process_count()
   writer = metric_writers.create_default_writer(
