@@ -92,6 +92,26 @@ def test_generated_synthpass_set_passes(clean):
       "config.data.source", "config.evals.source_val", "config.evals.target_val"]
 
 
+def test_ungenerated_synthpass_data_names_the_generate_stage(clean, tmp_path):
+  """What main checks before any stage: a synthpass root not generated yet."""
+  config = tiny.get_config()
+  config.stage = "train_source,evaluate"
+  fresh = str(tmp_path)
+  fix = ("does not exist. This config generates its synthpass data there with the "
+         "generate stage: run it first (--config.stage=generate,train_source,evaluate)")
+  assert check_data.ungenerated(config, fresh) == [
+      f"config.data.source, config.evals.source_val: data root "
+      f"{os.path.join(fresh, 'data', 'KITTI360_APS')} {fix}",
+      f"config.evals.target_val: data root {os.path.join(fresh, 'data', 'BlendPASS')} {fix}"]
+  assert check_data.ungenerated(config, clean) == []  # generated already
+  config.stage = "generate,train_source,evaluate"
+  assert check_data.ungenerated(config, fresh) == []  # generated first
+  # Real data elsewhere is not the generate stage's: no hint (check_data names it).
+  config.stage = "train_source"
+  config.data.source.root = str(tmp_path / "elsewhere")
+  assert check_data.ungenerated(config, fresh) == []
+
+
 def test_missing_data_root_names_the_config_key(wd):
   config = tiny.get_config()
   config.data.source.root = os.path.join(wd, "elsewhere")

@@ -160,6 +160,22 @@ def data_sets(config, workdir: str | None, everything: bool = False) -> list[Dat
   return list(merged.values())
 
 
+def ungenerated(config, workdir: str) -> list[str]:
+  """One line per data set the stages of ``config.stage`` read that the ``generate``
+  stage writes (under ``config.synthpass.out_dir``) but has not written yet,
+  unless ``generate`` is in that list: the fix before any stage starts."""
+  stages = [s.strip() for s in config.stage.split(",") if s.strip()]
+  if "generate" in stages:
+    return []
+  missing: dict = {}  # root -> the config keys reading it (any split)
+  for ds in data_sets(config, workdir):
+    if ds.generated and not fileio.isdir(ds.root):
+      missing.setdefault(ds.root, []).extend(ds.keys)
+  return [f"{', '.join(keys)}: data root {root} does not exist. This config generates "
+          "its synthpass data there with the generate stage: run it first "
+          f"(--config.stage=generate,{','.join(stages)})" for root, keys in missing.items()]
+
+
 # --- file helpers ---------------------------------------------------------------------
 
 
