@@ -184,7 +184,7 @@ def base() -> ml_collections.ConfigDict:
   # poly(1.0), neck and every head (decode, RPN, RoI of both branches) x10,
   # no decay on norms. Groups follow mmcv's rule (substring of the reference
   # name, longest key first; optim.py); optim.adapt_groups() is the
-  # adaptation recipe (spec §7.6).
+  # adaptation recipe (docs/method.md §7.6).
   c.optim = dict(lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
                  power=1.0, end_lr=0.0, warmup_steps=0,
                  match="mmcv", groups=optim.source_groups())
@@ -214,15 +214,15 @@ def base() -> ml_collections.ConfigDict:
                    num_pictures=8, pictures_dir="{workdir}/predict/pictures",
                    export_dir="", export_tau_m=ml_collections.config_dict.placeholder(float),
                    on_bad_image="skip", overwrite=False)
-  # Stage 2: OPLL, (p, t) per output from the reference scripts (spec §5.1).
+  # Stage 2: OPLL, (p, t) per output from the reference scripts (docs/method.md §5.1).
   c.opll = dict(semantic=dict(p=0.8, t=0.5), modal=dict(p=0.3, t=0.5),
                 amodal=dict(p=0.5, t=0.3),
                 prototype_filter=False, prototype_margin=0.0,
                 quality=True, num_pictures=4, batch_size=4, state_every=200,
                 out_dir="{workdir}/opll", overwrite=False)
-  # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (spec §6).
+  # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (docs/method.md §6).
   c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool", overwrite=False)
-  # Stage 4: adaptation (spec §7), the reference's K2B hyper-parameters.
+  # Stage 4: adaptation (docs/method.md §7), the reference's K2B hyper-parameters.
   c.adapt = dict(
       source_checkpoint="",  # empty: config.predict.checkpoint
       total_steps=10_000, batch_size=4, crop_size=(400, 400), cat_max_ratio=0.75,

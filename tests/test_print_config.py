@@ -1,6 +1,8 @@
 """The print_config stage: every key of the resolved config, in override syntax."""
 import ast
+import importlib
 import os
+import re
 import subprocess
 import sys
 
@@ -79,3 +81,55 @@ def test_through_main_prints_and_trains_nothing(tmp_path):
   assert "adapt.paste.num_candidates = 0" in lines
   assert "stage = 'print_config'" in lines
   assert sorted(os.listdir(tmp_path)) == ["logs"]
+
+
+# --- docs/configuration.md documents every key -------------------------------------------
+
+_ROW = re.compile(r"^\| `([a-z_][\w.<>]*)` \| (`[^`]*`|–) \|", re.M)
+# Files whose get_config needs an argument, and variants that add keys.
+_ARGS = {"configs/own_panoramas.py": ["images=/nonexistent"],
+         "configs/demo.py": [None, "source=train"],
+         "configs/synth/tiny.py": [None, "full=1"]}
+
+
+def _documented() -> dict:
+  with open(os.path.join(REPO, "docs", "configuration.md"), encoding="utf-8") as f:
+    return {k: v for k, v in _ROW.findall(f.read())}
+
+
+def _generic(key: str) -> str:
+  """``evals.target_val.tau_m`` → ``evals.<name>.tau_m`` (named entries)."""
+  parts = key.split(".")
+  if parts[0] == "evals" and len(parts) > 2:
+    parts[1] = "<name>"
+  if parts[:2] == ["evaluate", "runs"] and len(parts) > 3:
+    parts[2] = "<name>"
+  return ".".join(parts)
+
+
+def _config_files() -> list[str]:
+  out = []
+  for folder, _, files in os.walk(os.path.join(REPO, "configs")):
+    for f in files:
+      path = os.path.relpath(os.path.join(folder, f), REPO)
+      if f.endswith(".py") and "def get_config" in open(os.path.join(REPO, path)).read():
+        out.append(path)
+  return sorted(out)
+
+
+def test_configuration_md_documents_every_key_with_its_default():
+  from configs import common  # pylint: disable=g-import-not-at-top
+  documented = _documented()
+  base = dict(print_config.flatten(common.base()))
+  wrong = [f"{k}: docs say {documented[k]}, base() has `{v!r}`"
+           for k, v in base.items() if k in documented and documented[k] != f"`{v!r}`"]
+  seen = set(base)
+  for path in _config_files():
+    module = importlib.import_module(path[:-3].replace("/", "."))
+    for arg in _ARGS.get(path, [None]):
+      seen |= {_generic(k) for k, _ in print_config.flatten(module.get_config(arg))}
+  missing = sorted(seen - set(documented))
+  stale = sorted(set(documented) - seen)
+  assert not (missing or stale or wrong), (
+      f"docs/configuration.md: undocumented keys {missing}; documented keys no config "
+      f"has {stale}; wrong defaults {wrong}")

@@ -1,4 +1,4 @@
-"""Stage 4: source-free adaptation on the OPLL labels and the ADCL pool (spec §7).
+"""Stage 4: source-free adaptation on the OPLL labels and the ADCL pool (docs/method.md §7).
 
 Student and EMA teacher start from the source checkpoint
 (``config.adapt.source_checkpoint``, default ``config.predict.checkpoint``),
@@ -14,7 +14,7 @@ Every ``eval_every`` steps the evaluators named in ``config.adapt.evals``
 (keys of ``config.evals``, on held-out splits) are written through clu. The
 result is the last step: no checkpoint is ever selected on an evaluation
 split (the reference's test config loads iter_4600 although training keeps
-only the last, spec §10 item 9).
+only the last, docs/reference_differences.md item 9).
 """
 import os
 

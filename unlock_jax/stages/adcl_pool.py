@@ -1,4 +1,4 @@
-"""Stage 3: the ADCL amodal-instance pool (spec §6) from the prediction store.
+"""Stage 3: the ADCL amodal-instance pool (docs/method.md §6) from the prediction store.
 
 Thresholds ``min(0.95, quantile_0.9)`` of the amodal scores per class over the
 whole store (``<out>/thresholds.json`` under ``"adcl"``), then per panorama

@@ -1,4 +1,4 @@
-"""Stage 2: OPLL pseudo-labels from the prediction store (spec §5).
+"""Stage 2: OPLL pseudo-labels from the prediction store (docs/method.md §5).
 
 1. Class-wise thresholds over the whole store: semantic exactly on the
    stored uint16 confidence codes, in two passes over per-entry histograms
@@ -81,7 +81,7 @@ def merge_all(obj):
 def compute_thresholds(store_dir, names, out_dir, cfg, fp: str) -> dict:
   """The merged threshold statistics of the whole store: two exact passes.
 
-  Semantic (spec §5.1, ``thresholds`` two-level): pass 1 sums every entry's
+  Semantic (§5.1, ``thresholds`` two-level): pass 1 sums every entry's
   pixel counts per (class, 1024-code block) with the detection scores
   (``store.load_blocks``: a ~10 kB read, ~0.15 ms per 400x2048 panorama);
   after the merge over processes each class's quantile lies in one known
