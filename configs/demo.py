@@ -26,6 +26,17 @@ Its ``synthpass.json`` records the data it was trained on; ``predict`` and
 ``adapt`` refuse it if the generated data differ (generator version, scale,
 seed, source scenes).
 
+Quick mode (``runlocal``), a smoke test of every stage in a few minutes:
+
+  python -m unlock_jax.main --config configs/demo.py:runlocal --workdir /tmp/demo_quick
+
+It keeps the 300 source-train scenes the committed model was trained on (the
+model refuses other data; at 0.25 they render in seconds) and shrinks the
+rest: no source val, 4 target-train and 4 target-val panoramas, 4 adaptation
+steps; the figures are meaningless. With ``source=train`` it trains 4 steps
+on 16 source scenes and exports into the workdir, never over
+``assets/demo_source``.
+
 Domain shift (``SHIFT``), chosen before adapting this model at any shift, by two
 criteria measured with the committed source model (README, "Calibrating the
 benchmark"): (a) the source-only target/source mIoU ratio lies in 0.5-0.7, the
@@ -47,6 +58,10 @@ from configs import cpu
 
 # Calibrated target appearance shift (README, "Calibrating the benchmark").
 SHIFT = 0.75
+# (train, val) scenes of each domain; the committed model's synthpass.json
+# records SOURCE_SCENES[0].
+SOURCE_SCENES, TARGET_SCENES = (300, 40), (60, 40)
+NUM_PICTURES = 4  # evaluation pictures per evaluator (<workdir>/pictures)
 
 
 def demo_model(c: ml_collections.ConfigDict, scale: float) -> None:
@@ -65,7 +80,7 @@ def get_config(arg=None):
                          shift=SHIFT, scale=0.25, runs="source_only+UNLOCK",
                          runlocal=False)
   c = common.base()
-  _, tgt = common.use_synthpass(c, arg.scale, source=(300, 40), target=(60, 40))
+  _, tgt = common.use_synthpass(c, arg.scale, source=SOURCE_SCENES, target=TARGET_SCENES)
   c.synthpass.domain_shift = arg.shift
   c.synthpass.num_workers = 2
   c.input.batch_size = 4
@@ -81,7 +96,7 @@ def get_config(arg=None):
     # Stage 0 and its export: the command that regenerates assets/demo_source.
     c.stage = "generate,train_source,evaluate,export_source"
     c.evals = common.synth_evals(c.data, common.oass_eval, scale=arg.scale,
-                                 tau=(0.95, 0.95))
+                                 tau=(0.95, 0.95), num_pictures=NUM_PICTURES)
     # overwrite: this command exists to replace the committed model.
     c.export_source.update(out_dir=cpu.DEMO_SOURCE, dtype="bfloat16", overwrite=True, command=(
         "python -m unlock_jax.main --config configs/demo.py:source=train "
@@ -95,7 +110,8 @@ def get_config(arg=None):
     c.evaluate.runs = ml_collections.ConfigDict(
         {name: runs[name] for name in arg.runs.split("+")})
     c.evals = ml_collections.ConfigDict(dict(target_val=common.domain_eval(
-        c.data.target, "val", common.oass_eval, scale=arg.scale)))
+        c.data.target, "val", common.oass_eval, scale=arg.scale,
+        num_pictures=NUM_PICTURES)))
     c.predict.num_pictures = 2
     c.opll.num_pictures = 2
   else:
@@ -103,5 +119,9 @@ def get_config(arg=None):
 
   if arg.runlocal:
     common.runlocal_synthpass(c)
-    c.adapt.total_steps = 4
+    c.adapt.total_steps, c.adapt.checkpoint_every, c.adapt.log_every = 4, 2, 1
+    if arg.source == "committed":
+      c.synthpass.num_source = dict(train=SOURCE_SCENES[0], val=0)
+    else:  # a 4-step model is no replacement for the committed one
+      c.export_source.out_dir = "{workdir}/export_source"
   return c

@@ -1,9 +1,11 @@
 """The entry point: locked configs, stage dispatch, and the tiny end-to-end run."""
 import json
 import os
+import re
 import subprocess
 import sys
 
+import orbax.checkpoint as ocp
 import pytest
 from absl import flags
 from ml_collections import config_flags
@@ -77,6 +79,41 @@ def test_evaluators_follow_the_data_section_unless_set():
   assert resolved.root == "/mnt/BlendPASS" and resolved.tau_m == 0.95
 
 
+def test_ungenerated_data_names_the_generate_stage_before_any_stage(tmp_path):
+  proc = _main("--config", "configs/synth/tiny.py", "--workdir", str(tmp_path),
+               "--config.stage=train_source", timeout=300)
+  assert proc.returncode != 0
+  assert (f"config.data.source: data root {tmp_path}/data/KITTI360_APS does not exist"
+          in proc.stderr)
+  assert "run it first (--config.stage=generate,train_source)" in proc.stderr
+  assert not os.path.exists(tmp_path / "train_source")  # nothing was run
+
+
+def test_demo_quick_mode_keeps_the_data_of_the_committed_model():
+  """configs/demo.py:runlocal shrinks the demo, not what the committed model was
+  trained on (predict and adapt refuse other synthpass data), and writes pictures."""
+  from configs import cpu  # pylint: disable=g-import-not-at-top
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from unlock_jax.data import synthpass  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(cpu.DEMO_SOURCE, "synthpass.json")) as f:
+    trained = json.load(f)["identity"]
+  full, quick = demo.get_config(), demo.get_config("runlocal")
+  for c in (full, quick):
+    s = c.synthpass
+    assert {"version": synthpass.DATA_VERSION, "scale": s.scale, "seed": s.seed,
+            "source_train": s.num_source.train} == trained
+    assert c.predict.checkpoint == cpu.DEMO_SOURCE
+    assert c.evals.target_val.num_pictures > 0
+  assert quick.stage == full.stage
+  assert sum(quick.synthpass.num_target.values()) <= 8 and quick.synthpass.num_source.val == 0
+  assert quick.adapt.total_steps <= 4 < full.adapt.total_steps
+  # Regenerating the model in quick mode never writes over the committed one.
+  assert demo.get_config("source=train").export_source.out_dir == cpu.DEMO_SOURCE
+  quick_train = demo.get_config("source=train,runlocal")
+  assert quick_train.export_source.out_dir == "{workdir}/export_source"
+  assert all(e.num_pictures > 0 for e in quick_train.evals.values())
+
+
 def test_tiny_pipeline_end_to_end(tmp_path):
   """generate → train_source → evaluate through main, as a user runs it."""
   proc = _main("--config", "configs/synth/tiny.py:steps=2", "--workdir", str(tmp_path))
@@ -108,4 +145,16 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert text.count(f"Stage {stage} logs to") == 2, stage
   evaluate_log = open(tmp_path / "logs" / "evaluate.log").read()
   assert evaluate_log.count("== target_val (") == 2  # the printed tables too
-  assert "Resuming from step 2" in open(tmp_path / "logs" / "train_source.log").read()
+  train_log = open(tmp_path / "logs" / "train_source.log").read()
+  assert "Resuming from step 2" in train_log
+  # Progress lines with the step total; no INFO chatter from Orbax's modules.
+  assert "train_source: compiling the train step" in train_log
+  assert re.search(r"train_source step 2/2: loss=[0-9.]+, ", train_log), train_log
+  # (Modules that logged over nine in ten of an adapt log's lines before.)
+  chatty = {"checkpoint_manager.py", "async_checkpointer.py", "atomicity.py",
+            "composite_checkpoint_handler.py", "base_pytree_checkpoint_handler.py",
+            "jax_array_handlers.py", "event_tracking.py", "async_io_engine.py", "deleter.py"}
+  assert chatty <= {f for _, _, fs in os.walk(os.path.dirname(ocp.__file__)) for f in fs}
+  chatter = [line for line in train_log.splitlines() if line.startswith("I")
+             and line.split("] ")[0].split()[-1].split(":")[0] in chatty]
+  assert not chatter, chatter[:3]

@@ -6,6 +6,10 @@ through it, in absl's format) and a copy of stdout (the evaluation tables)
 append to the stage's file; a resumed run appends to the same file. Process
 ``p > 0`` of a multi-host run writes ``<stage>.process<p>.log``.
 
+Orbax logs a dozen INFO lines per checkpoint save (over nine in ten lines of
+an adaptation log): while a stage runs, its records below WARNING are kept
+out of the file and the terminal; its warnings and errors stay.
+
 A URL workdir (``gs://``) has no appendable file: the handler writes a local
 temporary file, seeded with the log already at the URL (so a resumed run
 still appends), which is copied to the URL when the stage ends, also when it
@@ -21,6 +25,17 @@ import tempfile
 from absl import logging
 
 from unlock_jax import fileio
+
+
+_ORBAX = f"{os.sep}orbax{os.sep}"
+
+
+class _QuietOrbax(py_logging.Filter):
+  """Drops Orbax's records below WARNING (absl logs them all as logger "absl",
+  so they are told apart by the file that logged them)."""
+
+  def filter(self, record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or _ORBAX not in record.pathname
 
 
 class _Tee:
@@ -61,6 +76,10 @@ def stage_log(workdir: str, stage: str, process_index: int = 0):
     os.makedirs(os.path.dirname(filename), exist_ok=True)
   handler = py_logging.FileHandler(local, mode="a", encoding="utf-8")
   handler.setFormatter(logging.PythonFormatter())
+  quiet = _QuietOrbax()
+  handler.addFilter(quiet)
+  terminal = logging.get_absl_handler()
+  terminal.addFilter(quiet)
   root = py_logging.getLogger()
   root.addHandler(handler)
   stdout = sys.stdout
@@ -75,6 +94,7 @@ def stage_log(workdir: str, stage: str, process_index: int = 0):
   finally:
     sys.stdout = stdout
     root.removeHandler(handler)
+    terminal.removeFilter(quiet)
     handler.close()
     if local != filename:
       try:

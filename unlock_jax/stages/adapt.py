@@ -21,7 +21,6 @@ import os
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
@@ -85,8 +84,7 @@ def run(config, workdir: str) -> dict:
   provenance.record(workdir, "adapt", config, fingerprint.begin(config, workdir, "adapt"))
   mesh = shd.make_mesh()
   pi, pc = jax.process_index(), jax.process_count()
-  writer = metric_writers.create_default_writer(stage_dir, just_logging=pi > 0,
-                                                asynchronous=True)
+  writer = loop.create_writer(stage_dir)
   packed_dir, pool_path = _inputs(config, workdir)
   reader = labelled_images(config, workdir, packed_dir)
   data_iter = pipeline.adapt_iterator(

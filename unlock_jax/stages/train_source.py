@@ -10,7 +10,6 @@ import os
 
 import jax
 from absl import logging
-from clu import metric_writers
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
@@ -32,8 +31,7 @@ def run(config, workdir: str) -> dict:
                     fingerprint.begin(config, workdir, "train_source"))
   mesh = shd.make_mesh()
   pi, pc = jax.process_index(), jax.process_count()
-  writer = metric_writers.create_default_writer(
-      stage_dir, just_logging=pi > 0, asynchronous=True)
+  writer = loop.create_writer(stage_dir)
 
   # Input.
   src = config.data.source
