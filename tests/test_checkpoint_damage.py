@@ -12,6 +12,7 @@ import shutil
 import sys
 import types
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,9 +45,12 @@ def written(tmp_path_factory):
   ckptr.save(str(root / "export"), _variables(mesh))
   ckptr.wait_until_finished()
   run = checkpoint.Checkpointer(str(root / "run"), max_to_keep=3)
+  data_iter = iter(grain.MapDataset.range(100).to_iter_dataset())
   for step in (1, 2):
+    for _ in range(10):  # a step's batches
+      next(data_iter)
     run.save(step, dict(_variables(mesh, float(step)), step=jnp.int32(step)),
-             meta={"step": step}, force=True)
+             data_iter, meta={"step": step}, force=True)
   run.close()
   return root, mesh
 
@@ -169,6 +173,20 @@ def test_resume_falls_back_to_the_previous_complete_step(written, tmp_path, capl
   ckpt.save(2, dict(_variables(mesh, 5.0), step=jnp.int32(2)), force=True)
   ckpt.close()
   assert checkpoint.Checkpointer(path).latest_step() == 2
+
+
+def test_damaged_iterator_state_falls_back_too(written, tmp_path):
+  """grain's position is part of the step: a cut or lost file of it is damage."""
+  for how in ("truncate", "remove"):
+    path, mesh = _copy(written, "run", tmp_path / how)
+    state_file = os.path.join(path, "2", "data_iter", "process_0-of-1.json")
+    _truncate(state_file) if how == "truncate" else os.remove(state_file)
+    ckpt = checkpoint.Checkpointer(path)
+    data_iter = iter(grain.MapDataset.range(100).to_iter_dataset())
+    _, step = ckpt.restore_latest(_state_abstract(mesh), data_iter)
+    ckpt.close()
+    assert step == 1
+    assert next(data_iter) == 10  # where step 1 left the input
 
 
 def test_resume_with_every_step_damaged_says_how_to_start_over(written, tmp_path):

@@ -73,7 +73,8 @@ def _damage(e: BaseException) -> str | None:
     status = _STATUS.match(msg)
     if status:  # TensorStore's own status, under Orbax's spec dump
       return None if status.group(1) in _ACCESS_CODES else msg.splitlines()[0]
-    if isinstance(x, FileNotFoundError):  # the folder exists: a file of it is gone
+    if isinstance(x, FileNotFoundError) or (  # the folder exists: a file of it is gone
+        isinstance(x, ValueError) and msg.endswith("does not exist.")):  # grain's state
       return msg.splitlines()[0]
     if isinstance(x, KeyError) and "was not found in the checkpoint" in msg:
       return msg.strip("'\"")
