@@ -10,7 +10,7 @@ EMA teacher, ADCL paste, ClassMix, regulariser) → ``evaluate`` (source only
 at tau 0.95/0.95 vs UNLOCK at 0.55/0.5 on target val, one table).
 
 The source model (stage 0) is the committed ``assets/demo_source`` (2.0M
-parameters stored in bfloat16, 3.2 MB): training it takes longer than the
+parameters stored in bfloat16, 3.3 MB): training it takes longer than the
 rest of the demo. One command regenerates it from scratch (generate,
 train_source, evaluate, export_source into ``assets/demo_source``):
 
