@@ -149,6 +149,11 @@ def test_resume_after_kill_is_byte_identical(trained, uninterrupted):
   assert sorted(again) == sorted(snap)
   diff = [k for k in snap if again[k] != snap[k]]
   assert not diff, diff
+  # A rerun asking for more pictures draws the missing one (and no other work).
+  proc = _main(trained, "opll", "--config.opll.num_pictures=3")
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "labels for 1 of 4 panoramas" in proc.stderr
+  assert len(os.listdir(trained / "opll" / "pictures")) == 3
 
 
 def test_user_images_and_bad_inputs(trained, tmp_path):
@@ -158,13 +163,18 @@ def test_user_images_and_bad_inputs(trained, tmp_path):
   Image.fromarray(rng.integers(0, 255, (64, 128, 3), np.uint8)).save(folder / "trip" / "a.jpg")
   Image.fromarray(rng.integers(0, 255, (50, 256, 3), np.uint8)).save(folder / "b.png")
   out = tmp_path / "store"
-  proc = _main(trained, "predict", f"--config.predict.images={folder}",
-               f"--config.predict.store_dir={out}",
-               f"--config.predict.pictures_dir={tmp_path / 'pics'}")
+  user = (f"--config.predict.images={folder}", f"--config.predict.store_dir={out}",
+          f"--config.predict.pictures_dir={tmp_path / 'pics'}")
+  proc = _main(trained, "predict", *user, "--config.predict.num_pictures=1")
   assert proc.returncode == 0, proc.stderr[-4000:]
   assert store.list_predictions(str(out)) == ["b.png", "trip/a.jpg"]
   assert "a.jpg is 128x64 (aspect 2.00:1)" in proc.stderr  # names the file and both ratios
   assert "configured 256x50 (5.12:1)" in proc.stderr
+  assert os.listdir(tmp_path / "pics") == ["b.png.png"]
+  # A rerun with more pictures draws the missing one from the store.
+  proc = _main(trained, "predict", *user, "--config.predict.num_pictures=2")
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "predict: 0 of 2 panoramas to do" in proc.stderr
   assert sorted(os.listdir(tmp_path / "pics")) == ["b.png.png", "trip_a.jpg.png"]
 
   # A corrupt store entry: named, with the fix.

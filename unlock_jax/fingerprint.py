@@ -74,6 +74,8 @@ LOGISTICS = (
     "opll.state_every",
     # Evaluation during adaptation is logged, not part of the adapted model.
     "adapt.eval_every", "adapt.evals",
+    # Pictures for people: a rerun with more draws the missing ones.
+    "*num_pictures", "*picture_scale",
     # Skipping or stopping at an unreadable image: a rerun retries skipped ones.
     "predict.on_bad_image",
 )
@@ -176,7 +178,6 @@ def _predict(c):
   paths = {"predict.checkpoint": (p.checkpoint, _CKPT)}
   if p.images:
     paths["predict.images"] = (p.images, _DATA)
-    settings["predict.num_pictures"] = p.num_pictures
     return settings, paths
   settings["predict.split"] = p.split
   settings.update([_effective(c, "layout", "data.target.layout")])

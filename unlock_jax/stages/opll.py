@@ -16,7 +16,8 @@
 4. With hidden ground truth (synthpass ``BlendPASS/_synth_gt``), a quality
    report (``<out>/quality.json``, a table, TensorBoard scalars) for raw
    argmax/all detections, OPLL, and OPLL + prototypes; and pictures of the
-   first ``num_pictures`` panoramas.
+   first ``num_pictures`` panoramas (a rerun with more labels the missing
+   ones again to draw them).
 
 Resume: the threshold passes (seconds) restart from the beginning if killed;
 their merged result, and the prototypes, are saved with a fingerprint of the
@@ -279,15 +280,17 @@ def run(config, workdir: str) -> dict:
   ref_root = os.path.join(out_dir, "OPLL")
   packed = lambda n: os.path.join(out_dir, "packed", n + ".npz")
   part = lambda n: os.path.join(out_dir, "_quality_parts", n + ".pkl")
+  pictures_dir = os.path.join(out_dir, "pictures")
+  picture = lambda n: os.path.join(pictures_dir, n.replace("/", "_") + ".png")
+  first = set(names[:int(o.num_pictures)])
   mine = [n for n in names if not fileio.exists(packed(n))
-          or (gt_reader is not None and not fileio.exists(part(n)))]
+          or (gt_reader is not None and not fileio.exists(part(n)))
+          or (n in first and not fileio.exists(picture(n)))]
   todo = sorted(set().union(*shd.gather_objects(mine)))
   logging.info("opll: labels for %d of %d panoramas to write", len(todo), len(names))
   plan = _batches(len(todo), int(o.batch_size))
   prog = progress_lib.Progress(len(plan), "opll/labels", unit="batch")
-  pictures_dir = os.path.join(out_dir, "pictures")
-  # Drawn by whichever process labels them (one writer per file), as the labels.
-  first = set(names[:int(o.num_pictures)])
+  # Pictures are drawn by whichever process labels them (one writer per file).
   h, w = meta["image_size"]
   zero_tau = {c: {"tau": 0.0, "tau_code": 0} for c in range(labels_lib.NUM_CLASSES)}
   no_dets = inference.detections_row(None, 0, h, w)
@@ -339,7 +342,7 @@ def run(config, workdir: str) -> dict:
       if n in first:
         shown = variants["opll+proto" if o.prototype_filter else "opll"]
         pic = viewer.render_pseudo_labels(images.image(n), shown, title=n)
-        pictures.save_png(os.path.join(pictures_dir, n.replace("/", "_") + ".png"), pic)
+        pictures.save_png(picture(n), pic)
         writer.write_images(0, {f"opll/{n}": pic[None]})
       labels.write_packed(packed(n), n, chosen_sem, chosen["modal"], chosen["amodal"])
       written += 1

@@ -21,7 +21,8 @@ masks), from the store after the run; the panoptic maps are fused at
 ``config.predict.images`` set to a folder predicts the user's own
 equirectangular JPG/PNG panoramas instead (any depth, names and conversions
 in ``data/layouts/folder.py``; resized to the configured size) and draws
-``num_pictures`` of them.
+the first ``num_pictures`` of them (a rerun with more draws the missing ones,
+from the store).
 
 An image that cannot be read or converted does not stop the run
 (``config.predict.on_bad_image="skip"``, the default): it gets no entry, and
@@ -166,9 +167,11 @@ def predict(config, workdir: str) -> dict:
   prog = progress_lib.Progress(pipeline.num_eval_steps(len(todo), bs), "predict",
                                writer=writer, unit="batch")
   pictures_dir = fileio.resolve(p.pictures_dir, workdir)
+  picture = lambda name: os.path.join(pictures_dir, name.replace("/", "_") + ".png")
   num_pictures = int(p.num_pictures) if p.images else 0
-  # The first of the to-do list, drawn by whichever process predicts them.
-  to_draw = {reader.keys[i] for i in todo[:num_pictures]}
+  # The first panoramas without a picture yet: drawn by whichever process
+  # predicts them, or by process 0 from the store when they are in it already.
+  to_draw = {k for k in reader.keys[:num_pictures] if not fileio.exists(picture(k))}
   t0, n, nbytes, skipped = time.monotonic(), 0, 0, []
   for ex, row in inference.iterate(reader, todo, model=model, variables=variables,
                                    mesh=mesh, batch_size=bs, on_batch=prog.update):
@@ -186,10 +189,15 @@ def predict(config, workdir: str) -> dict:
     n += 1
     debug_kill(config, n)
     if ex["name"] in to_draw:
-      pic = viewer.render_prediction(ex["image"], row, title=ex["name"])
-      pictures.save_png(os.path.join(pictures_dir, ex["name"].replace("/", "_") + ".png"),
-                        pic)
+      pictures.save_png(picture(ex["name"]),
+                        viewer.render_prediction(ex["image"], row, title=ex["name"]))
   secs = time.monotonic() - t0
+  if jax.process_index() == 0:
+    for i in sorted(reader.keys.index(k) for k in to_draw):
+      if i not in todo:  # predicted by an earlier run
+        pictures.save_png(picture(reader.keys[i]), viewer.render_prediction(
+            reader.load_image(i), store.load_prediction(store_dir, reader.keys[i]),
+            title=reader.keys[i]))
   # All processes' counts; also a barrier: the next stage lists the whole store.
   gathered = shd.gather_objects((n, nbytes, skipped))
   n, nbytes = sum(g[0] for g in gathered), sum(g[1] for g in gathered)
