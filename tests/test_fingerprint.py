@@ -138,6 +138,21 @@ def test_a_stage_refuses_inputs_made_with_other_settings(tmp_path):
     fingerprint.begin(config, str(fresh), "predict")
 
 
+def test_a_checkpoint_trained_further_is_another_input(tmp_path):
+  """Outputs made from a run killed at step 2 are not the finished run's."""
+  wd = tmp_path / "wd"
+  for stage in ("generate", "train_source"):
+    fingerprint.begin(_config(), str(wd), stage)
+  os.makedirs(wd / "train_source" / "checkpoints" / "2")
+  fingerprint.begin(_config(), str(wd), "predict")
+  open(wd / "predict" / "out.txt", "w").close()
+  os.makedirs(wd / "train_source" / "checkpoints" / "4")
+  with pytest.raises(fingerprint.Refused) as e:
+    fingerprint.begin(_config(), str(wd), "predict")
+  assert "predict.checkpoint:step: 2 -> 4" in _lines(str(e.value))
+  assert fingerprint.begin(_config(), str(wd), "train_source").status == "resume"
+
+
 def test_overwrite_deletes_the_stage_and_what_was_computed_from_it(tmp_path):
   wd = tmp_path / "wd"
   _stand_in_run(wd, _config())

@@ -10,9 +10,11 @@ config keys (``opll.semantic.p``):
 * for every input it reads, the path (``{workdir}/...`` inside the workdir)
   and: for the outputs of another stage of this config (the store of
   ``predict``, the generated data, a ``train_source`` checkpoint), that
-  stage's fingerprint, merged in; for an external checkpoint, its identity
-  (latest step, the record or ``synthpass.json`` it carries); for external
-  data, the path, with its layout, split, size and format as settings;
+  stage's fingerprint, merged in (for a checkpoint also its latest step, so
+  outputs of a run killed before its last step are not taken for the
+  finished run's); for an external checkpoint, its identity (latest step,
+  the record or ``synthpass.json`` it carries); for external data, the
+  path, with its layout, split, size and format as settings;
 * the versions of the formats involved (synthpass scenes, the prediction
   store, the confidence quantisation, this file's ``SCHEME``).
 
@@ -298,6 +300,11 @@ def _read_json(path: str):
     return None
 
 
+def _latest_step(path: str) -> int | None:
+  steps = [int(n) for n in fileio.listdir(path) if n.isdigit()] if fileio.isdir(path) else []
+  return max(steps) if steps else None
+
+
 def _checkpoint_identity(path: str) -> dict:
   """What identifies a checkpoint folder that no stage of this config writes."""
   if not fileio.isdir(path):
@@ -309,9 +316,8 @@ def _checkpoint_identity(path: str) -> dict:
     if rec and "fingerprint" in rec:
       ident["record"] = rec["fingerprint"]
       break
-  steps = [int(n) for n in fileio.listdir(path) if n.isdigit()]
-  if steps:
-    ident["step"] = max(steps)
+  if (step := _latest_step(path)) is not None:
+    ident["step"] = step
   export = _read_json(os.path.join(path, "synthpass.json"))
   if export is not None:
     ident["export"] = export
@@ -359,6 +365,10 @@ def compute(config, workdir: str, stage: str, _chain=()) -> Fingerprint:
       up = compute(config, workdir, producer, _chain + (stage,))
       flat.update(up.settings)
       upstream += [producer, *up.upstream]
+      # A run that trained further since (it was killed before its last
+      # step) made another model of the same settings.
+      if kind == _CKPT and (step := _latest_step(path)) is not None:
+        flat[key + ":step"] = step
     elif kind == _CKPT:
       flat[key + ":identity"] = _checkpoint_identity(path)
   flat = json.loads(json.dumps(flat, sort_keys=True, default=str))  # as read back
