@@ -38,9 +38,9 @@ PIPELINE = "generate,train_source,predict,opll,adcl_pool,adapt,evaluate"
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 
-def _config(*overrides, arg="full=1"):
+def _config(*overrides, arg="full=1", file=TINY):
   """The config as main builds it from these overrides."""
-  argv = ["main", f"--config={TINY}:{arg}", *overrides]
+  argv = ["main", f"--config={file}:{arg}", *overrides]
   values = flags.FlagValues()
   config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True,
                                   sys_argv=argv)
@@ -255,10 +255,30 @@ def _split(overrides):
   return settings, dict(where.match(o).groups() for o in overrides if where.match(o))
 
 
+def _tiny(overrides):
+  """A demo command's overrides for tiny: its semantic evaluators draw no pictures."""
+  return [o for o in overrides if not re.match(r"--config\.evals\.\w+\.pictures_dir=", o)]
+
+
 def _follow(adapt_dir):
   # The demo's evaluate scores <adapt.out_dir>/checkpoints (a reference that
   # follows adapt.out_dir); tiny's scores train_source: the same by hand.
   return f"--config.evaluate.checkpoint={adapt_dir}/checkpoints"
+
+
+def test_readme_ablation_commands_are_valid_demo_commands(tmp_path):
+  """What the tiny stand-in below assumes of the demo: the keys exist, evaluate
+  scores <adapt.out_dir>/checkpoints, every folder is moved off the demo's."""
+  demo = lambda *overrides: _config(*overrides, arg="", file=f"{REPO}/configs/demo.py")
+  for cmd in _readme_ablations():
+    config = demo(*cmd).copy_and_resolve_references()
+    _, folders = _split(cmd)
+    assert config.evaluate.runs.UNLOCK.checkpoint == folders["adapt.out_dir"] + "/checkpoints"
+    assert config.evals.target_val.pictures_dir != demo().evals.target_val.pictures_dir
+    for stage in folders["stage"].split(","):
+      assert fingerprint.folder(config, str(tmp_path), stage) != fingerprint.folder(
+          demo(), str(tmp_path), stage), stage
+    assert fingerprint.plan(config, str(tmp_path), folders["stage"].split(",")) == []
 
 
 @pytest.fixture(scope="module")
@@ -280,6 +300,7 @@ def ablations(finished, tmp_path_factory):
   assert len(cmds) >= 2, cmds
   out = []
   for i, cmd in enumerate(cmds):
+    cmd = _tiny(cmd)
     settings, folders = _split(cmd)
     adapt_dir = folders.get("adapt.out_dir", "{workdir}/adapt")
     _main(finished, *cmd, _follow(adapt_dir))
