@@ -80,6 +80,8 @@ LOGISTICS = (
     "*num_pictures", "*picture_scale",
     # Skipping or stopping at an unreadable image: a rerun retries skipped ones.
     "predict.on_bad_image",
+    # The predictions at the images' own sizes: every predict run rewrites them whole.
+    "*predict*.export_dir", "*predict*.export_tau_m",
 )
 
 _CKPT, _DATA = "checkpoint", "data"
@@ -150,17 +152,18 @@ def _train_source(c):
 
 
 def _evaluate(c):
-  roots = {f"evals.{n}.{k}" for n in c.evals for k in ("root", "tfds_data_dir")}
-  settings = _settings(c, "model", "evals", skip=roots)
+  # Whole sections, so a key added later counts unless LOGISTICS says otherwise.
+  skip = {f"evals.{n}.{k}" for n in c.evals for k in ("root", "tfds_data_dir")}
+  skip |= {"evaluate.checkpoint"} | {f"evaluate.runs.{n}.checkpoint" for n in c.evaluate.runs}
+  settings = _settings(c, "model", "evals", "evaluate", skip=skip)
   paths = {}
   for name, ev in c.evals.items():
     paths[f"evals.{name}.root"] = (ev.get("root", ""), _DATA)
     if ev.get("format", "files") == "tfds":
       paths[f"evals.{name}.tfds_data_dir"] = (ev.tfds_data_dir, _DATA)
-  if c.evaluate.runs:
+  if c.evaluate.runs:  # then evaluate.checkpoint is not read
     for name, run in c.evaluate.runs.items():
       paths[f"evaluate.runs.{name}.checkpoint"] = (run.get("checkpoint", ""), _CKPT)
-      settings[f"evaluate.runs.{name}.tau"] = run.get("tau")
   else:
     paths["evaluate.checkpoint"] = (c.evaluate.checkpoint, _CKPT)
   return settings, paths
@@ -174,7 +177,8 @@ def _effective(c, key: str, fallback: str) -> tuple[str, object]:
 
 def _predict(c):
   p = c.predict
-  settings = _settings(c, "model") | {
+  what = ("layout", "root", "split", "image_size", "images", "checkpoint")  # below
+  settings = _settings(c, "model", "predict", skip={f"predict.{k}" for k in what}) | {
       "version.store_format": store.FORMAT_VERSION, "version.quant": thresholds.QUANT}
   settings.update([_effective(c, "image_size", "data.target.image_size")])
   paths = {"predict.checkpoint": (p.checkpoint, _CKPT)}
