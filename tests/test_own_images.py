@@ -191,6 +191,18 @@ def test_unreadable_files_name_the_file_and_do_not_stop_the_pipeline(tmp_path):
 
 # ---- the own-folder adaptation command, end to end -----------------------------------
 
+def test_own_panoramas_config_reads_only_the_folder(tmp_path):
+  """No stage of the command reads a data set: nothing to generate, only the folder."""
+  from configs import own_panoramas  # pylint: disable=g-import-not-at-top
+  from unlock_jax.tools import check_data  # pylint: disable=g-import-not-at-top
+  config = own_panoramas.get_config(f"images={tmp_path}")
+  assert check_data.ungenerated(config, str(tmp_path / "wd")) == []
+  (ds,) = check_data.data_sets(config, str(tmp_path / "wd"))
+  assert (ds.layout, ds.root, ds.image_size) == ("folder", str(tmp_path), (100, 512))
+  with pytest.raises(ValueError, match="needs the folder"):
+    own_panoramas.get_config("")
+
+
 SIZE = (50, 256)
 
 

@@ -119,7 +119,7 @@ def data_sets(config, workdir: str | None, everything: bool = False) -> list[Dat
   if use("train_source"):
     wanted.append(("config.data.source", src.layout, src.root, src.split, src.image_size,
                    same("config.data.source")))
-  if use("adapt"):
+  if use("adapt") and not config.predict.images:  # else adapt reads predict's folder
     wanted.append(("config.data.target", tgt.layout, tgt.root, "train", tgt.image_size,
                    same("config.data.target")))
   adapt_evals = set(config.adapt.get("evals", ()) or ())
@@ -127,8 +127,8 @@ def data_sets(config, workdir: str | None, everything: bool = False) -> list[Dat
     if use("evaluate") or (name in adapt_evals and use("adapt")):
       wanted.append((f"config.evals.{name}", ev.layout, ev.root, ev.split,
                      ev.get("image_size"), same(f"config.evals.{name}")))
-  if use("predict", "opll", "adcl_pool"):
-    p = config.predict
+  if use("predict", "opll", "adcl_pool", "adapt", "predict_adapted"):
+    p = config.predict  # what adapt and predict_adapted read too (stages/adapt.py)
     # Empty predict entries fall back to config.data.target (stages/predict.py).
     where = {f: f"config.predict.{f}" if p[f] or f == "split" else f"config.data.target.{f}"
              for f in fields}
