@@ -5,7 +5,7 @@ hidden files and folders skipped, other files ignored and counted in the log)
 is an example named by its path relative to ``root`` with ``/`` separators
 and its extension: ``trip1/img_0001.jpg``. Names are unique by construction
 (``dup.jpg`` and ``dup.png`` are two examples), and every output keyed by the
-name (store entries, pseudo-labels, pictures, PNG outputs) mirrors the
+name (store entries, pseudo-labels, pool shards, exported PNGs) mirrors the
 folder tree. Two names that differ only in case are refused, since their
 outputs would overwrite each other on case-insensitive file systems.
 
