@@ -198,6 +198,10 @@ def test_plan_checks_the_whole_list(tmp_path):
   no_evals = _config("--config.adapt.evals=('nope',)")
   assert any("config.adapt.evals names ['nope']" in p
              for p in fingerprint.plan(no_evals, str(wd), ["generate", "adapt"]))
+  shared = _config("--config.adcl_pool.out_dir={workdir}/opll")
+  assert fingerprint.plan(shared, str(wd), ["adcl_pool"]) == [
+      f"adcl_pool and opll would both write {wd / 'opll'} (adcl_pool.out_dir, "
+      "opll.out_dir): give each a folder of its own"]
 
 
 # Through main, in this process.

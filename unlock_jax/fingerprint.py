@@ -485,6 +485,11 @@ def _check(config, workdir: str, stage: str, *, ran_before=(), cleared=()):
   """
   validate(config, stage)
   fp = compute(config, workdir, stage)
+  shared = [s for s in SPECS if s != stage and folder(config, workdir, s) == fp.folder]
+  if shared:  # one record per folder: they would refuse, or delete, each other's outputs
+    key = lambda s: _FOLDER[s] or f"the fixed {s} folder"
+    raise ValueError(f"{stage} and {shared[0]} would both write {fp.folder} "
+                     f"({key(stage)}, {key(shared[0])}): give each a folder of its own")
   overwrite = bool(config.get(stage, {}).get("overwrite", False))
   problems, doomed = [], []
   state, rec = ("fresh", None) if any(_inside(fp.folder, f) for f in cleared) else _state(fp)
