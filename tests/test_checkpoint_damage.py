@@ -107,13 +107,17 @@ def test_failed_reads_leave_no_spec_dumps_behind(written, tmp_path, monkeypatch)
   path, mesh = _copy(written, "run", tmp_path)
   _truncate_arrays(os.path.join(path, "2"))
   ckpt = checkpoint.Checkpointer(path)
+  injected = [types.SimpleNamespace(object=obj, exc_value=RuntimeError(i))
+              for i, obj in enumerate((orbax_read, other, None))]
   with pytest.raises(checkpoint.DamagedCheckpointError):
     with checkpoint._restoring("x", "", ("", "")):  # pylint: disable=protected-access
-      for obj in (orbax_read, other, None):
-        sys.unraisablehook(types.SimpleNamespace(object=obj, exc_value=RuntimeError()))
+      for unraisable in injected:
+        sys.unraisablehook(unraisable)
       ckpt.restore(2, _state_abstract(mesh))
   ckpt.close()
-  assert [r.object for r in reported] == [other, None]
+  # Only what this test injected: the real restore may add asyncio's own
+  # "Event loop is closed" reports (object None), depending on timing.
+  assert [r for r in reported if any(r is u for u in injected)] == injected[1:]
   assert sys.unraisablehook == reported.append  # put back
 
 
