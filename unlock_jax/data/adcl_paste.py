@@ -50,7 +50,7 @@ import numpy as np
 
 from unlock_jax.data import labels
 from unlock_jax.data.layouts.common import boxes_from_masks
-from unlock_jax.pseudo import maskcodec
+from unlock_jax.data import maskcodec
 
 _log = logging.getLogger(__name__)
 _warned_truncation = False

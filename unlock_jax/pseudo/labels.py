@@ -24,7 +24,7 @@ from PIL import Image
 
 from unlock_jax import fileio
 from unlock_jax.data import labels
-from unlock_jax.pseudo import maskcodec
+from unlock_jax.data import maskcodec
 
 BRANCHES = ("modal", "amodal")
 # Reference folder of each branch under the OPLL root.

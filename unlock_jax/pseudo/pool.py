@@ -35,7 +35,7 @@ from PIL import Image
 from unlock_jax import fileio
 from unlock_jax.data import labels
 from unlock_jax.pseudo import labels as pl_labels
-from unlock_jax.pseudo import maskcodec
+from unlock_jax.data import maskcodec
 
 SHARED = 255  # pool pixel also covered by another confident amodal mask
 

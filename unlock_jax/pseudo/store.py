@@ -76,7 +76,7 @@ import numpy as np
 
 from unlock_jax import fileio
 from unlock_jax.data import labels
-from unlock_jax.pseudo import maskcodec
+from unlock_jax.data import maskcodec
 from unlock_jax.pseudo import thresholds
 
 _log = logging.getLogger(__name__)
