@@ -28,7 +28,7 @@
 (ii) ``pipeline.adapt_iterator`` batches/s at the configs/demo.py sizes (100x512
     panoramas, 100x100 crops, batch 4, max_instances 24, its paste settings,
     num_workers 0 = grain's 2 read threads) on a synthetic target set written into the
-    temp dir: ``--targets`` PNG panoramas, packed OPLL labels (``labels.write_packed``,
+    temp dir: ``--targets`` PNG panoramas, packed OPLL labels (``packed_labels.write_packed``,
     ~10 modal / ~15 amodal instances each) and a pool index of ~2 entries per panorama
     (the demo run's pool had 116 entries for 60 panoramas), read through a stub reader
     (``keys``, ``image_size``, ``load_image``). Against it: steps/s of
@@ -112,8 +112,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from unlock_jax.data import adcl_paste  # noqa: E402
 from unlock_jax.data import keys  # noqa: E402
+from unlock_jax.data import packed_labels  # noqa: E402
 from unlock_jax.data.layouts import common as layouts_common  # noqa: E402
-from unlock_jax.pseudo import labels as pl_labels  # noqa: E402
 from unlock_jax.pseudo import pool as pool_lib  # noqa: E402
 
 H, W, CROP = 400, 2048, 400
@@ -559,7 +559,7 @@ def build_target_set(root, n, size, rng):
       branches[b] = {"masks": v["masks"] == 1, "classes": v["classes"],
                      "scores": np.ones(k, np.float32), "det_index": np.arange(k, dtype=np.int32),
                      "uncertain": (v["masks"] == 255).any(0)}
-    pl_labels.write_packed(os.path.join(packed, name + ".npz"), name, sem,
+    packed_labels.write_packed(os.path.join(packed, name + ".npz"), name, sem,
                            branches["modal"], branches["amodal"])
     entries = pool_for(rng, img, 2, s)
     sp = pool_lib.shard_path(shards, name)

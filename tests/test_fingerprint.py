@@ -28,7 +28,7 @@ from absl.testing import flagsaver
 from ml_collections import config_flags
 
 from unlock_jax import fingerprint
-from unlock_jax.pseudo import labels
+from unlock_jax.data import packed_labels
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = f"{REPO}/configs/synth/tiny.py"
@@ -349,7 +349,7 @@ def _same_labels(a, b):
   packed = _files(a, "packed")
   assert packed and sorted(packed) == sorted(_files(b, "packed"))
   for rel in packed:
-    la, lb = (labels.load_packed(os.path.join(d, "packed", rel)) for d in (a, b))
+    la, lb = (packed_labels.load_packed(os.path.join(d, "packed", rel)) for d in (a, b))
     assert _same_state(la, lb), rel
 
 
@@ -367,7 +367,7 @@ def test_readme_ablations_equal_a_fresh_workdir(finished, ablations):
     fresh = a["fresh"]
     if "opll" in a["stages"]:
       _same_labels(a["opll"], fresh / "opll")
-      packed = lambda d, rel: labels.load_packed(os.path.join(d, "packed", rel))
+      packed = lambda d, rel: packed_labels.load_packed(os.path.join(d, "packed", rel))
       assert any(not _same_state(packed(a["opll"], r), packed(finished / "opll", r))
                  for r in _files(a["opll"], "packed")), "the ablation changed no label"
     ablated = _state(a["adapt"])

@@ -56,7 +56,7 @@ import numpy as np
 import pytest
 
 from unlock_jax.data import keys, pipeline
-from unlock_jax.pseudo import labels
+from unlock_jax.data import packed_labels
 from unlock_jax.pseudo import store
 
 # Two-process runs take ~4-5 min of the suite (most of it XLA compiling);
@@ -278,7 +278,7 @@ def test_opll_thresholds_and_labels_identical(runs):
     assert a and sorted(b) == sorted(a), folder
     assert [k for k in a if a[k] != b[k]] == [], folder
   for rel in _files(one / "packed"):
-    got, want = (labels.load_packed(str(d / "packed" / rel)) for d in (two, one))
+    got, want = (packed_labels.load_packed(str(d / "packed" / rel)) for d in (two, one))
     np.testing.assert_array_equal(got["semantic"], want["semantic"])
   assert json.load(open(two / "quality.json")) == json.load(open(one / "quality.json"))
   # Prototypes are sums over each process's rows, merged: float rounding only.

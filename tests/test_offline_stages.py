@@ -19,7 +19,7 @@ from PIL import Image
 
 from configs.synth import tiny
 from unlock_jax.data import labels as labels_lib
-from unlock_jax.pseudo import labels
+from unlock_jax.data import packed_labels
 from unlock_jax.pseudo import pool
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
@@ -107,7 +107,7 @@ def test_outputs_match_direct_computation(trained, uninterrupted, tmp_path):
     tau = np.array([th["semantic"][str(c)]["tau"] for c in range(18)])
     want = np.where(p["confidence"].astype(np.float64) < tau[p["semantic"]], 255,
                     p["semantic"]).astype(np.uint8)
-    got = labels.load_packed(str(wd / "opll" / "packed" / (n + ".npz")))
+    got = packed_labels.load_packed(str(wd / "opll" / "packed" / (n + ".npz")))
     np.testing.assert_array_equal(got["semantic"], want)
     city, stem = n.split("/")
     sem_png = np.array(Image.open(wd / "opll" / "OPLL" / "semantic" / city / f"{stem}.png"))

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from unlock_jax.data import labels
+from unlock_jax.data import packed_labels
 from unlock_jax.pseudo import labels as pl
 from unlock_jax.pseudo import thresholds as th
 
@@ -313,8 +314,8 @@ def test_packed_round_trip_matches_reference_loader(tmp_path):
   root = str(tmp_path / "ref")
   pl.write_reference_layout(root, pred["name"], semantic, modal, amodal)
   path = str(tmp_path / "packed" / "city03" / "pano_0012.npz")
-  pl.write_packed(path, pred["name"], semantic, modal, amodal)
-  got = pl.load_packed(path)
+  packed_labels.write_packed(path, pred["name"], semantic, modal, amodal)
+  got = packed_labels.load_packed(path)
   assert got["name"] == "city03/pano_0012"
   assert got["semantic"].dtype == np.uint8 and np.array_equal(got["semantic"], semantic)
   for branch, folder, inst in (("modal", "instance", modal), ("amodal", "amodal_instance", amodal)):
@@ -332,14 +333,14 @@ def test_packed_round_trip_matches_reference_loader(tmp_path):
   m0 = got["modal"]["masks"][0]  # the first car, rows 4..10 x 5..15
   assert m0[5, 7] == 1 and m0[3, 7] == 255 and m0[7, 7] == 1 and m0[12, 5] == 0 and m0[8, 20] == 255
   assert set(np.unique(m0)) == {0, 1, 255}
-  raw = pl.load_packed(path, ignore_uncertain=False)
+  raw = packed_labels.load_packed(path, ignore_uncertain=False)
   assert np.array_equal(raw["modal"]["masks"], modal["masks"].astype(np.uint8))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "flip", "empty"])
 def test_corrupt_packed_file(tmp_path, damage):
   pred, semantic, modal, amodal = _labels_for_files()
-  data = pl.pack_labels(pred["name"], semantic, modal, amodal)
+  data = packed_labels.pack_labels(pred["name"], semantic, modal, amodal)
   if damage == "truncate":
     data = data[:len(data) // 2]
   elif damage == "garbage":
@@ -355,4 +356,4 @@ def test_corrupt_packed_file(tmp_path, damage):
   with open(path, "wb") as f:
     f.write(data)
   with pytest.raises(ValueError, match=r"x\.npz.*delete it and rerun the opll"):
-    pl.load_packed(path)
+    packed_labels.load_packed(path)

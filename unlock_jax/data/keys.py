@@ -16,6 +16,7 @@ AMODAL_VALID = "amodal_valid"    # [B,N] bool
 MASK = "_mask"                   # [B] bool, False for padding examples (eval)
 INDEX = "_index"                 # [B] int32, example index in its split
 
+BRANCHES = ("modal", "amodal")  # instance branches; their keys are f"{branch}_{field}"
 INSTANCE_KEYS = (MODAL_MASKS, MODAL_CLASSES, MODAL_BOXES, MODAL_VALID,
                  AMODAL_MASKS, AMODAL_CLASSES, AMODAL_BOXES, AMODAL_VALID)
 UNLABELED_IMAGE = "unlabeled_image"  # [B,H,W,3] float32, the adaptation pair's second crop

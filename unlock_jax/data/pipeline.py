@@ -14,9 +14,9 @@ import numpy as np
 
 from unlock_jax.data import adcl_paste
 from unlock_jax.data import keys
+from unlock_jax.data import packed_labels
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import common as layouts_common
-from unlock_jax.pseudo import labels as pl_labels
 from unlock_jax.pseudo import pool as pool_lib
 
 
@@ -224,7 +224,7 @@ class AdaptPairTransform:
 
   def _pl(self, i: int, rng: np.random.Generator) -> dict:
     name = self.reader.keys[i]
-    lab = pl_labels.load_packed(os.path.join(self.packed_dir, name + ".npz"))
+    lab = packed_labels.load_packed(os.path.join(self.packed_dir, name + ".npz"))
     image = self.reader.load_image(i)
     sem = lab["semantic"]
     if sem.shape != image.shape[:2]:

@@ -42,6 +42,7 @@ from unlock_jax import progress as progress_lib
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import labels as labels_lib
+from unlock_jax.data import packed_labels
 from unlock_jax.data import pipeline
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import blendpass
@@ -344,7 +345,7 @@ def run(config, workdir: str) -> dict:
         pic = viewer.render_pseudo_labels(images.image(n), shown, title=n)
         pictures.save_png(picture(n), pic)
         writer.write_images(0, {f"opll/{n}": pic[None]})
-      labels.write_packed(packed(n), n, chosen_sem, chosen["modal"], chosen["amodal"])
+      packed_labels.write_packed(packed(n), n, chosen_sem, chosen["modal"], chosen["amodal"])
       written += 1
       predict_stage.debug_kill(config, written)
     prog.update(step + 1)
