@@ -20,18 +20,18 @@ import numpy as np
 
 from unlock_jax import sharding as shd
 from unlock_jax.models import amodalpass
+from unlock_jax.models import defaults
 from unlock_jax.models import layers
-from unlock_jax.models.rcnn import branch as rcnn_branch
 from unlock_jax.train import optim, steps
 from configs import common
 
 
 def _model_cfg(backbone: str, instance_heads: bool, quick: bool):
-  m = amodalpass.default_model_config()
+  m = defaults.default_model_config()
   m.backbone = backbone
   m.instance_heads = instance_heads
   if quick:
-    r = rcnn_branch.default_rcnn_config()
+    r = defaults.default_rcnn_config()
     r.rpn_samples, r.rcnn_samples = 128, 128
     r.nms_pre_train, r.max_proposals_train = 500, 300
     m.rcnn = r

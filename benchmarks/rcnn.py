@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlock_jax.data.layouts import common as layouts_common
+from unlock_jax.models import defaults
 from unlock_jax.models.rcnn import branch
 from unlock_jax.models.rcnn import roi_align
 from unlock_jax.models.rcnn import roi_heads
@@ -85,7 +86,7 @@ def bench_roi(args):
   """Exact vs capped RoIAlign of one batch: train crops (features and their
   gradient; sampled RoIs and positives) and panorama inference (proposals,
   detections), at the B5 sizes and at the tiny config's."""
-  big, tiny = branch.default_rcnn_config(), branch.tiny_rcnn_config()
+  big, tiny = defaults.default_rcnn_config(), defaults.tiny_rcnn_config()
   p_big = int(big.rcnn_samples * big.rcnn_pos_fraction)
   p_tiny = int(tiny.rcnn_samples * tiny.rcnn_pos_fraction)
   cases = (  # name, (H, W), channels, [(RoIs, output size)], with gradient
@@ -122,8 +123,8 @@ def bench_roi(args):
 
 
 def _model(args):
-  cfg = branch.tiny_rcnn_config() if args.tiny else (
-      branch.default_rcnn_config())
+  cfg = defaults.tiny_rcnn_config() if args.tiny else (
+      defaults.default_rcnn_config())
   if args.roi_max_samples is not None:
     cfg.roi_max_samples = args.roi_max_samples
   model = branch.MaskRCNNBranch(branch.freeze(cfg), dtype=jnp.dtype(args.dtype))

@@ -5,11 +5,8 @@ sections, and ends with the ``runlocal`` shrink, as big_vision configs do.
 """
 import ml_collections
 
-from unlock_jax.evaluation import instance_ap
-from unlock_jax.evaluation import panoptic_fusion
-from unlock_jax.evaluation import report
-from unlock_jax.models import amodalpass
-from unlock_jax.train import optim
+from unlock_jax import constants
+from unlock_jax.models import defaults as model_defaults
 
 SYNTH_ROOT = "{workdir}/data"  # where the generate stage writes synthpass
 
@@ -69,9 +66,9 @@ def semantic_eval(layout, root, split: str, image_size, batch_size: int = 4,
 
 
 def oass_eval(layout, root, split: str, image_size, *, scale: float = 1.0,
-              tau=report.TAU_ADAPTED, num_pictures: int = 0,
+              tau=constants.TAU_ADAPTED, num_pictures: int = 0,
               batch_size: int = 4) -> ml_collections.ConfigDict:
-  """The five OASS metrics; tau: ``report.TAU_ADAPTED`` or ``TAU_SOURCE_ONLY``.
+  """The five OASS metrics; tau: ``constants.TAU_ADAPTED`` or ``TAU_SOURCE_ONLY``.
 
   ``scale``: the image size relative to the reference's 2048x400 panoramas,
   for which its pixel thresholds (stuff area, minimum region) are set.
@@ -79,8 +76,8 @@ def oass_eval(layout, root, split: str, image_size, *, scale: float = 1.0,
   c = semantic_eval(layout, root, split, image_size, batch_size)
   c.type = "oass"
   c.tau_m, c.tau_a = (float(t) for t in tau)
-  c.stuff_area = max(1, round(panoptic_fusion.STUFF_AREA * scale * scale))
-  c.min_region_size = max(1, round(instance_ap.MIN_REGION_SIZE * scale * scale))
+  c.stuff_area = max(1, round(constants.STUFF_AREA * scale * scale))
+  c.min_region_size = max(1, round(constants.MIN_REGION_SIZE * scale * scale))
   c.one_to_one = False
   c.num_pictures = num_pictures
   c.pictures_dir = "{workdir}/pictures"
@@ -177,17 +174,17 @@ def base() -> ml_collections.ConfigDict:
                  flip=True, max_instances=32, box_rule="positive",
                  num_workers=0)
 
-  c.model = amodalpass.default_model_config()
+  c.model = model_defaults.default_model_config()
   c.loss = dict(sem_normalize="all_pixels")
 
   # The reference's source recipe (experiments.py, pmult=True): AdamW 6e-5,
   # poly(1.0), neck and every head (decode, RPN, RoI of both branches) x10,
   # no decay on norms. Groups follow mmcv's rule (substring of the reference
-  # name, longest key first; optim.py); optim.adapt_groups() is the
+  # name, longest key first; optim.py); constants.ADAPT_GROUPS is the
   # adaptation recipe (docs/method.md §7.6).
   c.optim = dict(lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
                  power=1.0, end_lr=0.0, warmup_steps=0,
-                 match="mmcv", groups=optim.source_groups())
+                 match="mmcv", groups=constants.SOURCE_GROUPS)
   c.total_steps = 40_000
   c.log_every = 50
   c.checkpoint_every = 1000
@@ -234,7 +231,7 @@ def base() -> ml_collections.ConfigDict:
       rows_crop_height=400, jitter_p=0.8, blur_p=0.5, jitter_strength=0.2,
       reg_weight=10.0, mix_weight=1.0, sem_normalize="all_pixels",
       optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
-                 end_lr=0.0, warmup_steps=0, match="mmcv", groups=optim.adapt_groups()),
+                 end_lr=0.0, warmup_steps=0, match="mmcv", groups=constants.ADAPT_GROUPS),
       log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,
       evals=(), out_dir="{workdir}/adapt", overwrite=False)
   # The adapted model's predictions (stage predict_adapted): config.predict

@@ -30,10 +30,12 @@ import numpy as np
 import pytest
 
 from jit_traces import max_traces
+from unlock_jax import constants
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.models import amodalpass
+from unlock_jax.models import defaults
 from unlock_jax.models import layers
 from unlock_jax.train import adapt, optim, steps
 
@@ -162,7 +164,7 @@ def _np_softmax(z):
 # --- fixtures -----------------------------------------------------------------------------------
 
 def _tiny(instance_heads: bool, dropout: float):
-  mcfg = amodalpass.tiny_model_config()
+  mcfg = defaults.tiny_model_config()
   mcfg.instance_heads = instance_heads
   mcfg.drop_path_rate = 0.0   # BatchNorm inputs then do not depend on the dropout rng
   mcfg.dropout = dropout
@@ -186,7 +188,7 @@ def full():
   variables = jax.device_get(jax.jit(
       lambda r: steps.init_variables(model, r, (1, H, W, 3)))(jax.random.key(0)))
   lr = 1e-5
-  tx, sched = optim.make(_optim_cfg(lr, optim.adapt_groups()), 100, variables["params"])
+  tx, sched = optim.make(_optim_cfg(lr, constants.ADAPT_GROUPS), 100, variables["params"])
   fresh = lambda: adapt.init_state(variables, tx, mesh)
   with max_traces(1):  # every test's calls share one trace: a retrace raises
     step = adapt.make_adapt_step(model, tx, sched, mesh, fresh(),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from unlock_jax.models import amodalpass
+from unlock_jax.models import defaults
 from unlock_jax.models.rcnn import roi_heads
 
 
@@ -35,7 +36,7 @@ def _variables(cfg, shape=(2, 64, 64, 3), seed=0):
 
 @functools.cache
 def _eval_fn(dtype_name):
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   cfg.compute_dtype = dtype_name
   model = amodalpass.build(cfg)
   return jax.jit(lambda v, x: model.apply(v, x, train=False))
@@ -43,7 +44,7 @@ def _eval_fn(dtype_name):
 
 @functools.cache
 def _train_fn():
-  model = amodalpass.build(amodalpass.tiny_model_config())
+  model = amodalpass.build(defaults.tiny_model_config())
   return jax.jit(lambda v, x, k: model.apply(
       v, x, train=True, rngs={"dropout": k}, mutable=["batch_stats"]))
 
@@ -54,7 +55,7 @@ def _image(shape, seed=0):
 
 @pytest.mark.parametrize("shape", [(2, 64, 64, 3), (1, 96, 160, 3)])
 def test_output_shapes(shape):
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   variables = _variables(cfg, shape)
   out = _eval_fn("float32")(variables, _image(shape))
   b, h, w, _ = shape
@@ -71,7 +72,7 @@ def test_output_shapes(shape):
 
 
 def test_bfloat16_compute_keeps_float32_params():
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   cfg.compute_dtype = "bfloat16"
   variables = _variables(cfg)
   assert {a.dtype for a in jax.tree.leaves(variables)} == {
@@ -90,7 +91,7 @@ def test_bfloat16_compute_keeps_float32_params():
 def test_bfloat16_reaches_the_rcnn_branches():
   """One compute dtype: model.compute_dtype also sets the R-CNN heads' (RPN
   conv, box FCs, mask convs) activations; their parameters stay float32."""
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   cfg.instance_heads = True
   cfg.compute_dtype = "bfloat16"
   model = amodalpass.build(cfg)
@@ -121,7 +122,7 @@ def test_bfloat16_reaches_the_rcnn_branches():
 
 
 def test_train_mode_updates_batch_stats_and_is_stochastic():
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   variables = _variables(cfg)
   x = _image((2, 64, 64, 3))
   out1, upd1 = _train_fn()(variables, x, jax.random.key(3))
@@ -140,7 +141,7 @@ def test_train_mode_updates_batch_stats_and_is_stochastic():
 
 
 def test_flags_change_param_tree():
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   full = _variables(cfg)
   cfg.deformable = False
   cfg.simpool = False
@@ -164,7 +165,7 @@ def test_flags_change_param_tree():
 
 
 def test_head_and_neck_param_names_follow_reference():
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   v = _variables(cfg)
   head = v["params"]["decode_head"]
   assert set(head) == {"embed_layers_0", "embed_layers_1", "embed_layers_2",
@@ -185,11 +186,11 @@ def test_head_and_neck_param_names_follow_reference():
 
 
 def test_bad_config_errors():
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   cfg.compute_dtype = "float16"
   with pytest.raises(ValueError, match="compute_dtype"):
     amodalpass.build(cfg)
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   cfg.backbone = "mit_b9"
   with pytest.raises(ValueError, match="mit_b9"):
     amodalpass.build(cfg)

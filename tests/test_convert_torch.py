@@ -16,11 +16,12 @@ import pytest
 
 from unlock_jax import model_info
 from unlock_jax.models import amodalpass
+from unlock_jax.models import defaults
 from unlock_jax.tools import convert_torch
 
 
 def _template(instance_heads=False):
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   cfg.instance_heads = instance_heads
   model = amodalpass.build(cfg)
   x = np.zeros((1, 64, 64, 3), np.float32)
@@ -207,7 +208,7 @@ _TINY_CFG = (
     "from unlock_jax.models import amodalpass\n"
     "def get_config(arg=None):\n"
     "  return ml_collections.ConfigDict(\n"
-    "      dict(model=amodalpass.tiny_model_config()))\n")
+    "      dict(model=defaults.tiny_model_config()))\n")
 
 
 @pytest.fixture
@@ -238,7 +239,7 @@ def test_convert_writes_orbax_and_fails_by_default(tmp_path, cfg_file):
   _assert_trees_equal(restored["params"], variables["params"])
   _assert_trees_equal(restored["batch_stats"], variables["batch_stats"])
   rec = model_info.read(str(out))  # the architecture beside the weights
-  assert rec["model"].to_dict() == amodalpass.tiny_model_config().to_dict()
+  assert rec["model"].to_dict() == defaults.tiny_model_config().to_dict()
   assert rec["image_size"] == convert_torch.REFERENCE_SIZE and rec["written_by"] == "convert_torch"
 
   bad = dict(sd)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import common
+from unlock_jax import constants
 from unlock_jax.models import amodalpass
 from unlock_jax.tools import convert_torch
 from unlock_jax.train import optim, steps
@@ -56,11 +57,10 @@ def _part(path):
   return hits[0]
 
 
-@pytest.mark.parametrize("recipe,table,mults", [
-    (optim.source_groups, SOURCE_TABLE, SOURCE_MULTS),
-    (optim.adapt_groups, ADAPT_TABLE, ADAPT_MULTS)])
-def test_b5_groups_match_reference_tables(b5_params, recipe, table, mults):
-  groups = recipe()
+@pytest.mark.parametrize("groups,table,mults", [
+    (constants.SOURCE_GROUPS, SOURCE_TABLE, SOURCE_MULTS),
+    (constants.ADAPT_GROUPS, ADAPT_TABLE, ADAPT_MULTS)])
+def test_b5_groups_match_reference_tables(b5_params, groups, table, mults):
   assert {g[0]: (g[2], g[3]) for g in groups} == mults
   labels = _flat(optim.group_labels(b5_params, groups))
   parts = {path: _part(path) for path in labels}
@@ -95,7 +95,7 @@ def test_configs_use_the_source_recipe():
     assert cfg.optim.match == "mmcv"
     assert (cfg.optim.weight_decay, cfg.optim.power, cfg.optim.end_lr) == (0.01, 1.0, 0.0)
   for cfg in (common.base(), source_b5.get_config()):
-    assert tuple(map(tuple, cfg.optim.groups)) == optim.source_groups()
+    assert tuple(map(tuple, cfg.optim.groups)) == constants.SOURCE_GROUPS
   # The CPU config's base lr is 10x the reference's: only the decode head
   # gets x10 there, so the R-CNN heads keep the reference's head lr (6e-4).
   cfg = source_full.get_config()
@@ -140,7 +140,7 @@ def test_multipliers_reach_the_update():
   lr, wd = 1e-3, 0.1
   cfg = ml_collections.ConfigDict(dict(
       lr=lr, weight_decay=wd, b1=0.9, b2=0.999, eps=1e-8, power=1.0, end_lr=0.0,
-      warmup_steps=0, match="mmcv", groups=optim.adapt_groups()))
+      warmup_steps=0, match="mmcv", groups=constants.ADAPT_GROUPS))
   params = {"decode_head": {"w": jnp.ones(3)}, "neck": {"w": jnp.ones(3)},
             "modal": {"roi_head": {"w": jnp.ones(3)}},
             "backbone": {"norm1": {"scale": jnp.ones(3)}, "q": {"kernel": jnp.ones(3)}}}

@@ -8,6 +8,7 @@ import pytest
 from configs import common
 from unlock_jax.data import keys
 from unlock_jax.data import pipeline
+from unlock_jax.models import defaults
 from unlock_jax.models.rcnn import branch
 from unlock_jax.train import steps
 
@@ -41,7 +42,7 @@ def test_pipeline_box_rule_reaches_the_loss_targets(rule, want):
   batch = pipeline.collate([transform(0, np.random.default_rng(0))])
   np.testing.assert_array_equal(batch[keys.MODAL_BOXES][0, 0], want)
   targets = steps.instance_targets(batch)
-  model = branch.MaskRCNNBranch(branch.freeze(branch.tiny_rcnn_config()))
+  model = branch.MaskRCNNBranch(branch.freeze(defaults.tiny_rcnn_config()))
   for b in ("modal", "amodal"):
     t = {k: jnp.asarray(v) for k, v in targets[b].items()}
     boxes, classes, valid = model.apply({"params": {}}, t,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from unlock_jax.data.layouts import common as layouts_common
+from unlock_jax.models import defaults
 from unlock_jax.models.rcnn import branch
 
 B, H, W, C = 2, 64, 128, 16
@@ -56,7 +57,7 @@ def _targets(seed, n=4, garbage_pad_to=None):
 
 @pytest.fixture(scope="module")
 def setup():
-  model = branch.MaskRCNNBranch(branch.freeze(branch.tiny_rcnn_config()))
+  model = branch.MaskRCNNBranch(branch.freeze(defaults.tiny_rcnn_config()))
   variables = jax.jit(lambda k: model.init(
       {"params": k}, _fpn(0), method=branch.MaskRCNNBranch.init_heads))(
           jax.random.key(0))
@@ -279,7 +280,7 @@ def test_inference_outputs(setup):
 
 def test_bf16_compute_with_f32_params_and_losses(setup):
   _, variables, loss_fn, _ = setup
-  model = branch.MaskRCNNBranch(branch.freeze(branch.tiny_rcnn_config()),
+  model = branch.MaskRCNNBranch(branch.freeze(defaults.tiny_rcnn_config()),
                                 dtype=jnp.bfloat16)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
   key = jax.random.key(0)

@@ -11,6 +11,7 @@ from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.models import amodalpass
+from unlock_jax.models import defaults
 from unlock_jax.train import loop, losses, optim, steps
 
 
@@ -45,7 +46,7 @@ def _batch(rng, b=8, h=32, w=32, n=3):
 def setup():
   assert jax.device_count() == 4, "conftest must give 4 fake CPU devices"
   mesh = shd.make_mesh()
-  cfg = amodalpass.tiny_model_config()
+  cfg = defaults.tiny_model_config()
   cfg.instance_heads = True
   model = amodalpass.build(cfg)
   rng = jax.random.key(0)

@@ -8,7 +8,7 @@ AmodalPASS-B5 (deformable MiT-B5 + SimPool, DAFormer-SimPool head, FPN, modal
 and amodal Mask R-CNN), KITTI-360 APS resized to 1408x376, 376x376 crops with
 cat_max_ratio 0.75, flip 0.5; AdamW 6e-5, lr x10 on the FPN neck and every
 head (decode, RPN and RoI of both branches), no decay on norms (common.py,
-optim.source_groups), poly(1.0), 40k iterations (the reference's run name
+constants.SOURCE_GROUPS), poly(1.0), 40k iterations (the reference's run name
 ``adamw_6e-05_pmTrue_poly10warm_1x1_40k``; batch 2 per GPU in mmdet defaults,
 here a global batch of 8). Evaluated on the 100 BlendPASS val panoramas with
 source-only thresholds (0.95/0.95). No released numbers exist for this model
@@ -20,7 +20,7 @@ backbone from an ImageNet MiT-B5 conversion with
 import ml_collections
 
 from configs import common
-from unlock_jax.evaluation import report
+from unlock_jax import constants
 
 
 def get_config(arg=None):
@@ -39,7 +39,7 @@ def get_config(arg=None):
 
   # Follows --config.data.target.* (root, layout, size) unless set itself.
   c.evals = ml_collections.ConfigDict(dict(target_val=common.domain_eval(
-      c.data.target, "val", common.oass_eval, tau=report.TAU_SOURCE_ONLY,
+      c.data.target, "val", common.oass_eval, tau=constants.TAU_SOURCE_ONLY,
       num_pictures=8, batch_size=8)))
 
   if arg.runlocal:

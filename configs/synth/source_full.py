@@ -12,7 +12,7 @@ cores beside other runs; README, "Source model with all heads"):
   target val  mIoU 31.3  mPQ 19.1  mAP  3.4  mAAP  3.5  mAPQ 18.8  (AP50  9.1)
 
 Optimiser groups deliberately differ from the reference's source recipe
-(``optim.source_groups()``: neck and every head x10): this config's base lr
+(``constants.SOURCE_GROUPS``: neck and every head x10): this config's base lr
 is 6e-4, 10x the reference's 6e-5, so the model learns in 1200 steps; with
 the reference's multipliers on top the RPN/RoI heads train at 6e-3, 10x the
 reference's head lr, and the instance metrics collapse (measured with the

@@ -12,7 +12,7 @@ run too:
       --config.stage=generate,train_source,predict,opll,adcl_pool
 """
 from configs import common
-from unlock_jax.models import amodalpass
+from unlock_jax.models import defaults
 
 
 def get_config(arg=None):
@@ -22,7 +22,7 @@ def get_config(arg=None):
   _, tgt = common.use_synthpass(c, arg.scale, source=(6, 3), target=(4, 3))
   c.input.batch_size = arg.batch
   c.input.max_instances = 8
-  c.model = amodalpass.tiny_model_config()
+  c.model = defaults.tiny_model_config()
   c.model.instance_heads = arg.full
   c.predict.batch_size = 4  # divisible by the tests' 4 fake devices
   c.opll.batch_size = 4

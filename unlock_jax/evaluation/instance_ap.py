@@ -12,11 +12,12 @@ negatives; never masks, so memory grows by about 2-3 KB per image.
 import numpy as np
 
 from unlock_jax.data import labels
+from unlock_jax import constants
 from unlock_jax.evaluation import masks as masks_lib
 from unlock_jax.evaluation import panoptic_fusion
 
 OVERLAPS = np.arange(0.5, 1.0, 0.05)  # the reference's exact float values
-MIN_REGION_SIZE = 100
+MIN_REGION_SIZE = constants.MIN_REGION_SIZE
 
 
 def cityscapes_ap(pos_scores, neg_scores, hard_fn: int) -> float:

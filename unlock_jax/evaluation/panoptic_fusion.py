@@ -9,11 +9,12 @@ import dataclasses
 
 import numpy as np
 
+from unlock_jax import constants
 from unlock_jax.data import labels
 from unlock_jax.evaluation import masks as masks_lib
 
 VOID_LABEL = labels.LABEL_DIVISOR * labels.IGNORE  # 255000, "no confident prediction"
-STUFF_AREA = 2048  # blendpass stuff_area (reference custom.py L798)
+STUFF_AREA = constants.STUFF_AREA
 
 
 @dataclasses.dataclass

@@ -8,15 +8,16 @@ import math
 
 import numpy as np
 
+from unlock_jax import constants
 from unlock_jax.data import labels
 from unlock_jax.evaluation import instance_ap
 from unlock_jax.evaluation import panoptic_fusion
 from unlock_jax.evaluation import pq
 from unlock_jax.evaluation import semantic
 
-# Score thresholds for fusing detections into (amodal) panoptic maps, (tau_m, tau_a).
-TAU_ADAPTED = (0.55, 0.5)       # UNLOCK configs (Training_Mix / Testing_targetonly)
-TAU_SOURCE_ONLY = (0.95, 0.95)  # Testing_sourceonly.py and the pseudo-label generator
+# Score thresholds for fusing detections, (tau_m, tau_a) (constants.py).
+TAU_ADAPTED = constants.TAU_ADAPTED
+TAU_SOURCE_ONLY = constants.TAU_SOURCE_ONLY
 HEADLINE = ("mIoU", "mPQ", "mAP", "mAAP", "mAPQ")
 
 

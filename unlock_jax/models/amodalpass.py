@@ -26,51 +26,6 @@ from unlock_jax.models.rcnn import branch as rcnn_branch
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def default_model_config() -> ml_collections.ConfigDict:
-  """The reference AmodalPASS-B5 semantic path (`maskrcnn_sepaspp_amodalpassb5`).
-
-  `instance_heads` is off here: the R-CNN branches are configured in `rcnn`
-  and switched on by the experiment configs that train them.
-  """
-  cfg = ml_collections.ConfigDict()
-  cfg.backbone = "mit_b5"
-  # Only read when backbone == "custom"; filled with the B5 sizes for clarity.
-  cfg.mit = ml_collections.ConfigDict(dict(
-      dims=(64, 128, 320, 512), depths=(3, 6, 40, 3), heads=(1, 2, 5, 8),
-      sr_ratios=(8, 4, 2, 1)))
-  cfg.deformable = True
-  cfg.simpool = True
-  cfg.drop_path_rate = 0.1
-  cfg.norm_eps = 1e-6
-  cfg.deform_impl = "auto"
-  cfg.remat = False
-  cfg.head_embed_dims = 256
-  cfg.head_channels = 256
-  cfg.dilations = (1, 6, 12, 18)
-  cfg.dropout = 0.1
-  cfg.num_classes = 18
-  cfg.fpn_channels = 256
-  cfg.fpn_outs = 5
-  cfg.compute_dtype = "float32"
-  cfg.instance_heads = False
-  cfg.rcnn = rcnn_branch.default_rcnn_config()
-  return cfg
-
-
-def tiny_model_config() -> ml_collections.ConfigDict:
-  """A tiny network with every feature on (deformable, SimPool), for CPU tests."""
-  cfg = default_model_config()
-  cfg.backbone = "custom"
-  cfg.mit = ml_collections.ConfigDict(dict(
-      dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), heads=(1, 2, 2, 4),
-      sr_ratios=(8, 4, 2, 1)))
-  cfg.head_embed_dims = 16
-  cfg.head_channels = 16
-  cfg.fpn_channels = 16
-  cfg.rcnn = rcnn_branch.tiny_rcnn_config()
-  return cfg
-
-
 def compute_dtype(model_cfg: ml_collections.ConfigDict):
   """The jnp dtype named by `model_cfg.compute_dtype`."""
   name = model_cfg.compute_dtype
@@ -101,7 +56,7 @@ class AmodalPASS(nn.Module):
   """Backbone + semantic head + FPN (+ the two R-CNN branches when enabled).
 
   Attributes:
-    config: the model ConfigDict (see `default_model_config`).
+    config: the model ConfigDict (see `defaults.default_model_config`).
   """
   config: Any
 

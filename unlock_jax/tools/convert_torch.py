@@ -69,6 +69,7 @@ import numpy as np
 
 from unlock_jax import fileio
 from unlock_jax import model_info
+from unlock_jax.models import defaults
 from unlock_jax.models import reference_names
 
 IGNORED_PREFIXES = ("ema_model.", "source_model.", "imnet_model.")
@@ -460,10 +461,8 @@ def read_pth(path: str, *, trust_checkpoint: bool = False) -> dict[str, np.ndarr
 def load_model_config(spec: str | None):
   """`configs/x.py[:arg]` -> (its `get_config(arg).model`, the panorama size it
   predicts at, when the config says); None -> (defaults, the reference's 400x2048)."""
-  from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
-
   if not spec:
-    return amodalpass.default_model_config(), REFERENCE_SIZE
+    return defaults.default_model_config(), REFERENCE_SIZE
   cfg = model_info.config_from_file(spec)
   if "model" not in cfg:
     raise ValueError(f"{spec.partition(':')[0]}: get_config() has no `model` section")

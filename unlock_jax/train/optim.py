@@ -51,30 +51,6 @@ def poly_schedule(peak: float, total_steps: int, power: float = 1.0,
   return schedule
 
 
-def source_groups() -> tuple:
-  """The reference's source recipe (experiments.py with ``pmult=True``, MiT backbone).
-
-  custom_keys ``neck`` and ``head`` lr ×10 (the FPN, the decode head and the
-  RPN/RoI heads of both branches), ``norm`` and ``pos_block`` decay 0.
-  ``pos_block`` is left out: no parameter of this backbone has it.
-  """
-  return (("head", "head", 10.0, 1.0),
-          ("neck", "neck", 10.0, 1.0),
-          ("norm", "norm", 1.0, 0.0))
-
-
-def adapt_groups() -> tuple:
-  """The adaptation recipe (docs/method.md §7.6; Training_Mix_targetonly_unmaskformer.py).
-
-  With base lr 1e-7: decode head ×10⁴ (1e-3), FPN ×10, R-CNN heads ×0.1,
-  backbone norms decay 0; ``pos_block`` (decay 0) matches nothing here.
-  """
-  return (("decode_head", "decode_head", 1e4, 1.0),
-          ("neck", "neck", 10.0, 1.0),
-          ("head", "head", 0.1, 1.0),
-          ("norm", "norm", 1.0, 0.0))
-
-
 def reference_name(path: str) -> str:
   """Our flax path -> the reference's PyTorch parameter name.
 
