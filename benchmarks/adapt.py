@@ -113,6 +113,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from unlock_jax.data import adcl_paste  # noqa: E402
 from unlock_jax.data import keys  # noqa: E402
 from unlock_jax.data import packed_labels  # noqa: E402
+from unlock_jax.data import pool_index  # noqa: E402
 from unlock_jax.data.layouts import common as layouts_common  # noqa: E402
 from unlock_jax.pseudo import pool as pool_lib  # noqa: E402
 
@@ -398,7 +399,7 @@ def build_pool(root, n_entries, rng):
   index_path = os.path.join(root, "pool_index.npz")
   info = pool_lib.build_index(shard_paths, index_path)
   wall, _ = _since(t)
-  index = pool_lib.PoolIndex.load(index_path)
+  index = pool_index.PoolIndex.load(index_path)
   ref_paths = [pool_lib.reference_path(ref_root, index.name(j), index.class_id(j),
                                        int(index._a["k"][j])) for j in range(len(index))]
   png_bytes = sum(os.path.getsize(f) for f in ref_paths)

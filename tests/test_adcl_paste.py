@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from unlock_jax.data import adcl_paste
+from unlock_jax.data import pool_index
 from unlock_jax.pseudo import pool
 
 H, W = 40, 160               # panorama
@@ -40,7 +41,7 @@ def _index(objs, size=(H, W)):
   for key in ("mask_offsets", "rgb_offsets"):
     sizes = [np.diff(r[key]) for r in recs]
     a[key] = np.cumsum(np.concatenate([[0]] + sizes), dtype=np.int64)
-  return pool.PoolIndex(a)
+  return pool_index.PoolIndex(a)
 
 
 def _pl(masks, classes):
@@ -295,7 +296,7 @@ def test_extents_hit_is_half_open():
   assert hit.tolist() == [False, True, True, False, False]
 
 
-class _CountingIndex(pool.PoolIndex):
+class _CountingIndex(pool_index.PoolIndex):
   def __init__(self, other):
     super().__init__(dict(other._a))
     self.read = []

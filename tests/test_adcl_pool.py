@@ -1,5 +1,6 @@
 """ADCL pool (docs/method.md §6) against a direct transcription of the reference loop,
-on hand-built and random tiny panoramas; shard/index round trips; reference PNGs."""
+on hand-built and random tiny panoramas; shard/index round trips; the index
+memory-mapped; reference PNGs."""
 import json
 import os
 
@@ -7,6 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fake_gcs import gcs  # pylint: disable=unused-import  (the fixture)
+from unlock_jax.data import pool_index
 from unlock_jax.pseudo import pool
 
 TAU = {11: {"tau": 0.9}, 12: {"tau": 0.5}, 13: {"tau": 0.5}, 14: {"tau": 0.7},
@@ -199,7 +202,7 @@ def test_index_round_trip_and_order(tmp_path):
 
   out = str(tmp_path / "pool.npz")
   summary = pool.build_index(shards, out)
-  idx = pool.PoolIndex.load(out)
+  idx = pool_index.PoolIndex.load(out)
   order = [(n, e) for n in sorted(cases) for e in cases[n][1]]
   assert summary["panoramas"] == 3 and summary["entries"] == len(idx) == len(order)
   assert sum(summary["per_class"].values()) == len(order)
@@ -225,7 +228,7 @@ def test_index_round_trip_and_order(tmp_path):
   # Shard order on the command line does not matter.
   out2 = str(tmp_path / "pool2.npz")
   pool.build_index(shards[::-1], out2)
-  idx2 = pool.PoolIndex.load(out2)
+  idx2 = pool_index.PoolIndex.load(out2)
   assert list(idx2.names) == list(idx.names)
   np.testing.assert_array_equal(idx2.extents, idx.extents)
 
@@ -235,7 +238,7 @@ def test_index_of_empty_shards_only(tmp_path):
   path = str(tmp_path / "s.npz")
   pool.write_shard(path, pool.entry_record("c/e", image, []))
   pool.build_index([path], str(tmp_path / "pool.npz"))
-  idx = pool.PoolIndex.load(str(tmp_path / "pool.npz"))
+  idx = pool_index.PoolIndex.load(str(tmp_path / "pool.npz"))
   assert len(idx) == 0 and idx.extents.shape == (0, 4) and idx.image_size == (4, 12)
 
 
@@ -250,7 +253,7 @@ def test_corrupt_index_and_shard(tmp_path):
   with open(bad, "wb") as f:
     f.write(data[:len(data) // 2])
   with pytest.raises(ValueError, match=r"truncated\.npz.*delete it and rerun the adcl_pool stage"):
-    pool.PoolIndex.load(bad)
+    pool_index.PoolIndex.load(bad)
   with pytest.raises(ValueError, match="adcl_pool"):
     pool.read_shard(bad)
 
@@ -258,7 +261,7 @@ def test_corrupt_index_and_shard(tmp_path):
   with open(garbage, "wb") as f:
     f.write(b"not a zip file at all")
   with pytest.raises(ValueError, match="garbage.npz"):
-    pool.PoolIndex.load(garbage)
+    pool_index.PoolIndex.load(garbage)
 
   # A readable file whose offsets disagree with the boxes.
   with np.load(out) as z:
@@ -268,7 +271,78 @@ def test_corrupt_index_and_shard(tmp_path):
   inconsistent = str(tmp_path / "inconsistent.npz")
   np.savez(inconsistent, **arrays)
   with pytest.raises(ValueError, match="inconsistent.npz.*mask_offsets"):
-    pool.PoolIndex.load(inconsistent)
+    pool_index.PoolIndex.load(inconsistent)
 
   with pytest.raises(FileNotFoundError, match="adcl_pool"):
-    pool.PoolIndex.load(str(tmp_path / "missing.npz"))
+    pool_index.PoolIndex.load(str(tmp_path / "missing.npz"))
+
+
+def _index_entries(idx):
+  return [(idx.name(j), idx.class_id(j), idx.score(j), idx.extent(j),
+           idx.mask(j).tolist(), idx.rgb(j).tolist()) for j in range(len(idx))]
+
+
+def _npz_entries(arrays):
+  """The entries of an index read with numpy's own reader (the oracle)."""
+  out = []
+  for j, (y0, y1, x0, x1) in enumerate(arrays["extents"].tolist()):
+    m0, m1 = arrays["mask_offsets"][j:j + 2]
+    r0, r1 = arrays["rgb_offsets"][j:j + 2]
+    out.append((str(arrays["names"][j]), int(arrays["classes"][j]), float(arrays["scores"][j]),
+                (y0, y1, x0, x1), arrays["mask_data"][m0:m1].reshape(y1 - y0, x1 - x0).tolist(),
+                arrays["rgb_data"][r0:r1].reshape(y1 - y0, x1 - x0, 3).tolist()))
+  return out
+
+
+def test_index_is_memory_mapped_not_read(tmp_path):
+  cases = _write_case(tmp_path)
+  out = str(tmp_path / "pool.npz")
+  pool.build_index([pool.shard_path(str(tmp_path / "shards"), n) for n in cases], out)
+  with np.load(out) as z:
+    want = {k: z[k] for k in z.files}
+  idx = pool_index.PoolIndex.load(out)
+  assert _index_entries(idx) == _npz_entries(want) and len(idx) > 1
+
+  # Every array is a read-only map of the file; the crops are views into it.
+  for a in (idx.classes, idx.extents, idx.names, idx.mask(0), idx.rgb(1)):
+    assert isinstance(a, np.memmap) and not a.flags.writeable
+  # Not a copy: bytes changed in the file after loading show through.
+  rgb = want["rgb_data"]
+  with open(out, "r+b") as f:
+    data = f.read()
+    at = data.find(rgb.tobytes())
+    assert at > 0 and data.find(rgb.tobytes(), at + 1) < 0
+    f.seek(at)
+    f.write((255 - rgb).tobytes())
+  y0, y1, x0, x1 = idx.extent(0)
+  np.testing.assert_array_equal(
+      idx.rgb(0), 255 - want["rgb_data"][:3 * (y1 - y0) * (x1 - x0)].reshape(y1 - y0, x1 - x0, 3))
+
+
+def test_compressed_index_of_an_earlier_version_still_loads(tmp_path):
+  cases = _write_case(tmp_path)
+  out = str(tmp_path / "pool.npz")
+  pool.build_index([pool.shard_path(str(tmp_path / "shards"), n) for n in cases], out)
+  with np.load(out) as z:
+    want = {k: z[k] for k in z.files}
+  old = str(tmp_path / "old.npz")
+  np.savez_compressed(old, **want)
+  idx = pool_index.PoolIndex.load(old)
+  assert _index_entries(idx) == _npz_entries(want)
+  assert not isinstance(idx.rgb(0), np.memmap) and not idx.rgb(0).flags.writeable
+
+
+def test_url_index_is_mapped_from_one_local_copy(tmp_path, gcs):
+  cases = _write_case(tmp_path)
+  out = str(tmp_path / "pool.npz")
+  pool.build_index([pool.shard_path(str(tmp_path / "shards"), n) for n in cases], out)
+  url = f"{gcs.bucket}/run/adcl_pool/pool_index.npz"
+  gcs.write(url, open(out, "rb").read())
+  local = pool_index.local_copy(url)
+  assert pool_index.local_copy(url) == local and not local.startswith("gs://")
+  assert open(local, "rb").read() == open(out, "rb").read()
+  assert isinstance(pool_index.PoolIndex.load(local).rgb(0), np.memmap)
+  assert pool_index.local_copy(out) == out
+  # Loaded straight from the URL, the index is read into memory.
+  with np.load(out) as z:
+    assert _index_entries(pool_index.PoolIndex.load(url)) == _npz_entries(z)

@@ -20,6 +20,7 @@ from PIL import Image
 from configs.synth import tiny
 from unlock_jax.data import labels as labels_lib
 from unlock_jax.data import packed_labels
+from unlock_jax.data import pool_index
 from unlock_jax.pseudo import pool
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
@@ -128,7 +129,7 @@ def test_outputs_match_direct_computation(trained, uninterrupted, tmp_path):
   for c in labels_lib.THING_IDS:
     vals = np.concatenate([p["amodal"]["scores"][p["amodal"]["classes"] == c] for p in preds])
     assert adcl[str(c)]["tau"] == pytest.approx(_oracle_tau(vals, 0.1, 0.95), abs=0)
-  index = pool.PoolIndex.load(str(wd / "adcl_pool" / "pool_index.npz"))
+  index = pool_index.PoolIndex.load(str(wd / "adcl_pool" / "pool_index.npz"))
   want = sum(len(pool.pool_entries(p, {int(k): v for k, v in adcl.items() if k.isdigit()}))
              for p in preds)
   assert len(index) == want

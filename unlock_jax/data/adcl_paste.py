@@ -178,7 +178,7 @@ def paste(image: np.ndarray, semantic: np.ndarray, modal: dict, amodal: dict,
       in {0,1,255}}``, the crop's pseudo-labelled instances.
     window: ``(y1, y2, x1, x2)``, the crop in un-flipped panorama
       coordinates; ``(y2-y1, x2-x1)`` must be ``(h, w)``.
-    index: a ``pseudo.pool.PoolIndex``; empty → nothing is pasted.
+    index: a ``pool_index.PoolIndex``; empty → nothing is pasted.
     rng: draws the candidates (unused when ``candidates`` is given).
     candidates: optional explicit candidate order (pool indices), to replay
       a draw.

@@ -15,9 +15,9 @@ import numpy as np
 from unlock_jax.data import adcl_paste
 from unlock_jax.data import keys
 from unlock_jax.data import packed_labels
+from unlock_jax.data import pool_index
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import common as layouts_common
-from unlock_jax.pseudo import pool as pool_lib
 
 
 def open_reader(layout: str, root: str, split: str, image_size=None,
@@ -197,9 +197,9 @@ _POOLS: dict = {}
 
 
 def _pool(path: str):
-  """The ADCL pool index, loaded once per process (grain workers included)."""
+  """The ADCL pool index, mapped once per process (grain workers included)."""
   if path not in _POOLS:
-    _POOLS[path] = pool_lib.PoolIndex.load(path) if path else None
+    _POOLS[path] = pool_index.PoolIndex.load(path) if path else None
   return _POOLS[path]
 
 
@@ -286,14 +286,16 @@ def adapt_iterator(reader, *, packed_dir: str, pool_path: str, batch_size: int,
   partner is drawn uniformly from the whole set with the element's RNG
   (seeded by its position, as the paste's draws); each process loads its rows
   of every global batch (``_process_batches``). grain's iterator state (saved
-  in every checkpoint) covers all of it.
+  in every checkpoint) covers all of it. Every worker memory-maps the one pool
+  index (a ``gs://`` index is copied to a local temporary file first).
   """
   n = len(reader)
   _check_size(n, batch_size, process_count, "target images")
   ds = grain.MapDataset.range(n).shuffle(seed=_seed_for(seed)).repeat()
   ds = ds.random_map(_Partner(n), seed=_seed_for(seed + 2))
   ds = ds.random_map(
-      AdaptPairTransform(reader, packed_dir, pool_path, tuple(crop_size), cat_max_ratio,
+      AdaptPairTransform(reader, packed_dir, pool_index.local_copy(pool_path),
+                         tuple(crop_size), cat_max_ratio,
                          flip, max_instances, dict(paste or {})),
       seed=_seed_for(seed + 1))
   return _process_batches(ds, batch_size, process_index, process_count, num_workers)

@@ -17,32 +17,28 @@ opens a file. Class and source are stored fields, not parsed from file names
 (docs/reference_differences.md item 11). A pool with fewer than 80 entries,
 or none, is the paste's concern (item 13), not this module's.
 
-Files: one ``.npz`` shard per panorama (an empty panorama gets one too, so
-the stage resumes panorama by panorama) and one index concatenating them in
-name order. ``write_reference`` writes the reference PNG layout for viewing
-or for the reference code.
+Files: one compressed ``.npz`` shard per panorama (an empty panorama gets
+one too, so the stage resumes panorama by panorama) and one uncompressed
+index concatenating them in name order, which the paste's workers
+memory-map (``data/pool_index.py``: the checks and the reader).
+``write_reference`` writes the reference PNG layout for viewing or for the
+reference code.
 """
 from __future__ import annotations
 
 import io
 import os
-import zipfile
-import zlib
 
 import numpy as np
 from PIL import Image
 
 from unlock_jax import fileio
 from unlock_jax.data import labels
-from unlock_jax.pseudo import labels as pl_labels
 from unlock_jax.data import maskcodec
+from unlock_jax.data import pool_index
+from unlock_jax.pseudo import labels as pl_labels
 
 SHARED = 255  # pool pixel also covered by another confident amodal mask
-
-# Per-entry arrays common to shards and the index (``[P]``-leading, or ragged
-# data + ``[P+1]`` offsets).
-_ENTRY_KEYS = ("classes", "det_index", "scores", "k", "extents",
-               "mask_data", "mask_offsets", "rgb_data", "rgb_offsets")
 
 
 def _tau_of(tau: dict, c: int) -> float:
@@ -159,54 +155,10 @@ def shard_path(folder: str, name: str) -> str:
   return os.path.join(folder, city, stem + ".npz")
 
 
-def _write_npz(path: str, arrays: dict) -> None:
+def _write_npz(path: str, arrays: dict, compressed: bool = True) -> None:
   buf = io.BytesIO()
-  np.savez_compressed(buf, **arrays)
+  (np.savez_compressed if compressed else np.savez)(buf, **arrays)
   fileio.atomic_write_bytes(path, buf.getvalue())
-
-
-def _corrupt(path: str, why: str) -> ValueError:
-  return ValueError(f"ADCL pool file {path} is corrupt or truncated ({why}); "
-                    "delete it and rerun the adcl_pool stage")
-
-
-def _read_npz(path: str, keys: tuple[str, ...]) -> dict:
-  try:
-    z = fileio.load_npz(path)
-    missing = [k for k in keys if k not in z]
-    arrays = {k: z[k] for k in keys if k in z}
-  except FileNotFoundError:
-    raise
-  except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-    raise _corrupt(path, f"{type(e).__name__}: {e}") from e
-  if missing:
-    raise _corrupt(path, f"missing {missing}")
-  return arrays
-
-
-def _check(arrays: dict, path: str) -> None:
-  """Shapes, dtypes and offsets agree; every box lies inside the panorama."""
-  def need(ok, why):
-    if not ok:
-      raise _corrupt(path, why)
-  size = arrays["image_size"]
-  need(size.shape == (2,) and (size >= 0).all(), f"image_size {size}")
-  h, w = (int(v) for v in size)
-  cls, ext = arrays["classes"], arrays["extents"]
-  p = cls.shape[0] if cls.ndim == 1 else -1
-  need(p >= 0 and ext.shape == (p, 4), f"classes {cls.shape} / extents {ext.shape}")
-  for key in ("det_index", "scores", "k"):
-    need(arrays[key].shape == (p,), f"{key} shape {arrays[key].shape}, expected ({p},)")
-  need(bool(labels.is_thing(cls).all()), "class outside 11..17")
-  y0, y1, x0, x1 = (ext[:, i].astype(np.int64) for i in range(4))
-  need(bool(((0 <= y0) & (y0 < y1) & (y1 <= h) & (0 <= x0) & (x0 < x1) & (x1 <= w)).all()),
-       f"an extent lies outside {h}x{w} or is empty")
-  area = (y1 - y0) * (x1 - x0)
-  for key, per_px in (("mask", 1), ("rgb", 3)):
-    data, off = arrays[f"{key}_data"], arrays[f"{key}_offsets"]
-    need(data.dtype == np.uint8 and data.ndim == 1, f"{key}_data {data.dtype} {data.shape}")
-    need(off.shape == (p + 1,) and off[0] == 0 and off[-1] == data.size
-         and (np.diff(off) == per_px * area).all(), f"{key}_offsets disagree with extents")
 
 
 def write_shard(path: str, record: dict) -> None:
@@ -216,13 +168,14 @@ def write_shard(path: str, record: dict) -> None:
 
 def read_shard(path: str) -> dict:
   """Loads and checks a shard; corrupt file → ValueError naming it."""
-  record = _read_npz(path, ("name", "image_size") + _ENTRY_KEYS)
-  _check(record, path)
+  record = pool_index.read_arrays(path, ("name", "image_size") + pool_index.ENTRY_KEYS)
+  pool_index.check(record, path)
   return record
 
 
 def build_index(shard_paths: list[str], out_path: str) -> dict:
-  """Concatenates shards (sorted by panorama name, then entry order) into one file.
+  """Concatenates shards (sorted by panorama name, then entry order) into one
+  uncompressed ``.npz`` that ``pool_index.PoolIndex.load`` maps.
 
   Returns ``{"panoramas", "entries", "per_class"}`` for the stage's log.
   """
@@ -246,80 +199,8 @@ def build_index(shard_paths: list[str], out_path: str) -> dict:
   for key in ("mask_offsets", "rgb_offsets"):
     sizes = np.concatenate([np.diff(r[key]) for r in records])
     out[key] = np.cumsum(np.concatenate([[0], sizes]), dtype=np.int64)
-  _check(out, out_path)
-  _write_npz(out_path, out)
+  pool_index.check(out, out_path)
+  # Uncompressed, so that the adaptation's workers memory-map it (data/pool_index.py).
+  _write_npz(out_path, out, compressed=False)
   return {"panoramas": len(records), "entries": int(out["classes"].size),
           "per_class": {int(c): int((out["classes"] == c).sum()) for c in labels.THING_IDS}}
-
-
-class PoolIndex:
-  """The whole pool in memory: per-entry class, source, box and crops.
-
-  ``classes`` [P] and ``extents`` [P,4] ``(y0, y1, x0, x1)`` (half-open,
-  panorama coordinates) let the paste find the entries that intersect a crop
-  window without touching pixels. Arrays are read-only; crops are views.
-  """
-
-  def __init__(self, arrays: dict, path: str = "<memory>"):
-    _check(arrays, path)
-    if arrays["names"].shape != arrays["classes"].shape:
-      raise _corrupt(path, f"names {arrays['names'].shape} vs classes {arrays['classes'].shape}")
-    self._a = {k: np.asarray(v) for k, v in arrays.items()}
-    for v in self._a.values():
-      v.setflags(write=False)
-    self.path = path
-    self.classes = self._a["classes"]
-    self.extents = self._a["extents"]
-    self.names = self._a["names"]
-    self.image_size = tuple(int(v) for v in self._a["image_size"])
-
-  @classmethod
-  def load(cls, path: str) -> "PoolIndex":
-    if not fileio.isfile(path):
-      raise FileNotFoundError(f"missing ADCL pool index {path}; run the adcl_pool stage")
-    return cls(_read_npz(path, ("names", "image_size") + _ENTRY_KEYS), path)
-
-  def __len__(self) -> int:
-    return int(self.classes.shape[0])
-
-  @property
-  def nbytes(self) -> int:
-    return int(sum(v.nbytes for v in self._a.values()))
-
-  def extent(self, j: int) -> tuple[int, int, int, int]:
-    return tuple(int(v) for v in self.extents[j])
-
-  def class_id(self, j: int) -> int:
-    return int(self.classes[j])
-
-  def name(self, j: int) -> str:
-    return str(self.names[j])
-
-  def score(self, j: int) -> float:
-    return float(self._a["scores"][j])
-
-  def mask(self, j: int) -> np.ndarray:
-    """uint8 [h,w] in {0,1,255}: the entry's mask inside its extent."""
-    y0, y1, x0, x1 = self.extent(j)
-    off = self._a["mask_offsets"]
-    return self._a["mask_data"][off[j]:off[j + 1]].reshape(y1 - y0, x1 - x0)
-
-  def rgb(self, j: int) -> np.ndarray:
-    """uint8 [h,w,3]: the source panorama's pixels inside the extent."""
-    y0, y1, x0, x1 = self.extent(j)
-    off = self._a["rgb_offsets"]
-    return self._a["rgb_data"][off[j]:off[j + 1]].reshape(y1 - y0, x1 - x0, 3)
-
-  def full_mask(self, j: int, height: int | None = None, width: int | None = None) -> np.ndarray:
-    """Entry ``j`` as a full-size uint8 mask (tests, viewer); default panorama size."""
-    out = np.zeros((height or self.image_size[0], width or self.image_size[1]), np.uint8)
-    y0, y1, x0, x1 = self.extent(j)
-    out[y0:y1, x0:x1] = self.mask(j)
-    return out
-
-  def full_rgb(self, j: int, height: int | None = None, width: int | None = None) -> np.ndarray:
-    """The entry's RGB crop placed in a black full-size image (tests, viewer)."""
-    out = np.zeros((height or self.image_size[0], width or self.image_size[1], 3), np.uint8)
-    y0, y1, x0, x1 = self.extent(j)
-    out[y0:y1, x0:x1] = self.rgb(j)
-    return out
