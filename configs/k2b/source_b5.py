@@ -4,18 +4,10 @@ r"""Source model on KITTI-360 APS at B5 (the reference's architecture and schedu
       --config.data.source.root=/data/APS_KITTI_360 \
       --config.data.target.root=/data/BlendPASS --workdir gs://bucket/k2b_source
 
-AmodalPASS-B5 (deformable MiT-B5 + SimPool, DAFormer-SimPool head, FPN, modal
-and amodal Mask R-CNN), KITTI-360 APS resized to 1408x376, 376x376 crops with
-cat_max_ratio 0.75, flip 0.5; AdamW 6e-5, lr x10 on the FPN neck and every
-head (decode, RPN and RoI of both branches), no decay on norms (common.py,
-constants.SOURCE_GROUPS), poly(1.0), 40k iterations (the reference's run name
-``adamw_6e-05_pmTrue_poly10warm_1x1_40k``; batch 2 per GPU in mmdet defaults,
-here a global batch of 8). Evaluated on the 100 BlendPASS val panoramas with
-source-only thresholds (0.95/0.95). No released numbers exist for this model
-(docs/reference_differences.md, "What the reference does
-not publish"), so none are promised here. Initialise the
-backbone from an ImageNet MiT-B5 conversion with
-``--config.init_checkpoint=<tools/convert_torch output>`` where available.
+The reference's recipe (docs/method.md; its run name
+``adamw_6e-05_pmTrue_poly10warm_1x1_40k``, here a global batch of 8),
+evaluated on BlendPASS val at source-only thresholds. Initialise the
+backbone with ``--config.init_checkpoint=<tools/convert_torch output>``.
 """
 import ml_collections
 

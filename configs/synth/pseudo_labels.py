@@ -2,14 +2,9 @@ r"""Stages 0-3 of UNLOCK on synthpass, CPU-sized: source model â†’ predictions â
 
   python -m unlock_jax.main --config configs/synth/pseudo_labels.py --workdir /tmp/synth_pl
 
-The full AmodalPASS source model of ``configs/synth/source_full.py`` (all
-heads; ``steps`` source iterations), then ``predict`` over the 60 target-train
-panoramas (whole 100x512 panoramas at scale 0.25), ``opll`` (class-wise
-thresholds, labels in the reference layout and packed, the quality report
-against synthpass's hidden target-train ground truth, pictures) and
-``adcl_pool``. To reuse a trained source model, run only the later stages:
-``--config.stage=predict,opll,adcl_pool --config.predict.checkpoint=DIR``.
-Measured figures (quality table, timings): README, "Pseudo-labels".
+With a trained source model, run only the later stages:
+``--config.stage=predict,opll,adcl_pool --config.predict.checkpoint=DIR``
+(README, "Pseudo-labels").
 """
 from configs.synth import source_full
 
