@@ -66,6 +66,33 @@ def listdir(path) -> list[str]:
   return [p.name for p in epath.Path(path).iterdir()]
 
 
+def names(folder) -> set[str] | None:
+  """The names in ``folder`` (one listing: one request on GCS), or None if it is not a folder."""
+  return set(listdir(folder)) if isdir(folder) else None
+
+
+class Listing:
+  """Whether files exist, from one cached listing per folder instead of a stat per file.
+
+  Opening a data set checks that every file it references exists: on GCS one
+  listing per folder is a few requests where a stat per file is thousands.
+  """
+
+  def __init__(self):
+    self._names: dict = {}
+
+  def has(self, path) -> bool:
+    folder, name = os.path.split(os.fspath(path))
+    if folder not in self._names:
+      self._names[folder] = names(folder) or set()
+    return name in self._names[folder]
+
+
+def glob(folder, pattern: str) -> list[str]:
+  """Sorted paths matching ``pattern`` (no ``**``) under ``folder``."""
+  return sorted(os.fspath(p) for p in epath.Path(folder).glob(pattern))
+
+
 def _bare(path: str) -> str:
   """``path`` without its scheme and outer slashes, to compare the roots that
   backends' walks return (tf.io.gfile keeps ``gs://``, fsspec drops it)."""

@@ -14,6 +14,7 @@ import numpy as np
 
 from unlock_jax.data import adcl_paste
 from unlock_jax.data import keys
+from unlock_jax.data import layouts
 from unlock_jax.data import packed_labels
 from unlock_jax.data import pool_index
 from unlock_jax.data import transforms
@@ -22,7 +23,7 @@ from unlock_jax.data.layouts import common as layouts_common
 
 def open_reader(layout: str, root: str, split: str, image_size=None,
                 format: str = "files", data_dir: str = ""):  # pylint: disable=redefined-builtin
-  """Reader for a named layout ("kitti360aps", "blendpass" or "amodalsynthdrive").
+  """Reader for a named layout (``layouts.LAYOUTS``: "kitti360aps", "blendpass", ...).
 
   ``format="files"`` reads the layout's files under ``root`` (a folder or a
   ``gs://`` URL, read through etils.epath); ``"tfds"`` reads its TFDS/ArrayRecord
@@ -37,15 +38,7 @@ def open_reader(layout: str, root: str, split: str, image_size=None,
     return source.Reader(layout, data_dir, split, image_size)
   if format != "files":
     raise ValueError(f"unknown data format {format!r}; expected 'files' or 'tfds'")
-  if layout == "kitti360aps":
-    from unlock_jax.data.layouts import kitti360aps as mod
-  elif layout == "blendpass":
-    from unlock_jax.data.layouts import blendpass as mod
-  elif layout == "amodalsynthdrive":
-    from unlock_jax.data.layouts import amodalsynthdrive as mod
-  else:
-    raise ValueError(f"unknown data layout {layout!r}; expected 'kitti360aps', "
-                     "'blendpass' or 'amodalsynthdrive'")
+  mod = layouts.LAYOUTS.get(layout)
   kwargs = {} if image_size is None else {"image_size": tuple(image_size)}
   return mod.Reader(root, split, **kwargs)
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from unlock_jax import registry
 from unlock_jax.models import daformer_head
 from unlock_jax.models import deform
 from unlock_jax.models import fpn as fpn_lib
@@ -35,14 +36,24 @@ def compute_dtype(model_cfg: ml_collections.ConfigDict):
   return _DTYPES[name]
 
 
+def _custom_size(model_cfg: ml_collections.ConfigDict) -> mit_lib.MiTSize:
+  m = model_cfg.mit
+  return mit_lib.MiTSize(tuple(m.dims), tuple(m.depths), tuple(m.heads), tuple(m.sr_ratios))
+
+
+def _named_size(size: mit_lib.MiTSize):
+  return lambda model_cfg: size
+
+
+# `model_cfg.backbone` -> a function of `model_cfg` giving the MiT's per-stage
+# sizes: SegFormer's named sizes, or "custom" (the sizes in `model_cfg.mit`).
+BACKBONES = registry.Registry("backbone", {"custom": _custom_size} | {
+    name: _named_size(size) for name, size in mit_lib.MIT_SIZES.items()})
+
+
 def build_backbone(model_cfg: ml_collections.ConfigDict) -> mit_lib.MiT:
-  """The MiT backbone described by `model_cfg` (named size or "custom")."""
-  if model_cfg.backbone == "custom":
-    m = model_cfg.mit
-    size = mit_lib.MiTSize(tuple(m.dims), tuple(m.depths), tuple(m.heads),
-                           tuple(m.sr_ratios))
-  else:
-    size = mit_lib.mit_size(model_cfg.backbone)
+  """The MiT backbone described by `model_cfg` (a name of `BACKBONES`)."""
+  size = BACKBONES.get(model_cfg.backbone)(model_cfg)
   return mit_lib.MiT(
       dims=size.dims, depths=size.depths, heads=size.heads,
       sr_ratios=size.sr_ratios, deformable=bool(model_cfg.deformable),
@@ -131,8 +142,7 @@ class AmodalPASS(nn.Module):
 def build(model_cfg: ml_collections.ConfigDict) -> AmodalPASS:
   """Validates `model_cfg` and returns the (unbound) network."""
   compute_dtype(model_cfg)
-  if model_cfg.backbone != "custom":
-    mit_lib.mit_size(model_cfg.backbone)
+  BACKBONES.get(model_cfg.backbone)  # an unknown name fails here, naming the known ones
   deform.resolve_impl(model_cfg.deform_impl, 1, 1)
   if int(model_cfg.num_classes) <= 0:
     raise ValueError(f"model_cfg.num_classes must be > 0, got "

@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from unlock_jax import fileio
+from unlock_jax import registry
 from unlock_jax.data import labels
 from unlock_jax.data.layouts import amodalsynthdrive as asd
 from unlock_jax.data.layouts import common
@@ -181,7 +182,7 @@ def ungenerated(config, workdir: str) -> list[str]:
 
 def _listdir(path: str) -> set | None:
   """Names in a folder (one listing instead of a check per file), or None if it is missing."""
-  return common.listdir(path)
+  return fileio.names(path)
 
 
 def _open_image(path: str) -> Image.Image:
@@ -722,13 +723,13 @@ def check_amodalsynthdrive(ds: DataSet, report: Report, pool) -> int:
                    "has (train, val, test)")
   if not present[gt_dir]:
     return 0
-  stray = [p for depth in _ASD_DEPTHS for p in common.glob(gt_dir, depth + asd.AMPANO_SUFFIX)]
+  stray = [p for depth in _ASD_DEPTHS for p in fileio.glob(gt_dir, depth + asd.AMPANO_SUFFIX)]
   if stray:
     report.warning(gt_dir, f"{len(stray)} label files are not at <camera>/<sequence>/<frame>"
                    f"{asd.AMPANO_SUFFIX} and are not read: "
                    f"{_shown(os.path.relpath(p, gt_dir) for p in stray)}",
                    "move them to amodal_panoptic_seg/<camera>/<sequence>/")
-  pngs = common.glob(gt_dir, asd.LABEL_GLOB)
+  pngs = fileio.glob(gt_dir, asd.LABEL_GLOB)
   if not pngs:
     report.error(gt_dir, f"no label files <camera>/<sequence>/<frame>{asd.AMPANO_SUFFIX}",
                  f"the tree is {_ASD_TREE}")
@@ -736,7 +737,7 @@ def check_amodalsynthdrive(ds: DataSet, report: Report, pool) -> int:
   keys = {"/".join(p.split("/")[-3:])[:-len(asd.AMPANO_SUFFIX)]: p for p in pngs}
   labelled = set(pngs)
   lone = [p[:-len(asd.AMPANO_JSON_SUFFIX)] for p in
-          common.glob(gt_dir, "*/*/*" + asd.AMPANO_JSON_SUFFIX)]
+          fileio.glob(gt_dir, "*/*/*" + asd.AMPANO_JSON_SUFFIX)]
   lone = [j for j in lone if j + asd.AMPANO_SUFFIX not in labelled]
   if lone:
     report.warning(gt_dir, f"{len(lone)} {asd.AMPANO_JSON_SUFFIX} files have no "
@@ -747,7 +748,7 @@ def check_amodalsynthdrive(ds: DataSet, report: Report, pool) -> int:
   if present[img_dir]:
     suffix = asd.IMAGE_SUFFIX
     images = {"/".join(p.split("/")[-3:])[:-len(suffix)]
-              for p in common.glob(img_dir, "*/*/*" + suffix)}
+              for p in fileio.glob(img_dir, "*/*/*" + suffix)}
     unused = sorted(images - set(keys))
     if unused:
       report.warning(img_dir, f"{len(unused)} images have no {asd.AMPANO_SUFFIX} and are not "
@@ -848,20 +849,21 @@ def _check_asd_frame(ds: DataSet, key: str, png: str, images, report: Report) ->
   return hw
 
 
-CHECKERS = {"kitti360aps": check_kitti360aps, "blendpass": check_blendpass,
-            "amodalsynthdrive": check_amodalsynthdrive, "folder": check_folder}
+# The layouts of layouts.LAYOUTS, and a folder of panoramas (config.predict.images).
+CHECKERS = registry.Registry("data layout", {
+    "kitti360aps": check_kitti360aps, "blendpass": check_blendpass,
+    "amodalsynthdrive": check_amodalsynthdrive, "folder": check_folder})
 
 
 def check(ds: DataSet, threads: int = 16) -> tuple[Report, int]:
   """All problems of one data set, and its number of examples."""
   report = Report()
   if ds.layout not in CHECKERS:
-    report.error(ds.root, f"unknown layout {ds.layout!r}",
-                 f"set --{ds.where['layout']} to 'kitti360aps', 'blendpass' or "
-                 "'amodalsynthdrive'")
+    report.error(ds.root, CHECKERS.unknown(ds.layout),
+                 f"set --{ds.where['layout']} to one of them")
     return report, 0
   with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-    n = CHECKERS[ds.layout](ds, report, pool)
+    n = CHECKERS.get(ds.layout)(ds, report, pool)
   report.problems.sort(key=lambda p: (p.severity != "error", p.path, p.message))
   return report, n
 

@@ -131,12 +131,12 @@ def coco_bbox(mask: np.ndarray) -> list:
 
 def _pairs(gt_dir: str, img_dir: str, suffixes) -> list:
   """(name, label PNG, label JSON, image) for every ``*_ampano.png`` under ``gt_dir``."""
-  out, seen, files = [], {}, common.Listing()
-  for dirpath, _, names in sorted(common.walk(gt_dir)):
+  out, seen, files = [], {}, fileio.Listing()
+  for sub, _, names in sorted(fileio.walk(gt_dir)):
     for fn in sorted(names):
       if not fn.endswith(asd.AMPANO_SUFFIX):
         continue
-      png = os.path.join(dirpath, fn)
+      png = os.path.join(gt_dir, sub, fn)
       rel = png[len(gt_dir):].strip("/")[:-len(asd.AMPANO_SUFFIX)]
       name = rel.replace("/", "_")
       if name in seen:

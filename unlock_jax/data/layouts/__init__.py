@@ -9,11 +9,18 @@
   amodal [{mask, category_id, seg_id, amodal_id}] (aligned with modal).
 BlendPASS train (unlabelled) gives only name and image.
 """
-from unlock_jax.data.layouts import amodalsynthdrive
-from unlock_jax.data.layouts import blendpass
-from unlock_jax.data.layouts import kitti360aps
+from unlock_jax import registry
 from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.data.layouts.common import DataError
 from unlock_jax.data.layouts.common import to_padded
 
-__all__ = ["amodalsynthdrive", "blendpass", "kitti360aps", "boxes_from_masks", "DataError", "to_padded"]
+# ``config.data.<domain>.layout`` -> the module that reads it (its ``Reader``),
+# imported on first use. The TFDS builders (data/tfds/builders.py) and
+# check_data's checks are keyed by the same names.
+LAYOUTS = registry.Registry("data layout", {
+    "kitti360aps": "unlock_jax.data.layouts.kitti360aps",
+    "blendpass": "unlock_jax.data.layouts.blendpass",
+    "amodalsynthdrive": "unlock_jax.data.layouts.amodalsynthdrive",
+})
+
+__all__ = ["LAYOUTS", "boxes_from_masks", "DataError", "to_padded"]

@@ -61,6 +61,7 @@ import os
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from unlock_jax import fileio
 from unlock_jax.data import labels
 from unlock_jax.data.layouts import common
 
@@ -223,14 +224,14 @@ class Reader:
   def __init__(self, root: str, split: str, image_size=DEFAULT_SIZE):
     self.root, self.split = root, split
     self.gt_dir = os.path.join(root, split, "amodal_panoptic_seg")
-    if common.listdir(self.gt_dir) is None:
+    if fileio.names(self.gt_dir) is None:
       raise common.DataError(f"missing AmodalSynthDrive label folder {self.gt_dir} "
                              "(expected <root>/<split>/amodal_panoptic_seg/<camera>/<sequence>/)")
-    pngs = common.glob(self.gt_dir, LABEL_GLOB)
+    pngs = fileio.glob(self.gt_dir, LABEL_GLOB)
     if not pngs:
       raise common.DataError(f"no {LABEL_GLOB} files under {self.gt_dir}")
     self._items = []
-    files = common.Listing()
+    files = fileio.Listing()
     for png in pngs:
       key = "/".join(png.split("/")[-3:])[:-len(AMPANO_SUFFIX)]  # camera/sequence/frame
       item = dict(key=key, ampano=png, json=png[:-len(AMPANO_SUFFIX)] + AMPANO_JSON_SUFFIX,

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from unlock_jax import fileio
 from unlock_jax.data.layouts import common
 
 DEFAULT_SIZE = (400, 2048)  # (height, width) of BlendPASS panoramas
@@ -44,9 +45,9 @@ class Reader:
     self._items = []
     if split == "train":
       img_dir = os.path.join(root, "leftImg8bit", "train")
-      if common.listdir(img_dir) is None:
+      if fileio.names(img_dir) is None:
         raise common.DataError(f"missing BlendPASS train image folder {img_dir}")
-      for path in common.glob(img_dir, "*/*.jpg"):
+      for path in fileio.glob(img_dir, "*/*.jpg"):
         city, fn = path.split("/")[-2:]
         self._items.append(dict(name=fn[:-4], key=f"{city}/{fn}", image=path))
       if hidden_gt:
@@ -74,7 +75,7 @@ class Reader:
     self._amodal = common.amodal_index(common.read_json(amodal_path, "BlendPASS amodal JSON"),
                                        amodal_path)
     by_stem = {it["name"]: it for it in self._items}
-    items, files = [], common.Listing()
+    items, files = [], fileio.Listing()
     for a in pan["annotations"]:
       common.require_keys(a, ("file_name", "segments_info"), "annotation", self.pan_json_path)
       fn = a["file_name"]

@@ -13,7 +13,6 @@ the *inclusive* last column/row index, so a 1-px-wide mask has x1 == x2.
 import json
 import logging
 import os
-from typing import Iterator
 
 from etils import epath
 import numpy as np
@@ -29,42 +28,6 @@ _warned_truncation = False
 
 class DataError(ValueError):
   """A data set file is missing, unreadable, malformed or of the wrong size."""
-
-
-# --- files through etils.epath: local paths, and URLs (gs://) on TPU VMs -----------------
-
-def listdir(folder: str) -> set | None:
-  """Names in ``folder`` (one listing: one request on GCS), or None if it is not a folder."""
-  return set(fileio.listdir(folder)) if fileio.isdir(folder) else None
-
-
-class Listing:
-  """Whether files exist, from one cached listing per folder instead of a stat per file.
-
-  Opening a split checks that every file it references exists: on GCS one
-  listing per folder is a few requests where a stat per file is thousands.
-  """
-
-  def __init__(self):
-    self._names: dict = {}
-
-  def has(self, path: str) -> bool:
-    folder, name = os.path.split(os.fspath(path))
-    if folder not in self._names:
-      self._names[folder] = listdir(folder) or set()
-    return name in self._names[folder]
-
-
-def glob(folder: str, pattern: str) -> list[str]:
-  """Sorted paths matching ``pattern`` (no ``**``) under ``folder``."""
-  return sorted(os.fspath(p) for p in epath.Path(folder).glob(pattern))
-
-
-def walk(top: str) -> Iterator[tuple[str, list, list]]:
-  """``fileio.walk`` yielding each folder as ``top`` joined with its relative path."""
-  top = os.fspath(top)
-  for rel, dirs, files in fileio.walk(top):
-    yield (os.path.join(top, rel) if rel else top), dirs, files
 
 
 def open_image(path: str, what: str) -> Image.Image:

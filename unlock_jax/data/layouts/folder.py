@@ -42,6 +42,7 @@ from absl import logging
 from PIL import Image
 from PIL import ImageOps
 
+from unlock_jax import fileio
 from unlock_jax.data.layouts import common
 
 EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -55,12 +56,12 @@ _ALPHA = ("LA", "La", "PA", "RGBA", "RGBa")
 def _walk(root: str) -> tuple[list[str], list[str]]:
   """(image paths, other files) under ``root``, sorted; hidden names skipped, as a ``**`` glob."""
   images, others = [], []
-  for folder, dirs, files in common.walk(root):
+  for rel, dirs, files in fileio.walk(root):
     dirs[:] = [d for d in dirs if not d.startswith(".")]
     for f in files:
       if f.startswith("."):
         continue
-      (images if f.lower().endswith(EXTENSIONS) else others).append(os.path.join(folder, f))
+      (images if f.lower().endswith(EXTENSIONS) else others).append(os.path.join(root, rel, f))
   return sorted(images), sorted(others)
 
 
@@ -155,7 +156,7 @@ class Reader:
   """``len``, ``keys``/``names``, ``paths``, ``load_image(i)``, ``load(i)`` (image only)."""
 
   def __init__(self, root: str, image_size):
-    if common.listdir(root) is None:
+    if fileio.names(root) is None:
       raise common.DataError(f"image folder {root} does not exist "
                              "(set --config.predict.images to a folder of panoramas)")
     paths, others = _walk(root)

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 
+from unlock_jax import fileio
 from unlock_jax.data import labels
 from unlock_jax.data.layouts import common
 
@@ -38,7 +39,7 @@ class Reader:
     amodal = common.read_json(self.amodal_json_path, "KITTI-360 APS amodal JSON")
     self._amodal = common.amodal_index(amodal, self.amodal_json_path)
     self._items = []
-    files = common.Listing()
+    files = fileio.Listing()
     for a in pan["annotations"]:
       common.require_keys(a, ("file_name", "segments_info"), "annotation", self.pan_json_path)
       fn = a["file_name"]

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from unlock_jax import fileio
+from unlock_jax import registry
 from unlock_jax.data.layouts import amodalsynthdrive
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import common
@@ -154,8 +155,9 @@ class AmodalSynthDrive(_Builder):
     return amodalsynthdrive.image_path(root, reader.split, reader.keys[i])
 
 
-BUILDERS = {"kitti360aps": Kitti360Aps, "blendpass": BlendPass,
-            "amodalsynthdrive": AmodalSynthDrive}
+# Keyed by the names of layouts.LAYOUTS.
+BUILDERS = registry.Registry("data layout", {
+    "kitti360aps": Kitti360Aps, "blendpass": BlendPass, "amodalsynthdrive": AmodalSynthDrive})
 
 
 def _size_list(size):
@@ -163,9 +165,7 @@ def _size_list(size):
 
 
 def builder_class(layout: str):
-  if layout not in BUILDERS:
-    raise ValueError(f"unknown data layout {layout!r}; expected one of {sorted(BUILDERS)}")
-  return BUILDERS[layout]
+  return BUILDERS.get(layout)
 
 
 def prepare(layout: str, manual_dir: str, data_dir: str, overwrite: bool = False,
