@@ -29,12 +29,12 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from tests.support import synthetic  # noqa: E402
 from unlock_jax.data import labels  # noqa: E402
 from unlock_jax.evaluation import instance_ap  # noqa: E402
 from unlock_jax.evaluation import panoptic_fusion  # noqa: E402
 from unlock_jax.evaluation import pq  # noqa: E402
 from unlock_jax.evaluation import report  # noqa: E402
-from unlock_jax.evaluation import synthetic  # noqa: E402
 
 
 def _rss_mib() -> float:

@@ -38,7 +38,7 @@
    ``peak_bytes_in_use`` on an accelerator (not run by default; very slow on CPU).
 
 Synthetic maps: softmax of bilinearly upsampled smooth stride-4 logits with sharp-edged
-class blobs (18 classes, median max-prob ~0.99, as tests/test_store.py's size test);
+class blobs (18 classes, median max-prob ~0.99; tests/support/maps.py, as the store's size test);
 20 modal + 20 amodal detections per panorama with small elliptical masks (up to ~80x160
 px) and classes drawn car-heavy. The reference's files are ~92 MB per panorama (18.4 GB
 at N=200); when the temp dir has too little room the reference files of panorama i are
@@ -167,7 +167,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from tests.support import maps  # noqa: E402
 from unlock_jax.pseudo import store  # noqa: E402
+from unlock_jax.pseudo import storecodec  # noqa: E402
 from unlock_jax.pseudo import thresholds  # noqa: E402
 
 H, W, C = 400, 2048, 18
@@ -191,40 +193,6 @@ def _rss_mib():
 
 
 # ------------------------------------------------------------------ synthetic data
-
-
-def _up4(x):
-  """x [..., h, w] -> [..., 4h, 4w] bilinear, half-pixel centres (align_corners=False)."""
-  def axis(n):
-    c = np.clip((np.arange(4 * n) + 0.5) / 4 - 0.5, 0, n - 1)
-    i0 = np.floor(c).astype(int)
-    return i0, np.minimum(i0 + 1, n - 1), (c - i0).astype(np.float32)
-  y0, y1, wy = axis(x.shape[-2])
-  x0, x1, wx = axis(x.shape[-1])
-  a = x[..., y0, :] * (1 - wy)[:, None] + x[..., y1, :] * wy[:, None]
-  return a[..., x0] * (1 - wx) + a[..., x1] * wx
-
-
-def softmax_map(rng, h=H, w=W, classes=C):
-  """float32 [C,h,w] softmax of upsampled smooth stride-4 logits (test_store's maps)."""
-  hs, ws = h // 4, w // 4
-  yy, xx = np.mgrid[0:hs, 0:ws]
-  lab = np.where(yy < hs * 0.3, 10, np.where(yy < hs * 0.6, 2, 0))
-  for _ in range(40):
-    cy, cx = rng.integers(0, hs), rng.integers(0, ws)
-    ry, rx = rng.integers(2, 15), rng.integers(2, 40)
-    lab[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1] = rng.integers(0, classes)
-
-  def field(*lead):
-    g = rng.standard_normal(lead + (hs // 4 + 2, ws // 4 + 2)).astype(np.float32)
-    return _up4(g)[..., :hs, :ws]
-  logits = 0.5 * field(classes)
-  logits[lab, yy, xx] += 14 * (0.55 + 0.45 * np.tanh(field()))
-  up = _up4(logits)
-  up -= up.max(0)
-  np.exp(up, out=up)
-  up /= up.sum(0)
-  return up
 
 
 def detections(rng, n, amodal):
@@ -269,14 +237,14 @@ def generate(root, n, distinct, seed=0):
     os.makedirs(os.path.join(ref_root, k, CITY), exist_ok=True)
   names = [f"pano_{i:05d}" for i in range(n)]
   t = {"gen": 0.0, "ref_write": 0.0, "store_write": 0.0}
-  sizes = {"store": [], "hist": [], "hist1": [], "pairs": [], "semantic": [], "instance": [],
+  sizes = {"store": [], "hist": [], "pairs": [], "semantic": [], "instance": [],
            "amodal_instance": []}
   for i, name in enumerate(names):
     paths = _ref_paths(ref_root, name)
     if i < distinct:
       t0 = time.perf_counter()
       rng = np.random.default_rng(seed + i)
-      probs = softmax_map(rng)
+      probs = maps.softmax_map(rng, H, W, C)
       modal, modal_ref = detections(rng, DETS_PER_BRANCH, amodal=False)
       amodal, amodal_ref = detections(rng, DETS_PER_BRANCH, amodal=True)
       sem, code = probs.argmax(0).astype(np.uint8), thresholds.quantize(probs.max(0))
@@ -293,9 +261,8 @@ def generate(root, n, distinct, seed=0):
       t["store_write"] += t3 - t2
       sizes["store"].append(nbytes)
       hist = thresholds.sparse_histogram(sem, code)
-      table, chunks = store.encode_blocks(hist)  # what write_prediction stored
+      table, chunks = storecodec.encode_blocks(hist)  # what write_prediction stored
       sizes["hist"].append(len(zlib.compress(table.tobytes(), 6)) + len(chunks))
-      sizes["hist1"].append(len(store.encode_histogram(hist)))  # the one-level codec
       sizes["pairs"].append(hist.shape[1])
       for k, p in paths.items():
         sizes[k].append(os.path.getsize(p))
@@ -851,8 +818,7 @@ def thresholds_part(root, ns, n_large, timeout):
   s = gen["sizes"]
   ref_all = s["semantic"] + s["instance"] + s["amodal_instance"]
   print(f"\nbytes per panorama: store entry {s['store'] / 1e6:.3f} MB (of it the two-level "
-        f"confidence histogram {s['hist'] / 1e6:.3f} MB, {s['pairs']:.0f} class/code pairs; the "
-        f"one-level codec took {s['hist1'] / 1e6:.3f} MB); reference "
+        f"confidence histogram {s['hist'] / 1e6:.3f} MB, {s['pairs']:.0f} class/code pairs); reference "
         f"semantic .npy {s['semantic'] / 1e6:.1f} MB -> {s['semantic'] / s['store']:.0f}x smaller "
         f"(target >= 60x); with its two detection lists ({s['instance'] / 1e6:.1f} + "
         f"{s['amodal_instance'] / 1e6:.1f} MB) {ref_all / 1e6:.1f} MB -> "

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jit_traces import max_traces
+from tests.support.jit_traces import max_traces
 from unlock_jax import constants
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys

@@ -4,6 +4,7 @@ arrays, with the same candidate draws, over many random seeds."""
 import numpy as np
 import pytest
 
+from tests.support.reference import get_bbox_coord
 from unlock_jax.data import adcl_paste
 from unlock_jax.data import pool_index
 from unlock_jax.pseudo import pool
@@ -69,22 +70,6 @@ def _run(objs, cands=None, image=None, semantic=None, modal=None, amodal=None, w
 
 # ------------------------------------------- the reference, written out
 
-def _get_bbox_coord(mask):
-  hor = np.sum(mask, axis=0)
-  hor_idx = np.nonzero(hor)[0]
-  x = hor_idx[0]
-  width = hor_idx[-1] - x + 1
-  vert = np.sum(mask, axis=1)
-  vert_idx = np.nonzero(vert)[0]
-  y = vert_idx[0]
-  height = vert_idx[-1] - y + 1
-  x1 = int(x)
-  y1 = int(y)
-  x2 = x1 + int(width) - 1
-  y2 = y1 + int(height) - 1
-  return [x1, y1, x2, y2]
-
-
 def _is_valid_box(box):
   x1, y1, x2, y2 = box
   return x1 < x2 and y1 < y2
@@ -144,7 +129,7 @@ def _reference(img, semantic, instances, ainstances, crop_bbox, pool_masks, pool
       img[h_label == 255] = 0
 
   def bbox(mask):
-    return _get_bbox_coord(mask == 1 if positive_boxes else mask)
+    return get_bbox_coord(mask == 1 if positive_boxes else mask)
 
   gt_masks, gt_labels, gt_bboxes = [], [], []
   for cat_class, mask in instances:
@@ -170,13 +155,13 @@ def _reference(img, semantic, instances, ainstances, crop_bbox, pool_masks, pool
     h_mask[h_mask != 0] = 1
     if not (h_mask != 0).sum() == 0:
       if h_cls in thing_list:
-        h_box = _get_bbox_coord(h_mask)
+        h_box = get_bbox_coord(h_mask)
         if _is_valid_box(h_box):
           gt_abboxes.append(h_box)
           gt_amasks.append(h_mask.astype(np.uint8))
           gt_alabels.append(h_cls)
           h_mask[hard_ins_mask != 0] = 0
-          m_box = _get_bbox_coord(h_mask) if visible_box else h_box
+          m_box = get_bbox_coord(h_mask) if visible_box else h_box
           if _is_valid_box(m_box):
             gt_bboxes.append(m_box)
             gt_masks.append(h_mask.astype(np.uint8))

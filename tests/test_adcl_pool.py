@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fake_gcs import gcs  # pylint: disable=unused-import  (the fixture)
+from tests.support.fake_gcs import gcs  # pylint: disable=unused-import  (the fixture)
 from unlock_jax.data import pool_index
 from unlock_jax.pseudo import pool
 

@@ -1,6 +1,6 @@
 """AmodalSynthDrive reader on a hand-built fixture in ASD's published format.
 
-The fixture (tests/fixture_masks.py) follows robot-learning-freiburg/
+The fixture (tests/support/releases.py) follows robot-learning-freiburg/
 amodal-panoptic (README "Dataset Format", eval.py), APSNet data_struct.py and
 PAPS amodalsynthdrive.py. Expected arrays are derived here from the drawing
 rectangles and from the class *names* of ASD's label table and the
@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 from configs.asd2b import source_b5
-from fixture_masks import ASD_H as H
-from fixture_masks import ASD_ID
-from fixture_masks import ASD_W as W
-from fixture_masks import asd_scene as scene
-from fixture_masks import make_asd_root
-from fixture_masks import rle
+from tests.support.releases import ASD_H as H
+from tests.support.releases import ASD_ID
+from tests.support.releases import ASD_W as W
+from tests.support.releases import asd_scene as scene
+from tests.support.releases import make_asd_root
+from tests.support.releases import rle
 from unlock_jax.data import pipeline
 from unlock_jax.data.layouts import amodalsynthdrive as asd
 from unlock_jax.data.layouts import common

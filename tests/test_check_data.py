@@ -3,7 +3,7 @@
 The fixture is the tiny config's synthpass set (the generate stage's
 writer), generated once; each test damages a copy by hand and expects the
 problem it made, at the file it damaged, and nothing else. AmodalSynthDrive
-is checked the same way on the hand-drawn fixture of tests/fixture_masks.py.
+is checked the same way on the hand-drawn fixture of tests/support/releases.py.
 """
 import json
 import os
@@ -19,11 +19,11 @@ from PIL import Image
 
 from configs.asd2b import source_b5
 from configs.synth import tiny
-from fixture_masks import ASD_H
-from fixture_masks import ASD_W
-from fixture_masks import make_asd_root
-from fixture_masks import rect
-from fixture_masks import rle
+from tests.support.releases import ASD_H
+from tests.support.releases import ASD_W
+from tests.support.releases import make_asd_root
+from tests.support.releases import rect
+from tests.support.releases import rle
 from unlock_jax.data import labels
 from unlock_jax.data import synthpass
 from unlock_jax.tools import check_data
@@ -339,7 +339,7 @@ def test_command_line_reports_everything_and_exits_nonzero(wd):
   assert re.search(r"3 data sets, \d+ files read: 20 errors, 0 warnings$", out.strip()), out
 
 
-# --- AmodalSynthDrive: the hand-drawn fixture of tests/fixture_masks.py ---------------
+# --- AmodalSynthDrive: the hand-drawn fixture of tests/support/releases.py ---------------
 
 ASD_FRAME = ("front", "seq_b", "000007")  # the drawn scene; back/seq_a/000001 is all road
 

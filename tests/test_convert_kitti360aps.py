@@ -18,15 +18,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import fixture_masks
-from fixture_masks import rle
+from tests.support import releases
+from tests.support.releases import rle
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import kitti360aps
 from unlock_jax.tools import convert_kitti360aps as conv
 
 H, W = 16, 24
 SEQ0, SEQ3 = "2013_05_28_drive_0000_sync", "2013_05_28_drive_0003_sync"
-rect = functools.partial(fixture_masks.rect, (H, W))
+rect = functools.partial(releases.rect, (H, W))
 
 
 def scene():
@@ -51,15 +51,7 @@ def scene():
 
 
 def write(release, seq, frame, ids, info, rgb, ext):
-  for sub in ("amodal_panoptic_seg", "images"):
-    os.makedirs(os.path.join(release, "train", sub, seq), exist_ok=True)
-  base = os.path.join(release, "train", "amodal_panoptic_seg", seq, frame)
-  Image.fromarray(ids.astype(np.uint16)).save(base + "_ampano.png")
-  with open(base + "_ampano.json", "w") as f:
-    json.dump(info, f)
-  path = os.path.join(release, "train", "images", seq, frame + ext)
-  Image.fromarray(rgb).save(path)
-  return path
+  return releases.write_frame(release, "train", seq, frame, ids, info, rgb, frame + ext)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs.synth import tiny
-from fake_gcs import gcs  # pylint: disable=unused-import  (the fixture)
-from fixture_masks import make_asd_root
+from tests.support.fake_gcs import gcs  # pylint: disable=unused-import  (the fixture)
+from tests.support.releases import make_asd_root
 from unlock_jax.data import synthpass
 from unlock_jax.data.layouts import amodalsynthdrive
 from unlock_jax.data.layouts import blendpass

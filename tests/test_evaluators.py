@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from configs import common
+from tests.support import synthpass as synth_testing
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
-from unlock_jax.data.synthpass import testing as synth_testing
 from unlock_jax.evaluation import evaluators, report, semantic
 
 

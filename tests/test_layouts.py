@@ -9,6 +9,8 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
+from tests.support.reference import get_bbox_coord
+from tests.support.synthpass import make_tiny_dataset
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import synthpass
@@ -18,7 +20,6 @@ from unlock_jax.data.layouts import kitti360aps
 from unlock_jax.data.layouts import DataError
 from unlock_jax.data.layouts import boxes_from_masks
 from unlock_jax.data.layouts import to_padded
-from unlock_jax.data.synthpass.testing import make_tiny_dataset
 
 SCALE = 0.125
 SIZES = synthpass.image_sizes(SCALE)
@@ -42,19 +43,6 @@ def kitti(root, split="train", size=SIZES["source"]):
 
 def blend(root, split="val", size=SIZES["target"], **kw):
   return blendpass.Reader(os.path.join(root, "BlendPASS"), split, image_size=size, **kw)
-
-
-def get_bbox_coord(mask):
-  """Reference ``get_bbox_coord`` (gen_amodal_labels_for_maskformer.py L25-40), verbatim logic."""
-  hor = np.sum(mask, axis=0)
-  hor_idx = np.nonzero(hor)[0]
-  x = hor_idx[0]
-  width = hor_idx[-1] - x + 1
-  vert = np.sum(mask, axis=1)
-  vert_idx = np.nonzero(vert)[0]
-  y = vert_idx[0]
-  height = vert_idx[-1] - y + 1
-  return [int(x), int(y), int(x) + int(width) - 1, int(y) + int(height) - 1]
 
 
 def oracle_gt(pan, segments, amodal_by_id, h, w):

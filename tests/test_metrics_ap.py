@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import synthetic
 from unlock_jax.data import labels
 from unlock_jax.evaluation import instance_ap
 from unlock_jax.evaluation import panoptic_fusion
-from unlock_jax.evaluation import synthetic
 
 cs_eval = pytest.importorskip("cityscapesscripts.evaluation.evalInstanceLevelSemanticLabeling")
 cs_i2d = pytest.importorskip("cityscapesscripts.evaluation.instances2dict")

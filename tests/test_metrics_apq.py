@@ -5,10 +5,10 @@ reference's layered evaluator (``amodalpanoptic.py`` update +
 import numpy as np
 import pytest
 
+from tests.support import synthetic
 from unlock_jax.data import labels
 from unlock_jax.evaluation import panoptic_fusion as pf
 from unlock_jax.evaluation import pq
-from unlock_jax.evaluation import synthetic
 
 VOID_LABEL = 255000
 

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import synthetic
 from unlock_jax.data import labels
 from unlock_jax.evaluation import panoptic_fusion as pf
 from unlock_jax.evaluation import pq
-from unlock_jax.evaluation import synthetic
 
 cs_pq = pytest.importorskip("cityscapesscripts.evaluation.evalPanopticSemanticLabeling")
 

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from tests.support import synthetic
 from unlock_jax.data import labels
 from unlock_jax.evaluation import instance_ap
 from unlock_jax.evaluation import panoptic_fusion
 from unlock_jax.evaluation import report
 from unlock_jax.evaluation import semantic
-from unlock_jax.evaluation import synthetic
 
 
 def _histogram_miou(preds, gts, n=labels.NUM_CLASSES):

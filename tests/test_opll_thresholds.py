@@ -339,28 +339,23 @@ def test_two_level_helpers_and_errors():
     th.SemanticQuantiles(c, fine, 0.1)
 
 
-def test_stage_compute_thresholds_two_passes_legacy_entries_and_rerun(tmp_path, monkeypatch):
-  """``stages.opll.compute_thresholds`` on a store with a two-level, a one-level
-  (``conf_hist``) and a map-only entry equals the full histogram; a rerun with the
-  same fingerprint does not read the store."""
+def test_stage_compute_thresholds_two_passes_and_rerun(tmp_path, monkeypatch):
+  """``stages.opll.compute_thresholds`` on a store of three entries equals the full
+  histogram; a rerun with the same fingerprint does not read the store."""
   import types  # pylint: disable=g-import-not-at-top
+  from tests.support import maps  # pylint: disable=g-import-not-at-top
   from unlock_jax.pseudo import store  # pylint: disable=g-import-not-at-top
   from unlock_jax.stages import opll  # pylint: disable=g-import-not-at-top
-  import test_store  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(13)
   d, out = str(tmp_path / "store"), str(tmp_path / "out")
   full, scores = th.SemanticHistogram(), th.ScoreLists()
   images = _images_across_blocks(rng)[:3]
   for k, (sem, codes) in enumerate(images):
-    dets = test_store.ellipse_dets(rng, *sem.shape, 3)
-    empty = test_store.no_dets(*sem.shape)
+    dets = maps.ellipse_dets(rng, *sem.shape, 3)
+    empty = maps.no_dets(*sem.shape)
     store.write_prediction(d, f"c/p{k}", sem, codes, dets, empty)
     full.add(sem, codes)
     scores.add(dets["classes"], dets["scores"])
-  # pylint: disable=protected-access
-  test_store._with_sparse_histogram(store.entry_path(d, "c/p1"), *images[1])
-  test_store._without_histogram(store.entry_path(d, "c/p2"))
-  # pylint: enable=protected-access
   names = store.list_predictions(d)
   for p in (0.8, 0.1):
     cfg = types.SimpleNamespace(semantic=types.SimpleNamespace(p=p))

@@ -31,7 +31,7 @@ from absl import logging as absl_logging
 from absl.testing import flagsaver
 from etils import epath
 
-from fake_gcs import FakeGCS, _swap, _tf, gcs  # noqa: F401  (gcs: the fixture)
+from tests.support.fake_gcs import FakeGCS, _swap, _tf, gcs  # noqa: F401  (gcs: the fixture)
 from unlock_jax import fileio
 from unlock_jax import logfile
 

@@ -5,11 +5,11 @@ import os
 import numpy as np
 from PIL import Image
 
+from tests.support import synthetic
 from unlock_jax.data import labels
 from unlock_jax.evaluation import panoptic_fusion
 from unlock_jax.evaluation import pictures
 from unlock_jax.evaluation import report
-from unlock_jax.evaluation import synthetic
 
 H, W = 64, 256
 ROWS = 8

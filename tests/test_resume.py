@@ -7,8 +7,8 @@ import jax
 import numpy as np
 
 from configs.synth import tiny
+from tests.support import synthpass as synth_testing
 from unlock_jax import checkpoint
-from unlock_jax.data.synthpass import testing as synth_testing
 from unlock_jax.models import amodalpass
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

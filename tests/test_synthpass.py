@@ -8,11 +8,11 @@ import pycocotools.mask as mask_utils
 import pytest
 from PIL import Image
 
+from tests.support.synthpass import make_tiny_dataset
 from unlock_jax.data import labels
 from unlock_jax.data import synthpass
 from unlock_jax.data.synthpass import geometry as geo
 from unlock_jax.data.synthpass import polygons
-from unlock_jax.data.synthpass.testing import make_tiny_dataset
 
 SCALE = 0.125
 

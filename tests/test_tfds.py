@@ -3,7 +3,7 @@
 Oracle: the file readers (layouts/), which read the PNG/JPEG/JSON files
 themselves; the TFDS side is built with the documented command and read
 through ``tfds.data_source``. Synthpass covers KITTI-360 APS and BlendPASS,
-the hand-drawn ASD fixture (tests/fixture_masks.py) AmodalSynthDrive.
+the hand-drawn ASD fixture (tests/support/releases.py) AmodalSynthDrive.
 """
 import os
 import pickle
@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from fixture_masks import ASD_H
-from fixture_masks import ASD_W
-from fixture_masks import make_asd_root
+from tests.support.releases import ASD_H
+from tests.support.releases import ASD_W
+from tests.support.releases import make_asd_root
+from tests.support.synthpass import make_tiny_dataset
 from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
 from unlock_jax.data.layouts import amodalsynthdrive
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.data.layouts import DataError
 from unlock_jax.data.layouts import kitti360aps
-from unlock_jax.data.synthpass.testing import make_tiny_dataset
 from unlock_jax.data.tfds import builders
 from unlock_jax.data.tfds import records
 from unlock_jax.data.tfds import source

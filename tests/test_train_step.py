@@ -6,7 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jit_traces import max_traces
+from tests.support.jit_traces import max_traces
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data.layouts.common import boxes_from_masks

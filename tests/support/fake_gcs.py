@@ -7,7 +7,7 @@ tf.io.gfile with ``gs://`` mapped onto TF's own ``ram://`` file system; and
 ``fsspec``, with fsspec's memory file system registered for ``gs``. ``FakeGCS``
 reads and writes objects without epath, so results are checked, and inputs
 uploaded, independently of the code under test. Use it as
-``from fake_gcs import gcs`` (the fixture) in a test module.
+``from tests.support.fake_gcs import gcs`` (the fixture) in a test module.
 """
 import os
 import sys

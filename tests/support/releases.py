@@ -1,13 +1,16 @@
-"""Hand-drawn fixtures in the amodal panoptic release format, shared by tests.
+"""Hand-drawn fixtures in the amodal panoptic release format (ASD, KITTI-360-APS).
 
 ``rect``/``rle`` draw masks and encode them as ASD/KITTI-360-APS releases
-store them (COCO RLE, compressed string counts). ``asd_scene`` and
+store them (COCO RLE, compressed string counts). Both releases follow the
+amodal panoptic format of robot-learning-freiburg/amodal-panoptic (README
+"Dataset Format", eval.py): ``<split>/amodal_panoptic_seg/<folder>/
+<f>_ampano.png`` (uint16: class id, or id*1000 + instance) and
+``<f>_ampano.json`` ({str(instance id): {occluded, amodal_mask (RLE), ...}}),
+mirrored by ``<split>/images/<folder>/`` (APSNet docs/DATASET.md);
+``write_frame`` writes one frame of either. ``asd_scene`` and
 ``write_asd_example`` build an AmodalSynthDrive example in its published
-format (robot-learning-freiburg/amodal-panoptic README "Dataset Format" and
-eval.py; APSNet data_struct.py; PAPS amodalsynthdrive.py):
-``<split>/images/<camera>/<seq>/<f>_rgb.jpg``, ``<split>/amodal_panoptic_seg/
-<camera>/<seq>/<f>_ampano.png`` (uint16: class id, or id*1000 + instance) and
-``<f>_ampano.json`` ({str(instance id): {occluded, amodal_mask (RLE), ...}}).
+format (also APSNet data_struct.py; PAPS amodalsynthdrive.py): the folder is
+``<camera>/<seq>``, the image ``<f>_rgb.jpg``.
 """
 import json
 import os
@@ -69,16 +72,26 @@ def asd_scene():
   return ids, info, masks
 
 
-def write_asd_example(root, camera, seq, frame, ids, info, rgb, split="train"):
-  """Writes one frame's image (JPEG), label PNG and JSON under ``root``."""
-  img_dir = os.path.join(root, split, "images", camera, seq)
-  gt_dir = os.path.join(root, split, "amodal_panoptic_seg", camera, seq)
+def write_frame(root, split, folder, frame, ids, info, rgb, image_name):
+  """One frame of a release under ``root``: its image ``<split>/images/<folder>/
+  <image_name>`` (a JPEG at quality 95 or a PNG, by the name) and its label PNG and
+  JSON in ``<split>/amodal_panoptic_seg/<folder>/``. Returns the image's path."""
+  img_dir = os.path.join(root, split, "images", folder)
+  gt_dir = os.path.join(root, split, "amodal_panoptic_seg", folder)
   os.makedirs(img_dir, exist_ok=True)
   os.makedirs(gt_dir, exist_ok=True)
-  Image.fromarray(rgb).save(os.path.join(img_dir, frame + "_rgb.jpg"), quality=95)
+  path = os.path.join(img_dir, image_name)
+  Image.fromarray(rgb).save(path, quality=95)  # (PNG ignores the quality)
   Image.fromarray(ids.astype(np.uint16)).save(os.path.join(gt_dir, frame + "_ampano.png"))
   with open(os.path.join(gt_dir, frame + "_ampano.json"), "w") as f:
     json.dump(info, f)
+  return path
+
+
+def write_asd_example(root, camera, seq, frame, ids, info, rgb, split="train"):
+  """Writes one ASD frame's image (JPEG), label PNG and JSON under ``root``."""
+  return write_frame(root, split, os.path.join(camera, seq), frame, ids, info, rgb,
+                     frame + "_rgb.jpg")
 
 
 def make_asd_root(root: str) -> str:

@@ -1,0 +1,1 @@
+"""CPU tests; ``tests.support`` holds what they share with benchmarks/."""
