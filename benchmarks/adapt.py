@@ -636,6 +636,7 @@ def bench_steps(args, cfg, it, first, input_rate):
   import jax
   from unlock_jax import sharding as shd
   from unlock_jax.models import amodalpass
+  from unlock_jax.models import variables as variables_lib
   from unlock_jax.train import adapt as adapt_lib
   from unlock_jax.train import optim, steps
 
@@ -643,7 +644,7 @@ def bench_steps(args, cfg, it, first, input_rate):
   model = amodalpass.build(cfg.model)
   crop = tuple(cfg.adapt.crop_size)
   shape = (1, *crop, 3)
-  variables = jax.jit(lambda r: steps.init_variables(model, r, shape))(jax.random.key(0))
+  variables = jax.jit(lambda r: variables_lib.init_variables(model, r, shape))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
   _log(f"== (ii)/(iii) steps: configs/demo.py model ({n_params / 1e6:.2f} M params), "
        f"batch {cfg.adapt.batch_size} x {crop}, devices {jax.devices()}")
@@ -750,8 +751,9 @@ def bench_b5(args):
   from configs import common
   from unlock_jax import sharding as shd
   from unlock_jax.models import amodalpass
+  from unlock_jax.models import variables as variables_lib
   from unlock_jax.train import adapt as adapt_lib
-  from unlock_jax.train import optim, steps
+  from unlock_jax.train import optim
 
   c = common.base()
   m = c.model
@@ -769,7 +771,7 @@ def bench_b5(args):
   repl, data = shd.replicated(mesh), shd.data_sharding(mesh)
   model = amodalpass.build(m)
   shape = (1, size, size, 3)
-  init = jax.jit(lambda r: steps.init_variables(model, r, shape))
+  init = jax.jit(lambda r: variables_lib.init_variables(model, r, shape))
   abstract_vars = jax.eval_shape(init, jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(abstract_vars["params"]))
   tx, sched = optim.make(a.optim, total, abstract_vars["params"])

@@ -22,6 +22,7 @@ from unlock_jax import sharding as shd
 from unlock_jax.models import amodalpass
 from unlock_jax.models import defaults
 from unlock_jax.models import layers
+from unlock_jax.models import variables as variables_lib
 from unlock_jax.train import optim, steps
 from configs import common
 
@@ -65,7 +66,7 @@ def measure(model_cfg, batch, runs: int):
   cfg = common.base()
   rng = jax.random.key(0)
   shape = (1, *batch["image"].shape[1:])
-  params = steps.param_shapes(model, shape)
+  params = variables_lib.param_shapes(model, shape)
   tx, sched = optim.make(cfg.optim, 1000, params)
   state = steps.init_state(model, tx, rng, shape, mesh)
   if not model_cfg.instance_heads:
@@ -99,7 +100,7 @@ def measure_infer(model_cfg, image_size, runs: int):
   """
   model = amodalpass.build(model_cfg)
   shape = (1, *image_size, 3)
-  variables = jax.jit(lambda r: steps.init_variables(model, r, shape))(jax.random.key(0))
+  variables = jax.jit(lambda r: variables_lib.init_variables(model, r, shape))(jax.random.key(0))
 
   def predict(v, image):
     out = model.apply(v, image, train=False)

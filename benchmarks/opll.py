@@ -644,7 +644,7 @@ def bench_predict(b5, batch, runs):
   from unlock_jax import sharding as shd  # pylint: disable=g-import-not-at-top
   from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
   from unlock_jax.pseudo import inference  # pylint: disable=g-import-not-at-top
-  from unlock_jax.train import steps  # pylint: disable=g-import-not-at-top
+  from unlock_jax.models import variables as variables_lib  # pylint: disable=g-import-not-at-top
 
   if b5:
     model_cfg = common.base().model
@@ -655,7 +655,7 @@ def bench_predict(b5, batch, runs):
     h, w, what = 100, 512, "small full model (configs/synth/source_full.py)"
   model = amodalpass.build(model_cfg)
   mesh = shd.make_mesh()
-  variables = jax.jit(lambda r: steps.init_variables(model, r, (1, h, w, 3)))(
+  variables = jax.jit(lambda r: variables_lib.init_variables(model, r, (1, h, w, 3)))(
       jax.random.key(0))
   fn = inference.predict_fn(model, mesh)
   rng = np.random.default_rng(0)

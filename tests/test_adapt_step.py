@@ -37,7 +37,8 @@ from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.models import amodalpass
 from unlock_jax.models import defaults
 from unlock_jax.models import layers
-from unlock_jax.train import adapt, optim, steps
+from unlock_jax.models import variables as variables_lib
+from unlock_jax.train import adapt, optim
 
 B, H, W = 4, 32, 32
 MOMENTUM = 0.9            # flax = PyTorch BatchNorm momentum 0.1
@@ -186,7 +187,7 @@ def full():
   model = _tiny(instance_heads=True, dropout=0.1)
   # Jitted: op-by-op init of the full tiny model is slower than compiling it.
   variables = jax.device_get(jax.jit(
-      lambda r: steps.init_variables(model, r, (1, H, W, 3)))(jax.random.key(0)))
+      lambda r: variables_lib.init_variables(model, r, (1, H, W, 3)))(jax.random.key(0)))
   lr = 1e-5
   tx, sched = optim.make(_optim_cfg(lr, constants.ADAPT_GROUPS), 100, variables["params"])
   fresh = lambda: adapt.init_state(variables, tx, mesh)

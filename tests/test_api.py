@@ -30,11 +30,11 @@ from unlock_jax import checkpoint
 from unlock_jax import model_info
 from unlock_jax.evaluation import report
 from unlock_jax.models import amodalpass
+from unlock_jax.models import variables as variables_lib
 from unlock_jax.pseudo import export
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
 from unlock_jax.stages import predict as predict_stage
-from unlock_jax.train import steps
 
 # pycocotools 2.0.11 decodes through a numpy-1 __array__ call (harmless under numpy 2).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -47,7 +47,7 @@ IMAGES = {"a.png": (50, 256), "sub/b.jpg": (100, 512), "c.png": (37, 190)}
 def numpy_variables(model_cfg, seed=0):
   """He-scaled normal kernels, small biases, unit norms: a model without running init."""
   model = amodalpass.build(model_cfg)
-  shapes = jax.eval_shape(lambda r: steps.init_variables(model, r, (1, 64, 64, 3)),
+  shapes = jax.eval_shape(lambda r: variables_lib.init_variables(model, r, (1, 64, 64, 3)),
                           jax.random.key(0))
   rng = np.random.default_rng(seed)
 

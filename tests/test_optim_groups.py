@@ -12,8 +12,9 @@ import pytest
 from configs import common
 from unlock_jax import constants
 from unlock_jax.models import amodalpass
+from unlock_jax.models import variables as variables_lib
 from unlock_jax.tools import convert_torch
-from unlock_jax.train import optim, steps
+from unlock_jax.train import optim
 
 # What the reference does to each part of the network, written from its
 # configs (docs/method.md §7.6, experiments.py pmult=True), not from optim.py's rule.
@@ -47,7 +48,7 @@ def b5_params():
   cfg.instance_heads = True
   model = amodalpass.build(cfg)
   return jax.eval_shape(
-      lambda r: steps.init_variables(model, r, (1, 64, 64, 3))["params"],
+      lambda r: variables_lib.init_variables(model, r, (1, 64, 64, 3))["params"],
       jax.random.key(0))
 
 

@@ -6,13 +6,13 @@ from unlock_jax import sharding as shd
 from unlock_jax.models import amodalpass
 from unlock_jax.models import defaults
 from unlock_jax.models import layers
+from unlock_jax.models import variables as variables_lib
 from unlock_jax.pseudo import prototypes
-from unlock_jax.train import steps
 
 
 def _setup():
   model = amodalpass.build(defaults.tiny_model_config())
-  variables = steps.init_variables(model, jax.random.key(0), (1, 32, 64, 3))
+  variables = variables_lib.init_variables(model, jax.random.key(0), (1, 32, 64, 3))
   rng = np.random.default_rng(0)
   image = rng.normal(size=(4, 32, 64, 3)).astype(np.float32)
   feats = np.asarray(jax.jit(lambda v, x: layers.resize_bilinear(

@@ -12,6 +12,7 @@ from unlock_jax.data import keys
 from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.models import amodalpass
 from unlock_jax.models import defaults
+from unlock_jax.models import variables as variables_lib
 from unlock_jax.train import loop, losses, optim, steps
 
 
@@ -51,7 +52,7 @@ def setup():
   model = amodalpass.build(cfg)
   rng = jax.random.key(0)
   shape = (1, 32, 32, 3)
-  params_shape = steps.param_shapes(model, shape)
+  params_shape = variables_lib.param_shapes(model, shape)
   tx, sched = optim.make(_optim_cfg(), 100, params_shape)
   state = steps.init_state(model, tx, rng, shape, mesh)
   loss_cfg = ml_collections.ConfigDict(dict(sem_normalize="all_pixels"))

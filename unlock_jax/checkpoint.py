@@ -32,7 +32,7 @@ from absl import logging
 from unlock_jax import fileio
 from unlock_jax import model_info
 from unlock_jax import sharding as shd
-from unlock_jax.train import steps
+from unlock_jax.models import variables as variables_lib
 
 
 class CheckpointError(Exception):
@@ -286,7 +286,7 @@ def abstract_like(state):
 def abstract_variables(model, image_shape, mesh):
   """Shapes (with replicated sharding) of the model's params and batch_stats:
   the restore target of :func:`load_variables`."""
-  shapes = jax.eval_shape(lambda r: steps.init_variables(model, r, image_shape),
+  shapes = jax.eval_shape(lambda r: variables_lib.init_variables(model, r, image_shape),
                           jax.random.key(0))
   repl = shd.replicated(mesh)
   return {k: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl),

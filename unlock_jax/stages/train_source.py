@@ -20,6 +20,7 @@ from unlock_jax import sharding as shd
 from unlock_jax.data import pipeline
 from unlock_jax.evaluation import report
 from unlock_jax.models import amodalpass
+from unlock_jax.models import variables as variables_lib
 from unlock_jax.train import loop
 from unlock_jax.train import optim
 from unlock_jax.train import steps
@@ -54,7 +55,7 @@ def run(config, workdir: str) -> dict:
   model = amodalpass.build(config.model)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   image_shape = (1, *config.input.crop_size, 3)  # params do not depend on batch
-  params_shape = steps.param_shapes(model, image_shape)
+  params_shape = variables_lib.param_shapes(model, image_shape)
   tx, schedule = optim.make(config.optim, total, params_shape)
   state = steps.init_state(model, tx, init_rng, image_shape, mesh)
 

@@ -15,26 +15,14 @@ import optax
 
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
+from unlock_jax.models import variables as variables_lib
 from unlock_jax.train import losses as losses_lib
-
-
-def init_variables(model, rng, image_shape: tuple[int, ...]) -> dict:
-  """``model.init`` on zeros (every rng stream seeded); params don't depend on batch."""
-  p_rng, d_rng = jax.random.split(rng)
-  return model.init({"params": p_rng, "dropout": d_rng, "sampling": d_rng},
-                    jnp.zeros(image_shape, jnp.float32), train=False)
-
-
-def param_shapes(model, image_shape: tuple[int, ...]):
-  """Abstract parameter tree (no compute), e.g. to build the optimiser."""
-  return jax.eval_shape(lambda r: init_variables(model, r, image_shape)["params"],
-                        jax.random.key(0))
 
 
 def init_state(model, tx, rng, image_shape: tuple[int, ...], mesh) -> dict:
   """Creates the replicated train state directly on the mesh."""
   def init(rng):
-    variables = init_variables(model, rng, image_shape)
+    variables = variables_lib.init_variables(model, rng, image_shape)
     params = variables["params"]
     return {"params": params,
             "batch_stats": variables.get("batch_stats", {}),
