@@ -294,12 +294,17 @@ def _npz_entries(arrays):
   return out
 
 
-def test_index_is_memory_mapped_not_read(tmp_path):
+def _built_index(tmp_path):
+  """The index of ``_write_case``: its path and its arrays read by ``np.load``."""
   cases = _write_case(tmp_path)
   out = str(tmp_path / "pool.npz")
   pool.build_index([pool.shard_path(str(tmp_path / "shards"), n) for n in cases], out)
   with np.load(out) as z:
-    want = {k: z[k] for k in z.files}
+    return out, {k: z[k] for k in z.files}
+
+
+def test_index_is_memory_mapped_not_read(tmp_path):
+  out, want = _built_index(tmp_path)
   idx = pool_index.PoolIndex.load(out)
   assert _index_entries(idx) == _npz_entries(want) and len(idx) > 1
 
@@ -320,11 +325,7 @@ def test_index_is_memory_mapped_not_read(tmp_path):
 
 
 def test_compressed_index_of_an_earlier_version_still_loads(tmp_path):
-  cases = _write_case(tmp_path)
-  out = str(tmp_path / "pool.npz")
-  pool.build_index([pool.shard_path(str(tmp_path / "shards"), n) for n in cases], out)
-  with np.load(out) as z:
-    want = {k: z[k] for k in z.files}
+  out, want = _built_index(tmp_path)
   old = str(tmp_path / "old.npz")
   np.savez_compressed(old, **want)
   idx = pool_index.PoolIndex.load(old)
@@ -333,9 +334,7 @@ def test_compressed_index_of_an_earlier_version_still_loads(tmp_path):
 
 
 def test_url_index_is_mapped_from_one_local_copy(tmp_path, gcs):
-  cases = _write_case(tmp_path)
-  out = str(tmp_path / "pool.npz")
-  pool.build_index([pool.shard_path(str(tmp_path / "shards"), n) for n in cases], out)
+  out, want = _built_index(tmp_path)
   url = f"{gcs.bucket}/run/adcl_pool/pool_index.npz"
   gcs.write(url, open(out, "rb").read())
   local = pool_index.local_copy(url)
@@ -344,5 +343,4 @@ def test_url_index_is_mapped_from_one_local_copy(tmp_path, gcs):
   assert isinstance(pool_index.PoolIndex.load(local).rgb(0), np.memmap)
   assert pool_index.local_copy(out) == out
   # Loaded straight from the URL, the index is read into memory.
-  with np.load(out) as z:
-    assert _index_entries(pool_index.PoolIndex.load(url)) == _npz_entries(z)
+  assert _index_entries(pool_index.PoolIndex.load(url)) == _npz_entries(want)
