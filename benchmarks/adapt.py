@@ -110,6 +110,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from tests.support.reference import get_bbox_coord  # noqa: E402
 from unlock_jax.data import adcl_paste  # noqa: E402
 from unlock_jax.data import keys  # noqa: E402
 from unlock_jax.data import packed_labels  # noqa: E402
@@ -216,20 +217,6 @@ def pl_instances(rng, h, w, s, n_modal=10, n_amodal=15, unc_frac=0.015):
 # ------------------------------------------------------------------ reference port
 
 
-def _ref_bbox(mask):
-  """``get_bbox_coord`` (L25-40)."""
-  hor = np.sum(mask, axis=0)
-  hor_idx = np.nonzero(hor)[0]
-  x = hor_idx[0]
-  width = hor_idx[-1] - x + 1
-  vert = np.sum(mask, axis=1)
-  vert_idx = np.nonzero(vert)[0]
-  y = vert_idx[0]
-  height = vert_idx[-1] - y + 1
-  x1, y1 = int(x), int(y)
-  return [x1, y1, x1 + int(width) - 1, y1 + int(height) - 1]
-
-
 def _ref_valid(box):
   x1, y1, x2, y2 = box
   return x1 < x2 and y1 < y2
@@ -305,7 +292,7 @@ class RefPaste:
       if not (mask == 1).sum() == 0:
         cat_class = cat_id // self.label_divisor
         if cat_class in self.thing_list:
-          box = _ref_bbox(mask)
+          box = get_bbox_coord(mask)
           if _ref_valid(box):
             gt_bboxes.append(box)
             gt_masks.append(mask.astype(np.uint8))
@@ -318,7 +305,7 @@ class RefPaste:
       if not (amask[hard_label_sem == 0] == 1).sum() == 0:
         acat_class = acat_id // self.label_divisor
         if acat_class in self.thing_list:
-          abox = _ref_bbox(amask)
+          abox = get_bbox_coord(amask)
           if _ref_valid(abox):
             gt_abboxes.append(abox)
             gt_amasks.append(amask.astype(np.uint8))
@@ -329,7 +316,7 @@ class RefPaste:
       h_mask[h_mask != 0] = 1
       if not (h_mask != 0).sum() == 0:
         if h_cls in self.thing_list:
-          h_box = _ref_bbox(h_mask)
+          h_box = get_bbox_coord(h_mask)
           if _ref_valid(h_box):
             gt_abboxes.append(h_box)
             gt_amasks.append(h_mask.astype(np.uint8))
