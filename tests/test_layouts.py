@@ -304,7 +304,8 @@ def test_wrong_panoptic_format(copy):
   path = os.path.join(copy, "KITTI360_APS/Panoptic/val/synthval_000000_panoptic.png")
   h, w = SIZES["source"]
   Image.fromarray(np.zeros((h, w), np.uint8)).save(path)
-  with pytest.raises(DataError, match=r"expected an RGB image"):
+  with pytest.raises(DataError, match=r"panoptic PNG has mode L, expected RGB .*"
+                                      r"synthval_000000_panoptic\.png"):
     kitti(copy, "val").load(0)
 
 
@@ -315,5 +316,6 @@ def test_bad_category(copy):
   pj["annotations"][0]["segments_info"][0]["category_id"] = 40
   with open(path, "w") as f:
     json.dump(pj, f)
-  with pytest.raises(DataError, match=r"category_id 40, expected 0\.\.17"):
+  with pytest.raises(DataError, match=r"category_id 40, outside the label table 0\.\.17 "
+                                      r"\(.*Panoptic/val\.json\)"):
     kitti(copy, "val")

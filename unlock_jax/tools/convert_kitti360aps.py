@@ -67,7 +67,6 @@ from unlock_jax import fileio
 from unlock_jax.data import labels
 from unlock_jax.data.layouts import amodalsynthdrive as asd
 from unlock_jax.data.layouts import common
-from unlock_jax.data.layouts import kitti360aps
 
 IMAGE_SUFFIXES = (".png", "_rgb.png", ".jpg", "_rgb.jpg", ".jpeg")
 CLASS_MAPS = {
@@ -197,14 +196,14 @@ def convert(release: str, split: str, out: str, class_map: dict,
                                 segmentation=[uncompressed_rle(amask)]))
     n_segments += len(segments)
     images.append(dict(id=image_id, file_name=name + ".png", width=w, height=h))
-    pan_anns.append(dict(image_id=image_id, file_name=name + kitti360aps.PANOPTIC_SUFFIX,
+    pan_anns.append(dict(image_id=image_id, file_name=name + common.PANOPTIC_SUFFIX,
                          segments_info=segments))
     dst = os.path.join(dirs["Image"], name + ".png")
     if image.lower().endswith(".png"):
       fileio.atomic_write_bytes(dst, epath.Path(image).read_bytes())
     else:
       _write_png(dst, common.read_rgb(image, "KITTI-360-APS image", (h, w)))
-    _write_png(os.path.join(dirs["Panoptic"], name + kitti360aps.PANOPTIC_SUFFIX),
+    _write_png(os.path.join(dirs["Panoptic"], name + common.PANOPTIC_SUFFIX),
                labels.id2rgb(pan))
     _write_png(os.path.join(dirs["Semantic"], name + ".png"), semantic)
     if image_id % 200 == 0:

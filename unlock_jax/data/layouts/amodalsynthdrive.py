@@ -96,11 +96,27 @@ CATEGORIES = tuple(dict(id=i, name=n, isthing=int(labels.is_thing(i)))
 
 def read_ampano(path: str) -> np.ndarray:
   """``_ampano.png`` (1-channel, 16-bit) → int32 [H,W] ids."""
-  arr = common.read_png(path, "amodal panoptic PNG", None)
+  im = common.open_image(path, "amodal panoptic PNG")
+  return ampano_ids(np.asarray(im), im.mode, path)
+
+
+def ampano_ids(arr: np.ndarray, mode: str, path: str) -> np.ndarray:
+  """The ids of an ``_ampano.png``'s pixels (``mode``: the file's PIL mode)."""
   if arr.ndim != 2:
-    raise common.DataError(f"amodal panoptic PNG {path} has shape {arr.shape}, expected a "
-                           "single-channel (uint16) image")
+    raise common.problem(path, f"amodal panoptic PNG has mode {mode}, expected one channel "
+                         "(16-bit)", "write it as a single-channel 16-bit PNG")
   return arr.astype(np.int32)
+
+
+def read_info(path: str) -> dict:
+  """``_ampano.json``: {str(instance id): {occluded, amodal_mask, ...}}."""
+  info = common.read_json(path, "amodal panoptic JSON", f"add {os.path.basename(path)} "
+                          "({instance id: {occluded, amodal_mask}}) or remove the label PNG")
+  if not isinstance(info, dict):
+    raise common.problem(path, f"amodal panoptic JSON is a {type(info).__name__}, expected "
+                         "an object keyed by instance id",
+                         'write {"<id*1000+k>": {occluded, amodal_mask}, ...}')
+  return info
 
 
 def decode_rle(rle, height: int, width: int, where: str) -> np.ndarray:
@@ -263,10 +279,7 @@ class Reader:
     image = common.fit_rgb(image, self.image_size)
     ids = read_ampano(it["ampano"])
     common.check_size(ids, it["ampano"], "amodal panoptic PNG", native)
-    info = common.read_json(it["json"], "amodal panoptic JSON")
-    if not isinstance(info, dict):
-      raise common.DataError(f"amodal panoptic JSON {it['json']} is a {type(info).__name__}, "
-                             "expected an object keyed by instance id")
+    info = read_info(it["json"])
     pan, segments, amodal = segments_from_ampano(ids, info, ASD_TO_TRAIN, it["ampano"],
                                                  it["json"])
     if native != self.image_size:

@@ -20,7 +20,6 @@ from unlock_jax import fileio
 from unlock_jax.data.layouts import common
 
 DEFAULT_SIZE = (400, 2048)  # (height, width) of BlendPASS panoramas
-PANOPTIC_SUFFIX = "_panoptic.png"
 HIDDEN_DIR = "_synth_gt"
 
 
@@ -69,20 +68,15 @@ class Reader:
     """Reads the panoptic and amodal JSONs and checks that every referenced file exists."""
     self.pan_json_path = os.path.join(base, "Panoptic", pano + ".json")
     pan = common.read_json(self.pan_json_path, "BlendPASS panoptic JSON")
-    common.require_keys(pan, ("annotations", "categories"), "panoptic JSON", self.pan_json_path)
+    annotations = common.panoptic_annotations(pan, self.pan_json_path)
     self.categories = pan["categories"]
     self.amodal_json_path = amodal_path
     self._amodal = common.amodal_index(common.read_json(amodal_path, "BlendPASS amodal JSON"),
                                        amodal_path)
     by_stem = {it["name"]: it for it in self._items}
     items, files = [], fileio.Listing()
-    for a in pan["annotations"]:
-      common.require_keys(a, ("file_name", "segments_info"), "annotation", self.pan_json_path)
+    for a, stem in annotations:
       fn = a["file_name"]
-      if not fn.endswith(PANOPTIC_SUFFIX):
-        raise common.DataError(f"annotation file_name {fn!r} in {self.pan_json_path} does not "
-                               f"end with {PANOPTIC_SUFFIX!r}")
-      stem = fn[:-len(PANOPTIC_SUFFIX)]
       if by_name:
         if stem not in by_stem:
           raise common.DataError(f"{self.pan_json_path} references {fn}, but there is no "
@@ -97,7 +91,9 @@ class Reader:
                          (it["instance"], "instance PNG")):
         if not files.has(path):
           raise common.DataError(f"{self.pan_json_path} references a missing {what} {path}")
-      common.check_segments(a["segments_info"], self.pan_json_path)
+      # Thing ids class*1000+k: BlendPASS val's amodal PQ relies on them.
+      common.check_segments(a["segments_info"], self.pan_json_path, stem,
+                            strict_ids=not by_name)
       it["segments"] = a["segments_info"]
       items.append(it)
     if by_name:
@@ -127,10 +123,7 @@ class Reader:
     # Reference: an image absent from the amodal JSON has no amodal annotations.
     gt = common.build_gt(pan, it["segments"], self._amodal.get(it["key"], {}),
                          self.pan_json_path, it["name"])
-    inst = common.read_png(it["instance"], "BlendPASS instance PNG", self.image_size)
-    if inst.ndim != 2:
-      raise common.DataError(f"BlendPASS instance PNG {it['instance']} has shape {inst.shape}, "
-                             "expected a single-channel image")
+    inst = common.read_instance_ids(it["instance"], "BlendPASS instance PNG", self.image_size)
     return dict(name=it["name"], image=image, semantic=gt["semantic"], panoptic=pan,
                 segments=gt["segments"], categories=self.categories,
-                instance_ids=inst.astype(np.int32), modal=gt["modal"], amodal=gt["amodal"])
+                instance_ids=inst, modal=gt["modal"], amodal=gt["amodal"])

@@ -1,4 +1,8 @@
-"""Shared pieces of the data-set readers: errors, checked file reading, GT building, padding.
+"""Shared pieces of the data-set readers: the files' rules, GT building, padding.
+
+Every rule about the files (JSON structure, label values, image modes) lives
+here once: readers raise its first problem (``strict``), ``check_data``
+lists them all with their fixes (``tools/layout_checks.py``).
 
 Ground truth follows the reference (``GenAPSKITTIAmodalLabelsForMaskFormer``,
 docs/method.md §8.1): semantic starts at 255 and every non-crowd
@@ -12,13 +16,11 @@ the *inclusive* last column/row index, so a 1-px-wide mask has x1 == x2.
 """
 import json
 import logging
-import os
 
 from etils import epath
 import numpy as np
 from PIL import Image
 
-from unlock_jax import fileio
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 
@@ -26,40 +28,73 @@ _log = logging.getLogger(__name__)
 _warned_truncation = False
 
 
+PANOPTIC_SUFFIX = "_panoptic.png"  # COCO panoptic file_name: <image stem>_panoptic.png
+LABEL_FIX = ("use the 18 K2B train ids 0..17 (things 11..17; table in "
+             "unlock_jax/data/labels.py and docs/formats.md §1)")
+
+
 class DataError(ValueError):
-  """A data set file is missing, unreadable, malformed or of the wrong size."""
+  """A data set file is missing, unreadable, malformed or of the wrong size.
+
+  Also one finding of a rule below, with the parts ``tools/check_data.py``
+  lists: ``path``, ``text``, ``fix`` and ``severity``. A rule that finds one
+  problem raises it; a rule that finds several hands each to ``report``:
+  the readers' :func:`strict` raises the first error (warnings are what the
+  readers tolerate), check_data collects them all.
+  """
+
+  def __init__(self, message: str, *, path="", text: str = "", fix: str = "",
+               severity: str = "error"):
+    super().__init__(message)
+    self.path, self.text, self.fix, self.severity = str(path), text or message, fix, severity
 
 
-def open_image(path: str, what: str) -> Image.Image:
+def problem(path, text: str, fix: str, *, severity: str = "error",
+            message: str = "") -> DataError:
+  """A finding about ``path``; readers' message: ``message``, else ``text (path)``."""
+  return DataError(message or f"{text} ({path})", path=path, text=text, fix=fix,
+                   severity=severity)
+
+
+def strict(found: DataError) -> None:
+  """The readers' ``report``: raise an error, tolerate a warning."""
+  if found.severity == "error":
+    raise found
+
+
+def _unreadable(path, what: str, e: Exception, missing_fix: str) -> DataError:
+  if isinstance(e, FileNotFoundError):
+    return problem(path, f"missing {what}", missing_fix, message=f"missing {what} {path}")
+  return problem(path, f"cannot read {what}: {e}", "replace the file with an intact copy",
+                 message=f"cannot read {what} {path}: {e}")
+
+
+def open_image(path: str, what: str, missing_fix: str = "add the file") -> Image.Image:
   """A whole decoded image (a truncated file fails here); DataError naming the file."""
   try:
     with epath.Path(path).open("rb") as f:
       im = Image.open(f)
       im.load()  # decoded while the file is open
       return im
-  except FileNotFoundError as e:
-    raise DataError(f"missing {what} {path}") from e
-  except (OSError, ValueError, SyntaxError) as e:
-    raise DataError(f"cannot read {what} {path}: {e}") from e
+  except (OSError, ValueError, SyntaxError) as e:  # FileNotFoundError included
+    raise _unreadable(path, what, e, missing_fix) from e
 
 
-def read_json(path: str, what: str):
+def read_json(path: str, what: str, missing_fix: str = "add the file"):
   """Loads a JSON file, raising DataError naming ``what`` and the path on any problem."""
   try:
-    return json.loads(epath.Path(path).read_text())
+    text = epath.Path(path).read_text()
   except FileNotFoundError as e:
-    raise DataError(f"missing {what} {path}") from e
+    raise _unreadable(path, what, e, missing_fix) from e
   except (OSError, ValueError) as e:  # UnicodeDecodeError included
-    raise DataError(f"cannot parse {what} {path}: {e}") from e
-
-
-def require_keys(obj, names, what: str, path: str):
-  """Checks that a JSON object has the given keys."""
-  if not isinstance(obj, dict):
-    raise DataError(f"{what} in {path} is a {type(obj).__name__}, expected an object")
-  for k in names:
-    if k not in obj:
-      raise DataError(f"{what} in {path} has no '{k}' field")
+    err = e
+  else:
+    try:
+      return json.loads(text)
+    except ValueError as e:
+      err = e
+  raise problem(path, f"cannot parse {what}: {err}", "rewrite it as valid JSON (UTF-8)",
+                message=f"cannot parse {what} {path}: {err}")
 
 
 def check_size(array: np.ndarray, path: str, what: str, size) -> tuple:
@@ -72,12 +107,18 @@ def check_size(array: np.ndarray, path: str, what: str, size) -> tuple:
 
 def read_png(path: str, what: str, size, mode: str | None = None) -> np.ndarray:
   """Reads an image file into numpy (optionally converting mode), checking its size."""
+  return _read_png(path, what, size, mode)[0]
+
+
+def _read_png(path: str, what: str, size, mode: str | None = None) -> tuple:
+  """(array, the file's PIL mode)."""
   im = open_image(path, what)
+  file_mode = im.mode
   if mode is not None and im.mode != mode:
     im = im.convert(mode)
   arr = np.array(im)
   check_size(arr, path, what, size)
-  return arr
+  return arr, file_mode
 
 
 def fit_rgb(image: np.ndarray, size) -> np.ndarray:
@@ -93,10 +134,8 @@ def read_png_size(path: str, what: str) -> tuple:
   try:
     with epath.Path(path).open("rb") as f, Image.open(f) as im:
       w, h = im.size
-  except FileNotFoundError as e:
-    raise DataError(f"missing {what} {path}") from e
   except (OSError, ValueError, SyntaxError) as e:
-    raise DataError(f"cannot read {what} {path}: {e}") from e
+    raise _unreadable(path, what, e, "add the file") from e
   return h, w
 
 
@@ -107,27 +146,184 @@ def read_rgb(path: str, what: str, size) -> np.ndarray:
 
 def read_panoptic(path: str, what: str, size) -> np.ndarray:
   """RGB id-encoded panoptic PNG → int32 ids (``R + 256 G + 256² B``)."""
-  arr = read_png(path, what, size)
+  return panoptic_ids(*_read_png(path, what, size), path)
+
+
+def panoptic_ids(arr: np.ndarray, mode: str, path: str) -> np.ndarray:
+  """The ids of a panoptic PNG's pixels (``mode``: the file's PIL mode)."""
   if arr.ndim != 3 or arr.shape[2] != 3:
-    raise DataError(f"{what} {path} has shape {arr.shape}, expected an RGB image (H,W,3)")
+    raise problem(path, f"panoptic PNG has mode {mode}, expected RGB (id = R + 256 G + "
+                  "256^2 B)", "write the panoptic PNG as 8-bit RGB")
   return labels.rgb2id(arr)
 
 
-def amodal_index(amodal_json: dict, path: str) -> dict:
-  """Reference ``make_json_dict``: image file_name → {annotation id: annotation}."""
-  require_keys(amodal_json, ("images", "annotations"), "amodal JSON", path)
-  names = {}
-  for img in amodal_json["images"]:
-    require_keys(img, ("id", "file_name"), "image entry", path)
-    names[img["id"]] = img["file_name"]
-  out = {n: {} for n in names.values()}
-  for a in amodal_json["annotations"]:
-    require_keys(a, ("id", "image_id", "segmentation"), "annotation", path)
-    if a["image_id"] not in names:
-      raise DataError(f"annotation {a['id']} in {path} refers to image_id {a['image_id']}, "
-                      "which is not in its 'images'")
-    out[names[a["image_id"]]][a["id"]] = a
+def read_instance_ids(path: str, what: str, size, report=strict) -> np.ndarray | None:
+  """An instance PNG (train id for stuff, class*1000+k for things, 255 void) → int32 ids.
+
+  Values outside that table go to ``report``; None if the PNG has no single channel.
+  """
+  arr, mode = _read_png(path, what, size)
+  return instance_ids(arr, mode, path, report)
+
+
+def instance_ids(arr: np.ndarray, mode: str, path: str, report=strict) -> np.ndarray | None:
+  """The ids of an instance PNG's pixels (``mode``: the file's PIL mode); see above."""
+  if arr.ndim != 2:
+    report(problem(path, f"instance PNG has mode {mode}, expected one channel (16-bit)",
+                   "write it as a single-channel 16-bit PNG"))
+    return None
+  values, counts = np.unique(arr.astype(np.int64), return_counts=True)
+  cls = np.where(values >= labels.LABEL_DIVISOR, values // labels.LABEL_DIVISOR, values)
+  good = np.where(values >= labels.LABEL_DIVISOR, labels.is_thing(cls)
+                  & (values % labels.LABEL_DIVISOR >= 1),
+                  (values < labels.NUM_CLASSES) | (values == labels.IGNORE))
+  if not good.all():
+    bad = ", ".join(f"{v} ({c} px)" for v, c in zip(values[~good][:5], counts[~good][:5]))
+    report(problem(path, f"instance PNG values {bad} are outside the label table",
+                   "pixels are train ids 0..17, 255 (void) or class*1000+k for the thing "
+                   "classes 11..17"))
+  return arr.astype(np.int32)
+
+
+# --- the JSON files' rules: each finding goes to ``report`` -----------------------------
+
+
+def check_categories(cats, path: str, report=strict) -> None:
+  """A panoptic JSON's ``categories``: ids in the label table, ``isthing`` as the table's."""
+  if not isinstance(cats, list):
+    report(problem(path, "'categories' is not a list",
+                   "list the 18 classes as {id, name, isthing}"))
+    return
+  seen = set()
+  for c in cats:
+    if not isinstance(c, dict) or "id" not in c:
+      report(problem(path, f"category entry {c!r} has no 'id'", "give every category an id"))
+      continue
+    cid = c["id"]
+    if not isinstance(cid, int) or not 0 <= cid < labels.NUM_CLASSES:
+      report(problem(path, f"category id {cid!r} is outside the label table 0..17", LABEL_FIX))
+      continue
+    seen.add(cid)
+    if "isthing" in c and bool(c["isthing"]) != bool(labels.is_thing(cid)):
+      kind = "thing" if labels.is_thing(cid) else "stuff"
+      report(problem(path, f"category {cid} ({labels.CLASS_NAMES[cid]}) has isthing="
+                     f"{c['isthing']}, but it is a {kind} class",
+                     "set isthing to 1 for ids 11..17 and 0 for ids 0..10"))
+  missing = sorted(set(range(labels.NUM_CLASSES)) - seen)
+  if missing:
+    report(problem(path, f"'categories' lacks ids {missing}",
+                   "list all 18 classes (PQ averages over the listed categories)",
+                   severity="warning"))
+
+
+def panoptic_annotations(pan, path: str, fix: str = "", report=strict) -> list | None:
+  """A COCO panoptic JSON's usable annotations as (annotation, image stem) pairs.
+
+  None if it has no ``annotations`` and ``categories`` (``fix``: where to get them).
+  """
+  if not isinstance(pan, dict) or not {"annotations", "categories"} <= set(pan):
+    report(problem(path, "panoptic JSON needs 'annotations' and 'categories'",
+                   fix or "write it in the COCO panoptic format (docs/formats.md §2)"))
+    return None
+  check_categories(pan["categories"], path, report)
+  out = []
+  for a in pan["annotations"]:
+    if not isinstance(a, dict) or not {"file_name", "segments_info"} <= set(a):
+      report(problem(path, f"annotation {str(a)[:80]} needs 'file_name' and 'segments_info'",
+                     "complete the annotation"))
+    elif not str(a["file_name"]).endswith(PANOPTIC_SUFFIX):
+      report(problem(path, f"annotation file_name {a['file_name']!r} does not end with "
+                     f"{PANOPTIC_SUFFIX!r}", "name panoptic PNGs <image stem>_panoptic.png"))
+    else:
+      out.append((a, a["file_name"][:-len(PANOPTIC_SUFFIX)]))
   return out
+
+
+def check_segments(segments, path: str, stem: str, report=strict,
+                   strict_ids: bool = False) -> bool:
+  """Fields, ids and label values of one ``segments_info``; False if it is unusable.
+
+  ``strict_ids``: a thing segment's id must be class*1000+k (an error; else a
+  warning), as BlendPASS val's amodal PQ assumes.
+  """
+  if not isinstance(segments, list):
+    report(problem(path, f"segments_info of {stem} is not a list",
+                   "write segments_info as a list of segments"))
+    return False
+  ok, ids = True, set()
+  for s in segments:
+    if not isinstance(s, dict) or not {"id", "category_id", "iscrowd"} <= set(s):
+      report(problem(path, f"segment {str(s)[:80]} of {stem} needs 'id', 'category_id' and "
+                     "'iscrowd'", "complete the segment"))
+      ok = False
+      continue
+    sid, cat = s["id"], s["category_id"]
+    if sid in ids:
+      report(problem(path, f"segment id {sid} appears twice in {stem}",
+                     "give every segment of an image its own id"))
+    ids.add(sid)
+    if not isinstance(cat, int) or not 0 <= cat < labels.NUM_CLASSES:
+      report(problem(path, f"segment {sid} of {stem} has category_id {cat!r}, outside the "
+                     "label table 0..17", LABEL_FIX))
+      ok = False
+      continue
+    if labels.is_thing(cat) and not s["iscrowd"] and not (
+        sid // labels.LABEL_DIVISOR == cat and sid % labels.LABEL_DIVISOR >= 1):
+      report(problem(path, f"thing segment {sid} of {stem} (category {cat}) does not have "
+                     f"the id {cat}*1000+k", "number thing segments class*1000 + k, k >= 1 "
+                     "(docs/formats.md §1)", severity="error" if strict_ids else "warning"))
+  return ok
+
+
+def _polygon_problem(seg) -> str | None:
+  if isinstance(seg, dict):
+    return None if {"size", "counts"} <= set(seg) else "RLE segmentation lacks size/counts"
+  if not isinstance(seg, list):
+    return f"segmentation is a {type(seg).__name__}, not a list of polygons"
+  for poly in seg:
+    if isinstance(poly, dict):  # uncompressed RLE, as pycocotools' frPyObjects takes it
+      if not {"size", "counts"} <= set(poly):
+        return "RLE segmentation lacks size/counts"
+    elif (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
+        or not all(isinstance(v, (int, float)) and np.isfinite(v) for v in poly)):
+      return f"polygon {str(poly)[:60]} is not an even list of >= 6 finite numbers"
+  return None
+
+
+def amodal_index(amodal, path: str, report=strict) -> dict | None:
+  """Reference ``make_json_dict``: image file_name → {annotation id: annotation}.
+
+  None if the JSON has no ``images`` and ``annotations``.
+  """
+  if not isinstance(amodal, dict) or not {"images", "annotations"} <= set(amodal):
+    report(problem(path, "amodal JSON needs 'images' and 'annotations' lists",
+                   "write it in the COCO instance format (images[{id, file_name}], "
+                   "annotations[{id, image_id, segmentation}])"))
+    return None
+  names, index = {}, {}
+  for img in amodal["images"]:
+    if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+      report(problem(path, f"image entry {img!r} needs 'id' and 'file_name'",
+                     "give every image entry its id and file_name"))
+      continue
+    names[img["id"]] = img["file_name"]
+    index.setdefault(img["file_name"], {})
+  for a in amodal["annotations"]:
+    if not isinstance(a, dict) or not {"id", "image_id", "segmentation"} <= set(a):
+      report(problem(path, f"annotation {str(a)[:80]} needs 'id', 'image_id' and "
+                     "'segmentation'", "complete the annotation"))
+      continue
+    if a["image_id"] not in names:
+      report(problem(path, f"annotation {a['id']} refers to image_id {a['image_id']!r}, "
+                     "which is not in 'images'", "add the image entry or remove the annotation"))
+      continue
+    bad = _polygon_problem(a["segmentation"])
+    if bad:
+      report(problem(path, f"annotation {a['id']} ({names[a['image_id']]}): {bad}",
+                     "write polygons as [[x1, y1, x2, y2, x3, y3, ...], ...] with at least "
+                     "3 points each (or a COCO RLE {size, counts})"))
+    index[names[a["image_id"]]][a["id"]] = a
+  return index
 
 
 def decode_polygons(segmentation, height: int, width: int) -> np.ndarray:
@@ -145,15 +341,6 @@ def _valid_box(mask: np.ndarray) -> bool:
   cols = np.flatnonzero(mask.any(0))
   rows = np.flatnonzero(mask.any(1))
   return cols.size > 0 and cols[-1] > cols[0] and rows[-1] > rows[0]
-
-
-def check_segments(segments, path: str):
-  """Validates ``segments_info`` entries (fields and category ids)."""
-  for s in segments:
-    require_keys(s, ("id", "category_id", "iscrowd"), "segment", path)
-    if not 0 <= int(s["category_id"]) < labels.NUM_CLASSES:
-      raise DataError(f"segment {s['id']} in {path} has category_id {s['category_id']}, "
-                      f"expected 0..{labels.NUM_CLASSES - 1}")
 
 
 def build_gt(panoptic: np.ndarray, segments: list, amodal_anns: dict, json_path: str,

@@ -16,7 +16,6 @@ from unlock_jax.data import labels
 from unlock_jax.data.layouts import common
 
 DEFAULT_SIZE = (376, 1408)  # (height, width) of KITTI-360 APS images
-PANOPTIC_SUFFIX = "_panoptic.png"
 
 
 class Reader:
@@ -34,19 +33,14 @@ class Reader:
     self.pan_json_path = os.path.join(root, "Panoptic", f"{split}.json")
     self.amodal_json_path = os.path.join(root, "annotations", f"{split}.json")
     pan = common.read_json(self.pan_json_path, "KITTI-360 APS panoptic JSON")
-    common.require_keys(pan, ("annotations", "categories"), "panoptic JSON", self.pan_json_path)
+    annotations = common.panoptic_annotations(pan, self.pan_json_path)
     self.categories = pan["categories"]
     amodal = common.read_json(self.amodal_json_path, "KITTI-360 APS amodal JSON")
     self._amodal = common.amodal_index(amodal, self.amodal_json_path)
     self._items = []
     files = fileio.Listing()
-    for a in pan["annotations"]:
-      common.require_keys(a, ("file_name", "segments_info"), "annotation", self.pan_json_path)
+    for a, name in annotations:
       fn = a["file_name"]
-      if not fn.endswith(PANOPTIC_SUFFIX):
-        raise common.DataError(f"annotation file_name {fn!r} in {self.pan_json_path} does not end "
-                               f"with {PANOPTIC_SUFFIX!r}")
-      name = fn[:-len(PANOPTIC_SUFFIX)]
       image = os.path.join(root, "Image", split, name + ".png")
       pano = os.path.join(root, "Panoptic", split, fn)
       for path, what in ((image, "image"), (pano, "panoptic PNG")):
@@ -55,7 +49,7 @@ class Reader:
       if name + ".png" not in self._amodal:
         raise common.DataError(f"{self.amodal_json_path} has no image {name}.png "
                                f"(listed in {self.pan_json_path})")
-      common.check_segments(a["segments_info"], self.pan_json_path)
+      common.check_segments(a["segments_info"], self.pan_json_path, name)
       self._items.append(dict(name=name, image=image, panoptic=pano,
                               segments=a["segments_info"]))
     self.names = [it["name"] for it in self._items]
