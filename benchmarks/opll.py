@@ -5,7 +5,7 @@
 
 1. Threshold computation on the same synthetic 400x2048 prediction sets, written once
    into a temp dir in both formats:
-   * ours: the two exact passes of the ``opll`` stage (``compute_thresholds``): pass 1
+   * ours: the two exact passes of the ``opll`` stage (``pseudo/opll.compute_thresholds``): pass 1
      ``store.load_blocks`` per entry (pixel counts per class and 1024-code block, and
      the detection scores; the file's first ~10 kB), ``BlockCounts.add`` +
      ``ScoreLists.add``; ``BlockCounts.locate`` finds each class's quantile block;
@@ -31,10 +31,10 @@
    distinct ones of step 1), in a fresh subprocess: wall/CPU time and peak RSS (<= 2 GB).
 3. Store bytes per panorama vs the reference's files (59 MB semantic map + the two
    pickled detection lists).
-4. ``--predict``: panoramas/s of ``inference.predict_fn`` for the small full model of
+4. ``--predict``: panoramas/s of the ``panorama`` predict function (``models/predict.py``) for the small full model of
    configs/synth/source_full.py (random init) on 100x512 panoramas, batch 4, after a
    warm-up, plus the store write time per panorama; ``--b5`` the same for the B5 model
-   (``common.base().model`` with instance heads) on 400x2048, with the device's
+   (``default.get_config().model`` with instance heads) on 400x2048, with the device's
    ``peak_bytes_in_use`` on an accelerator (not run by default; very slow on CPU).
 
 Synthetic maps: softmax of bilinearly upsampled smooth stride-4 logits with sharp-edged
@@ -299,7 +299,7 @@ def generate_large(store_src, store_dst, n, distinct):
 def run_ours(store_dir, n, mode="two-level"):
   """The threshold pass of the ``opll`` stage (one process, no resume file).
 
-  ``two-level``: as the stage does it (``stages.opll.compute_thresholds``):
+  ``two-level``: as the stage does it (``pseudo/opll.compute_thresholds``):
   pass 1 ``store.load_blocks`` per entry (block counts and scores) +
   ``BlockCounts.add`` + ``ScoreLists.add``; ``locate``; pass 2
   ``store.load_fine`` (the <= 18 chosen code blocks) + ``FineCounts.add``;
@@ -639,17 +639,18 @@ def _report_ours(what, o, rss):
 
 def bench_predict(b5, batch, runs):
   import jax  # pylint: disable=g-import-not-at-top
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
   from configs.synth import source_full  # pylint: disable=g-import-not-at-top
   from unlock_jax import sharding as shd  # pylint: disable=g-import-not-at-top
   from unlock_jax.models import amodalpass  # pylint: disable=g-import-not-at-top
-  from unlock_jax.pseudo import inference  # pylint: disable=g-import-not-at-top
+  from unlock_jax import inference  # pylint: disable=g-import-not-at-top
+  from unlock_jax.models import predict as predict_lib  # pylint: disable=g-import-not-at-top
   from unlock_jax.models import variables as variables_lib  # pylint: disable=g-import-not-at-top
 
   if b5:
-    model_cfg = common.base().model
+    model_cfg = default.get_config().model
     model_cfg.instance_heads = True
-    h, w, what = H, W, "B5 (common.base().model, instance heads)"
+    h, w, what = H, W, "B5 (default.get_config().model, instance heads)"
   else:
     model_cfg = source_full.get_config().model
     h, w, what = 100, 512, "small full model (configs/synth/source_full.py)"
@@ -657,7 +658,7 @@ def bench_predict(b5, batch, runs):
   mesh = shd.make_mesh()
   variables = jax.jit(lambda r: variables_lib.init_variables(model, r, (1, h, w, 3)))(
       jax.random.key(0))
-  fn = inference.predict_fn(model, mesh)
+  fn = predict_lib.jit_predict_fns(model, mesh)["panorama"]
   rng = np.random.default_rng(0)
   images = [shd.put_batch({"image": rng.standard_normal((batch, h, w, 3)).astype(np.float32)},
                           mesh)["image"] for _ in range(2)]

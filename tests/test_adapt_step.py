@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.support import reference
 from tests.support.jit_traces import max_traces
 from unlock_jax import constants
 from unlock_jax import sharding as shd
@@ -37,6 +38,7 @@ from unlock_jax.data.layouts.common import boxes_from_masks
 from unlock_jax.models import amodalpass
 from unlock_jax.models import defaults
 from unlock_jax.models import layers
+from unlock_jax.models import predict as predict_lib
 from unlock_jax.models import variables as variables_lib
 from unlock_jax.train import adapt, optim
 
@@ -137,23 +139,6 @@ def _momentum(old, *batch_values):
   for b in batch_values:
     old = MOMENTUM * old + (1.0 - MOMENTUM) * b
   return old
-
-
-def _np_resize_bilinear(x, size):
-  """torch F.interpolate(bilinear, align_corners=False) of NHWC, float64."""
-  def axis_weights(n_in, n_out):
-    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    f = src - i0
-    m = np.zeros((n_out, n_in))
-    np.add.at(m, (np.arange(n_out), i0), 1 - f)
-    np.add.at(m, (np.arange(n_out), i1), f)
-    return m
-  x = np.asarray(x, np.float64)
-  my = axis_weights(x.shape[1], size[0])
-  mx = axis_weights(x.shape[2], size[1])
-  return np.einsum("yi,bijc,xj->byxc", my, x, mx)
 
 
 def _np_softmax(z):
@@ -339,8 +324,8 @@ def test_teacher_uses_batch_statistics_not_stored_ones(sem):
 
   @jax.jit
   def views(params, bs, bs_pert, x):
-    teacher = adapt.teacher_labels(sem.model, params, bs, x)
-    teacher_pert = adapt.teacher_labels(sem.model, params, bs_pert, x)
+    teacher = predict_lib.teacher_labels(sem.model, params, bs, x)
+    teacher_pert = predict_lib.teacher_labels(sem.model, params, bs_pert, x)
     # Running-average (eval) forward with the perturbed statistics.
     evl = sem.model.apply({"params": params, "batch_stats": bs_pert}, x, train=False)
     with nn.intercept_methods(batchnorm_from_batch):
@@ -353,14 +338,14 @@ def test_teacher_uses_batch_statistics_not_stored_ones(sem):
   np.testing.assert_array_equal(lab, lab_p)
   np.testing.assert_allclose(conf, conf_p, rtol=1e-6, atol=1e-7)
   assert eps, "no BatchNorm intercepted"
-  probs = _np_softmax(_np_resize_bilinear(ref_logits, (H, W)))
+  probs = _np_softmax(reference.resize_bilinear(ref_logits, (H, W)))
   np.testing.assert_allclose(conf, probs.max(-1), rtol=1e-4, atol=1e-5)
   top2 = np.sort(probs, -1)[..., -2:]
   clear = top2[..., 1] - top2[..., 0] > 1e-4
   assert clear.mean() > 0.95
   np.testing.assert_array_equal(lab[clear], probs.argmax(-1)[clear])
   # ... and not the running-average forward.
-  probs_eval = _np_softmax(_np_resize_bilinear(evl, (H, W)))
+  probs_eval = _np_softmax(reference.resize_bilinear(evl, (H, W)))
   assert np.abs(probs_eval.max(-1) - conf).max() > 1e-2
   assert (probs_eval.argmax(-1) != lab).mean() > 0.05
   assert lab.shape == conf.shape == (B, H, W) and lab.dtype == np.int32

@@ -22,7 +22,7 @@ import pytest
 from configs import demo
 from unlock_jax import checkpoint
 from unlock_jax import sharding as shd
-from unlock_jax.pseudo import inference
+from unlock_jax import inference
 from unlock_jax.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

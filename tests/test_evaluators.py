@@ -31,15 +31,18 @@ def _cfg(root, make=common.semantic_eval, **kwargs):
               **kwargs)
 
 
-def _fake_predict(kind):
-  """Predicts class (row index mod 18) everywhere: deterministic, not the GT."""
-  def make(model, mesh):
-    def predict(variables, image):
-      b, h, w, _ = image.shape
-      sem = jnp.broadcast_to((jnp.arange(h) % 18)[None, :, None], (b, h, w)).astype(jnp.int32)
-      return sem if kind == "semantic" else {"sem": sem}
-    return jax.jit(predict, out_shardings=shd.data_sharding(mesh))
-  return make
+def _fake_predict_fns(mesh):
+  """Predicts class (row index mod 18) everywhere: deterministic, not the GT.
+
+  What ``models/predict.jit_predict_fns`` gives the evaluators: the
+  argmax under ``semantic`` (uint8), here without detections.
+  """
+  def predict(variables, image):
+    b, h, w, _ = image.shape
+    sem = jnp.broadcast_to((jnp.arange(h) % 18)[None, :, None], (b, h, w))
+    return {"semantic": sem.astype(jnp.uint8)}
+  fn = jax.jit(predict, out_shardings=shd.data_sharding(mesh))
+  return {"semantic": fn, "oass": fn}
 
 
 def _expected(root, cfg):
@@ -57,16 +60,14 @@ def _expected(root, cfg):
   return sem_acc.result(), oass.result(), len(reader)
 
 
-def test_semantic_and_oass_evaluators_match_direct_accumulation(root, tmp_path, monkeypatch,
-                                                                capsys):
+def test_semantic_and_oass_evaluators_match_direct_accumulation(root, tmp_path, capsys):
   mesh = shd.make_mesh()
-  monkeypatch.setattr(evaluators, "semantic_predict_fn", _fake_predict("semantic"))
-  monkeypatch.setattr(evaluators, "oass_predict_fn", _fake_predict("oass"))
+  fns = _fake_predict_fns(mesh)
   cfg = _cfg(root)
   sem_ref, oass_ref, n = _expected(root, cfg)
   assert n % 4 != 0, "the split should not fill whole batches (padding is under test)"
 
-  ev = evaluators.from_config("val", cfg, model=None, mesh=mesh, workdir=str(tmp_path))
+  ev = evaluators.from_config("val", cfg, predict_fns=fns, mesh=mesh, workdir=str(tmp_path))
   got = dict(ev.run({}))
   assert got["mIoU"] == pytest.approx(sem_ref["mIoU"])
   for c, name in enumerate(labels.CLASS_NAMES):  # only classes in GT or prediction
@@ -83,7 +84,7 @@ def test_semantic_and_oass_evaluators_match_direct_accumulation(root, tmp_path, 
   ocfg.pictures_dir = str(tmp_path / "pics")
   assert (ocfg.stuff_area, ocfg.min_region_size) == (32, 2)
   ocfg.stuff_area, ocfg.min_region_size = 10, 5
-  ev = evaluators.from_config("val", ocfg, model=None, mesh=mesh, workdir=str(tmp_path))
+  ev = evaluators.from_config("val", ocfg, predict_fns=fns, mesh=mesh, workdir=str(tmp_path))
   got = dict(ev.run({}))
   for k in report.HEADLINE + ("AP50", "AAP50"):
     assert got[k] == pytest.approx(oass_ref[k]), k
@@ -94,7 +95,7 @@ def test_semantic_and_oass_evaluators_match_direct_accumulation(root, tmp_path, 
   # Two named runs in the same folder (evaluate's source_only and UNLOCK): each
   # run's pictures keep their own names; none overwrites another's.
   for run in ("source_only", "UNLOCK"):
-    named = evaluators.from_config("val", ocfg, model=None, mesh=mesh,
+    named = evaluators.from_config("val", ocfg, predict_fns=fns, mesh=mesh,
                                    workdir=str(tmp_path), run=run)
     dict(named.run({}))
     assert [n for n, _ in named.pictures] == [f"{run}_{n}" for n, _ in ev.pictures]
@@ -124,9 +125,9 @@ def test_padding_rows_are_skipped_by_their_mask(root, tmp_path, monkeypatch):
       yield batch
 
   monkeypatch.setattr(pipeline, "eval_batches", batches_with_decoys)
-  monkeypatch.setattr(evaluators, "oass_predict_fn", _fake_predict("oass"))
   ocfg = _cfg(root, common.oass_eval)
-  ev = evaluators.from_config("val", ocfg, model=None, mesh=shd.make_mesh(),
+  mesh = shd.make_mesh()
+  ev = evaluators.from_config("val", ocfg, predict_fns=_fake_predict_fns(mesh), mesh=mesh,
                               workdir=str(tmp_path))
   dict(ev.run({}))
   assert ev.result["num_images"] == len(ev.reader) == 3
@@ -136,7 +137,7 @@ def test_unknown_evaluator_type_is_named(root, tmp_path):
   cfg = _cfg(root)
   cfg.type = "mystery"
   with pytest.raises(ValueError, match="config.evals.val.type='mystery'"):
-    evaluators.from_config("val", cfg, model=None, mesh=shd.make_mesh(),
+    evaluators.from_config("val", cfg, predict_fns={}, mesh=shd.make_mesh(),
                            workdir=str(tmp_path))
 
 

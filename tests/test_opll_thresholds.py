@@ -340,12 +340,11 @@ def test_two_level_helpers_and_errors():
 
 
 def test_stage_compute_thresholds_two_passes_and_rerun(tmp_path, monkeypatch):
-  """``stages.opll.compute_thresholds`` on a store of three entries equals the full
+  """``pseudo/opll.compute_thresholds`` on a store of three entries equals the full
   histogram; a rerun with the same fingerprint does not read the store."""
-  import types  # pylint: disable=g-import-not-at-top
   from tests.support import maps  # pylint: disable=g-import-not-at-top
   from unlock_jax.pseudo import store  # pylint: disable=g-import-not-at-top
-  from unlock_jax.stages import opll  # pylint: disable=g-import-not-at-top
+  from unlock_jax.pseudo import opll  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(13)
   d, out = str(tmp_path / "store"), str(tmp_path / "out")
   full, scores = th.SemanticHistogram(), th.ScoreLists()
@@ -358,8 +357,7 @@ def test_stage_compute_thresholds_two_passes_and_rerun(tmp_path, monkeypatch):
     scores.add(dets["classes"], dets["scores"])
   names = store.list_predictions(d)
   for p in (0.8, 0.1):
-    cfg = types.SimpleNamespace(semantic=types.SimpleNamespace(p=p))
-    acc = opll.compute_thresholds(d, names, out, cfg, f"fp{p}")
+    acc = opll.compute_thresholds(d, names, out, p, f"fp{p}")
     assert acc["semantic"].thresholds(p, 0.5) == full.thresholds(p, 0.5)
     assert acc["semantic"].thresholds(p, 1.0) == full.thresholds(p, 1.0)
     assert acc["modal"].thresholds(0.3, 0.5) == scores.thresholds(0.3, 0.5)
@@ -369,7 +367,7 @@ def test_stage_compute_thresholds_two_passes_and_rerun(tmp_path, monkeypatch):
     raise AssertionError("a finished threshold computation must not read the store again")
   monkeypatch.setattr(store, "load_blocks", boom)
   monkeypatch.setattr(store, "load_fine", boom)
-  again = opll.compute_thresholds(d, names, out, cfg, "fp0.1")
+  again = opll.compute_thresholds(d, names, out, 0.1, "fp0.1")
   assert again["semantic"].thresholds(0.1, 0.5) == full.thresholds(0.1, 0.5)
   with pytest.raises(AssertionError, match="must not read"):  # another fingerprint
-    opll.compute_thresholds(d, names, out, cfg, "fp-other")
+    opll.compute_thresholds(d, names, out, 0.1, "fp-other")

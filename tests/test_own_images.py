@@ -20,7 +20,7 @@ from PIL import Image
 
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
-from unlock_jax.pseudo import inference
+from unlock_jax import inference
 from unlock_jax.pseudo import store
 from unlock_jax.tools import example_panoramas
 

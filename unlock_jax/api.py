@@ -31,8 +31,8 @@ pixels of a 400x2048 panorama, scaled to ``image_size``) override the
 recorded values.
 
 ``Model.predict(image)`` runs the predict stage's computation
-(``pseudo/inference.py``: the same jitted function, batches and
-normalisation) on one image, resized to the model's panorama size as the
+(``unlock_jax/inference.py`` and ``models/predict.py``: the same predict
+function, batches and normalisation) on one image, resized to the model's panorama size as the
 predict stage resizes the user's own panoramas (``layouts/folder.py``:
 EXIF orientation, colour modes to 8-bit RGB, bilinear resize), and returns
 at the image's own (height, width) (``pseudo/export.py``: nearest-neighbour
@@ -65,13 +65,14 @@ from PIL import Image
 from PIL import ImageOps
 
 from unlock_jax import fileio
+from unlock_jax import inference
 from unlock_jax import model_info
 from unlock_jax import sharding as shd
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
 from unlock_jax.evaluation import report
+from unlock_jax.models import predict as predict_lib
 from unlock_jax.pseudo import export
-from unlock_jax.pseudo import inference
 
 
 def _no_record_error(path: str) -> ValueError:
@@ -181,6 +182,7 @@ class Model:
   def __init__(self, model, variables, mesh, *, checkpoint, step, model_config,
                image_size, tau_m, stuff_area, batch_size):
     self.model, self.variables, self.mesh = model, variables, mesh
+    self._predict_fn = predict_lib.jit_predict_fns(model, mesh)["panorama"]
     self.checkpoint, self.step, self.model_config = checkpoint, step, model_config
     self.image_size = tuple(int(v) for v in image_size)
     self.tau_m, self.stuff_area, self.batch_size = tau_m, stuff_area, batch_size
@@ -215,7 +217,7 @@ class Model:
         self._check_aspect(im, a.shape[:2])
       reader = _Images([common.fit_rgb(a, self.image_size) for a in rgbs], self.image_size)
       rows = {ex["name"]: row for ex, row in inference.iterate(
-          reader, range(len(reader)), model=self.model, variables=self.variables,
+          reader, range(len(reader)), predict_fn=self._predict_fn, variables=self.variables,
           mesh=self.mesh, batch_size=self.batch_size)}
       for i, a in enumerate(rgbs):
         out.append(export.at_resolution(rows[str(i)], a.shape[:2], tau_m=self.tau_m,

@@ -20,3 +20,20 @@ def get_bbox_coord(mask):
   x2 = x1 + int(width) - 1
   y2 = y1 + int(height) - 1
   return [x1, y1, x2, y2]
+
+
+def resize_bilinear(x, size):
+  """torch ``F.interpolate(mode="bilinear", align_corners=False)`` of NHWC maps, float64:
+  half-pixel centres, edge clamp, no antialiasing (how the reference resizes logits)."""
+  def axis_weights(n_in, n_out):
+    src = np.maximum((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    f = src - i0
+    m = np.zeros((n_out, n_in))
+    np.add.at(m, (np.arange(n_out), i0), 1 - f)
+    np.add.at(m, (np.arange(n_out), i1), f)
+    return m
+  x = np.asarray(x, np.float64)
+  return np.einsum("yi,bijc,xj->byxc", axis_weights(x.shape[1], size[0]), x,
+                   axis_weights(x.shape[2], size[1]))

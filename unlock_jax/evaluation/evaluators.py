@@ -2,10 +2,14 @@
 
 Each evaluator has ``run(variables) -> Iterator[(metric_name, value)]`` and,
 after a run, ``table()`` (its per-class text table, which the calling stage
-prints) and ``pictures`` (``(name, uint8 image)`` pairs for the writers). The
-jitted predict function is cached per model, batches are padded with
-``_mask=False`` rows (skipped here) so every process runs the same number of
-steps, and each process's accumulator is merged on all processes at the end.
+prints) and ``pictures`` (``(name, uint8 image)`` pairs for the writers). As
+big_vision's evaluators take their ``predict_fn`` from the trainer, these take
+the model's jitted predict functions (``models/predict.jit_predict_fns``,
+built once by the calling stage) and use the one their type names
+(``PREDICT``). Batches are padded with ``_mask=False`` rows (skipped here) so
+every process runs the same number of steps, and each process's accumulator
+is merged on all processes at the end. :func:`run_all` runs every configured
+evaluator on one model.
 Plug-ins by name: ``config.evals.<name>.type`` is a key of :data:`TYPES`.
 Every key an evaluator reads is set by its builder in ``configs/common.py``
 (``semantic_eval``, ``oass_eval``): no defaults live here.
@@ -13,7 +17,6 @@ Every key an evaluator reads is set by its builder in ``configs/common.py``
 from typing import Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from unlock_jax import fileio
@@ -25,46 +28,6 @@ from unlock_jax.data import pipeline
 from unlock_jax.evaluation import pictures as pictures_lib
 from unlock_jax.evaluation import report
 from unlock_jax.evaluation import semantic
-from unlock_jax.models import layers
-
-_PREDICT_CACHE: dict = {}
-
-
-def _cached_jit(model, mesh, kind: str, predict):
-  """One jitted, batch-sharded predict function per (model, kind, mesh)."""
-  key = (id(model), kind, id(mesh))
-  if key not in _PREDICT_CACHE:  # the model is kept so its id stays unique
-    _PREDICT_CACHE[key] = (model, jax.jit(
-        predict, out_shardings=shd.data_sharding(mesh)))
-  return _PREDICT_CACHE[key][1]
-
-
-def _argmax_at_input_size(out, image):
-  logits = layers.resize_bilinear(out["sem_logits"].astype(jnp.float32),
-                                  image.shape[1:3])
-  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-
-def semantic_predict_fn(model, mesh):
-  """Jitted ``(variables, image) -> argmax [B,H,W] int32`` at input resolution."""
-  def predict(variables, image):
-    return _argmax_at_input_size(model.apply(variables, image, train=False), image)
-  return _cached_jit(model, mesh, "semantic", predict)
-
-
-def oass_predict_fn(model, mesh):
-  """Jitted ``(variables, image) -> {"sem", "modal"?, "amodal"?}``, batch-sharded.
-
-  ``modal``/``amodal`` are the padded detection dicts of the two R-CNN
-  branches (present only when the model has instance heads).
-  """
-  def predict(variables, image):
-    out = model.apply(variables, image, train=False)
-    pred = {"sem": _argmax_at_input_size(out, image)}
-    pred.update({b: out[b] for b in ("modal", "amodal") if b in out})
-    return pred
-  return _cached_jit(model, mesh, "oass", predict)
-
 
 def _no_detections(h: int, w: int) -> dict:
   return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
@@ -84,10 +47,11 @@ class SemanticEvaluator:
   Config keys: layout, root, split, image_size, batch_size. ``run``: the
   model's name, as for :class:`OassEvaluator` (no pictures here to name).
   """
+  PREDICT = "semantic"  # the argmax only
 
-  def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "semantic",
+  def __init__(self, cfg, *, predict_fn, mesh, workdir: str, name: str = "semantic",
                run: str = ""):
-    self.cfg, self.model, self.mesh, self.name = cfg, model, mesh, name
+    self.cfg, self.predict_fn, self.mesh, self.name = cfg, predict_fn, mesh, name
     self.run_name = run
     self.reader = _open(cfg, workdir)
     self.image_size = tuple(cfg.image_size)
@@ -95,7 +59,6 @@ class SemanticEvaluator:
     self.pictures: list[tuple[str, np.ndarray]] = []  # none drawn
 
   def _accumulate(self, variables) -> semantic.SemanticAccumulator:
-    predict = semantic_predict_fn(self.model, self.mesh)
     acc = semantic.SemanticAccumulator(labels.NUM_CLASSES)
     bs = int(self.cfg.batch_size)
     steps = pipeline.num_eval_steps(len(self.reader), bs)
@@ -103,9 +66,9 @@ class SemanticEvaluator:
     for i, batch in enumerate(pipeline.eval_batches(
         self.reader, global_batch_size=bs, image_size=self.image_size,
         process_index=jax.process_index(), process_count=jax.process_count())):
-      pred = shd.local_rows(predict(variables, shd.put_batch(
-          {keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]))
-      for row, gt, real in zip(pred, batch["_host_gt"], batch[keys.MASK]):
+      pred = shd.local_rows(self.predict_fn(variables, shd.put_batch(
+          {keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE])["semantic"])
+      for row, gt, real in zip(pred.astype(np.int32), batch["_host_gt"], batch[keys.MASK]):
         if real:
           acc.add(row, gt["semantic"])
       prog.update(i + 1)
@@ -138,10 +101,11 @@ class OassEvaluator:
   ``<pictures_dir>/<run>_<evaluator>_<panorama>.png`` and their titles say it,
   so the runs of one evaluation never overwrite each other's.
   """
+  PREDICT = "oass"  # the argmax and both branches' detections
 
-  def __init__(self, cfg, *, model, mesh, workdir: str, name: str = "oass",
+  def __init__(self, cfg, *, predict_fn, mesh, workdir: str, name: str = "oass",
                run: str = ""):
-    self.cfg, self.model, self.mesh, self.name = cfg, model, mesh, name
+    self.cfg, self.predict_fn, self.mesh, self.name = cfg, predict_fn, mesh, name
     self.run_name = run
     self.reader = _open(cfg, workdir)
     self.image_size = tuple(cfg.image_size)
@@ -156,7 +120,6 @@ class OassEvaluator:
         one_to_one=bool(c.one_to_one), min_region_size=int(c.min_region_size))
 
   def run(self, variables) -> Iterator[tuple[str, float]]:
-    predict = oass_predict_fn(self.model, self.mesh)
     metrics = self._new_metrics()
     bs = int(self.cfg.batch_size)
     num_pictures = int(self.cfg.num_pictures)
@@ -167,11 +130,11 @@ class OassEvaluator:
         self.reader, global_batch_size=bs, image_size=self.image_size,
         process_index=jax.process_index(), process_count=jax.process_count())):
       image = shd.put_batch({keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]
-      out = jax.tree.map(shd.local_rows, predict(variables, image))
+      out = jax.tree.map(shd.local_rows, self.predict_fn(variables, image))
       for r, (gt, real) in enumerate(zip(batch["_host_gt"], batch[keys.MASK])):
         if not real:
           continue
-        pred = {"sem": out["sem"][r]}
+        pred = {"sem": out["semantic"][r].astype(np.int32)}
         for branch in ("modal", "amodal"):
           pred[branch] = (jax.tree.map(lambda x, r=r: x[r], out[branch])
                           if branch in out else _no_detections(*self.image_size))
@@ -209,9 +172,36 @@ class OassEvaluator:
 TYPES = {"semantic": SemanticEvaluator, "oass": OassEvaluator}
 
 
-def from_config(name: str, cfg, *, model, mesh, workdir: str, run: str = ""):
-  """Builds the evaluator named by ``cfg.type``; ``run`` names the model scored."""
+def from_config(name: str, cfg, *, predict_fns: dict, mesh, workdir: str, run: str = ""):
+  """Builds the evaluator named by ``cfg.type``; ``run`` names the model scored.
+
+  ``predict_fns``: the model's jitted predict functions by name
+  (``models/predict.jit_predict_fns``); the evaluator gets its type's.
+  """
   if cfg.type not in TYPES:
     raise ValueError(f"config.evals.{name}.type={cfg.type!r} is unknown; "
                      f"available: {sorted(TYPES)}")
-  return TYPES[cfg.type](cfg, model=model, mesh=mesh, workdir=workdir, name=name, run=run)
+  cls = TYPES[cfg.type]
+  return cls(cfg, predict_fn=predict_fns[cls.PREDICT], mesh=mesh, workdir=workdir,
+             name=name, run=run)
+
+
+def run_all(evals_cfg, variables, *, predict_fns: dict, mesh, workdir: str, run: str = "",
+            tau=None, names=None) -> tuple[dict, list]:
+  """Every evaluator of ``evals_cfg`` (``config.evals``; those in ``names`` if given) on one model.
+
+  ``tau``: ``(tau_m, tau_a)`` replacing every ``oass`` evaluator's fusion
+  thresholds. Returns ``({"<evaluator>/<metric>": value}, [evaluators])``,
+  the evaluators holding their tables and pictures.
+  """
+  results, done = {}, []
+  for name in (names if names is not None else list(evals_cfg)):
+    ecfg = evals_cfg[name]
+    if tau is not None and ecfg.type == "oass":
+      ecfg = ecfg.copy_and_resolve_references()
+      ecfg.tau_m, ecfg.tau_a = (float(t) for t in tau)
+    ev = from_config(name, ecfg, predict_fns=predict_fns, mesh=mesh, workdir=workdir,
+                     run=run)
+    results.update({f"{name}/{metric}": value for metric, value in ev.run(variables)})
+    done.append((name, ev))
+  return results, done

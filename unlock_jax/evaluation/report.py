@@ -166,3 +166,16 @@ def to_jsonable(obj):
   if isinstance(obj, (np.floating, float)):
     return float(obj) if math.isfinite(obj) else None
   return obj
+
+
+def comparison_table(runs: dict) -> str:
+  """Headline metrics of every evaluator, one column per named run (``evaluate``'s runs)."""
+  names = list(runs)
+  keys = [k for k in next(iter(runs.values()))["results"]
+          if k.split("/")[-1] in HEADLINE and k.count("/") == 1]
+  width = max([len(k) for k in keys] + [6])
+  lines = [f"{'metric':<{width}}" + "".join(f"  {n:>12}" for n in names)]
+  for k in keys:
+    lines.append(f"{k:<{width}}" + "".join(
+        f"  {runs[n]['results'].get(k, float('nan')):12.2f}" for n in names))
+  return "\n".join(lines)

@@ -25,6 +25,7 @@ from absl import logging
 from unlock_jax import checkpoint
 from unlock_jax import fileio
 from unlock_jax import fingerprint
+from unlock_jax import inference
 from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
@@ -32,50 +33,12 @@ from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
 from unlock_jax.evaluation import evaluators
 from unlock_jax.evaluation import report
-from unlock_jax.pseudo import inference
-from unlock_jax.stages import adcl_pool as adcl_pool_stage
-from unlock_jax.stages import predict as predict_stage
+from unlock_jax.models import predict as predict_lib
+from unlock_jax.pseudo import adcl
+from unlock_jax.pseudo import opll
 from unlock_jax.train import adapt as adapt_lib
 from unlock_jax.train import loop
 from unlock_jax.train import optim
-
-
-def _inputs(config, workdir):
-  packed_dir = os.path.join(fileio.resolve(config.opll.out_dir, workdir), "packed")
-  pool_path = os.path.join(fileio.resolve(config.adcl_pool.out_dir, workdir),
-                           adcl_pool_stage.INDEX_FILE)
-  if not fileio.isdir(packed_dir):
-    raise FileNotFoundError(f"no OPLL pseudo-labels in {packed_dir}: run the `opll` "
-                            "stage first (--config.stage=predict,opll,adcl_pool,adapt)")
-  if not fileio.exists(pool_path):
-    raise FileNotFoundError(f"no ADCL pool index {pool_path}: run the `adcl_pool` stage first")
-  return packed_dir, pool_path
-
-
-def labelled_images(config, workdir: str, packed_dir: str):
-  """The panoramas the pseudo-labels were made for (``predict``'s), all labelled.
-
-  Images ``predict`` skipped as unreadable have no labels and are left out
-  (logged); any other image without labels is an error naming the stage to run.
-  """
-  reader = predict_stage.open_target(config, workdir)
-  store_dir = fileio.resolve(config.predict.store_dir, workdir)
-  keep = [i for i, k in enumerate(reader.keys)
-          if fileio.exists(os.path.join(packed_dir, k + ".npz"))]
-  if len(keep) == len(reader):
-    return reader
-  skipped = predict_stage.read_skipped(store_dir)
-  missing = sorted(set(reader.keys) - {reader.keys[i] for i in keep})
-  unlabelled = [k for k in missing if k not in skipped]
-  if unlabelled:
-    raise FileNotFoundError(
-        f"{len(unlabelled)} target images have no packed OPLL labels in {packed_dir} "
-        f"(first: {unlabelled[0]}): run `predict` and `opll` for them "
-        "(--config.stage=predict,opll,adcl_pool,adapt; complete outputs are skipped)")
-  logging.warning("adapt: %d of %d images are left out, as predict skipped them as "
-                  "unreadable (reasons in %s): %s", len(missing), len(reader),
-                  os.path.join(store_dir, predict_stage.SKIPPED_FILE), ", ".join(missing))
-  return inference.Subset(reader, keep)
 
 
 def run(config, workdir: str) -> dict:
@@ -85,8 +48,11 @@ def run(config, workdir: str) -> dict:
   mesh = shd.make_mesh()
   pi, pc = jax.process_index(), jax.process_count()
   writer = loop.create_writer(stage_dir)
-  packed_dir, pool_path = _inputs(config, workdir)
-  reader = labelled_images(config, workdir, packed_dir)
+  packed_dir = os.path.join(fileio.resolve(config.opll.out_dir, workdir), "packed")
+  reader = opll.labelled_images(inference.open_target(config, workdir), packed_dir,
+                                fileio.resolve(config.predict.store_dir, workdir))
+  pool_path = adcl.index_path(fileio.resolve(config.adcl_pool.out_dir, workdir),
+                              must_exist=True)
   data_iter = pipeline.adapt_iterator(
       reader, packed_dir=packed_dir, pool_path=pool_path,
       batch_size=shd.local_batch_size(a.batch_size, mesh), crop_size=tuple(a.crop_size),
@@ -110,15 +76,13 @@ def run(config, workdir: str) -> dict:
   state, _ = loop.restore_or_init(ckpt, state, data_iter)
   step_fn = adapt_lib.make_adapt_step(model, tx, schedule, mesh, state, cfg=a)
   base_rng = shd.replicate(jax.random.fold_in(jax.random.key(config.seed), 4), mesh)
+  predict_fns = predict_lib.jit_predict_fns(model, mesh)  # compiled once for every eval
 
   def evaluate(state, _):
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    out = {}
-    for name in a.evals:
-      ev = evaluators.from_config(name, config.evals[name], model=model, mesh=mesh,
-                                  workdir=workdir)
-      out.update({f"eval/{name}/{k}": v for k, v in ev.run(variables)})
-    return out
+    results, _ = evaluators.run_all(config.evals, variables, predict_fns=predict_fns,
+                                    mesh=mesh, workdir=workdir, names=list(a.evals))
+    return {f"eval/{k}": v for k, v in results.items()}
 
   loop_cfg = ml_collections.ConfigDict(dict(
       log_every=a.log_every, checkpoint_every=a.checkpoint_every,

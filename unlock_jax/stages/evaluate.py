@@ -19,42 +19,24 @@ import jax
 from absl import logging
 from clu import metric_writers
 
-from unlock_jax import checkpoint
 from unlock_jax import fileio
 from unlock_jax import fingerprint
+from unlock_jax import inference
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.evaluation import evaluators
 from unlock_jax.evaluation import report
 from unlock_jax.models import amodalpass
+from unlock_jax.models import predict as predict_lib
 
 
-def comparison_table(runs: dict) -> str:
-  """Headline metrics of every evaluator, one column per named run."""
-  names = list(runs)
-  keys = [k for k in next(iter(runs.values()))["results"]
-          if k.split("/")[-1] in report.HEADLINE and k.count("/") == 1]
-  width = max([len(k) for k in keys] + [6])
-  lines = [f"{'metric':<{width}}" + "".join(f"  {n:>12}" for n in names)]
-  for k in keys:
-    lines.append(f"{k:<{width}}" + "".join(
-        f"  {runs[n]['results'].get(k, float('nan')):12.2f}" for n in names))
-  return "\n".join(lines)
-
-
-def _score(config, model, mesh, workdir, ckpt_path, writer, tau=None, run=""):
-  abstract = checkpoint.abstract_variables(model, (1, 64, 64, 3), mesh)
-  variables, step = checkpoint.load_variables(ckpt_path, abstract)
+def _score(config, model, predict_fns, mesh, workdir, ckpt_path, writer, tau=None, run=""):
+  """One checkpoint through every evaluator: its results, tables printed, scalars written."""
+  variables, step = inference.load_variables(model, ckpt_path, mesh)
   logging.info("Evaluating %s (step %s)", ckpt_path, step)
-  results = {}
-  for name, ecfg in config.evals.items():
-    if tau is not None and ecfg.type == "oass":
-      ecfg = ecfg.copy_and_resolve_references()
-      ecfg.tau_m, ecfg.tau_a = (float(t) for t in tau)
-    ev = evaluators.from_config(name, ecfg, model=model, mesh=mesh, workdir=workdir,
-                                run=run)
-    for metric, value in ev.run(variables):
-      results[f"{name}/{metric}"] = value
+  results, done = evaluators.run_all(config.evals, variables, predict_fns=predict_fns,
+                                     mesh=mesh, workdir=workdir, run=run, tau=tau)
+  for name, ev in done:
     if jax.process_index() == 0:
       print(f"== {name} ({ckpt_path}, step {step}) ==\n{ev.table()}", flush=True)
     for pic_name, array in ev.pictures:
@@ -69,23 +51,23 @@ def run(config, workdir: str) -> dict:
                     fingerprint.begin(config, workdir, "evaluate"))
   out_dir = fileio.resolve(config.evaluate.results_dir, workdir)
   mesh = shd.make_mesh()
-  model = amodalpass.build(config.model)
+  model = amodalpass.build(config.model)  # one model, its predict functions compiled once
+  predict_fns = predict_lib.jit_predict_fns(model, mesh)
   just_log = jax.process_index() > 0
   runs_cfg = config.evaluate.runs
   if not runs_cfg:
     writer = metric_writers.create_default_writer(out_dir, just_logging=just_log)
-    out = _score(config, model, mesh, workdir,
-                 fileio.resolve(config.evaluate.checkpoint, workdir), writer)
+    out = _score(config, model, predict_fns, mesh, workdir, fileio.resolve(config.evaluate.checkpoint, workdir),
+                 writer)
   else:
     runs = {}
     for name, r in runs_cfg.items():
       writer = metric_writers.create_default_writer(os.path.join(out_dir, name),
                                                     just_logging=just_log)
-      runs[name] = _score(config, model, mesh, workdir,
-                          fileio.resolve(r.checkpoint, workdir), writer, r.get("tau"),
-                          run=name)
+      runs[name] = _score(config, model, predict_fns, mesh, workdir, fileio.resolve(r.checkpoint, workdir),
+                          writer, r.get("tau"), run=name)
     if jax.process_index() == 0:
-      print(comparison_table(runs), flush=True)
+      print(report.comparison_table(runs), flush=True)
     out = {"runs": runs}
   if jax.process_index() == 0:
     fileio.atomic_write_json(os.path.join(out_dir, "results.json"), out)

@@ -9,8 +9,9 @@ part of the state or its checkpoints):
 2. Teacher on the unlabelled crops: dropout/drop-path off, BatchNorm on the
    batch's statistics *without* updating any stored ones (as the reference;
    docs/reference_differences.md item 6), ``stop_gradient``; labels and
-   confidences at crop size; one pseudo-weight scalar for the whole batch,
-   top/bottom rows 0 (item 7).
+   confidences at crop size (``models/predict.teacher_labels``, the
+   semantic rule every predict function shares); one pseudo-weight scalar
+   for the whole batch, top/bottom rows 0 (item 7).
 3. ClassMix from the batch's PL label set, then colour jitter and blur on the
    mixed images (``train/classmix.py``, ``train/augment.py``).
 4. ``L = L_clean + L_mix``: L_clean = semantic CE on the PL crops + both
@@ -29,7 +30,7 @@ import jax.numpy as jnp
 
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
-from unlock_jax.models import layers
+from unlock_jax.models import predict as predict_lib
 from unlock_jax.train import augment
 from unlock_jax.train import classmix
 from unlock_jax.train import losses as losses_lib
@@ -54,16 +55,6 @@ def param_regulariser(params, source_params):
   sq = jax.tree.map(lambda p, s: jnp.mean(jnp.square(p.astype(jnp.float32) - s)),
                     params, source_params)
   return sum(jax.tree.leaves(sq))
-
-
-def teacher_labels(model, teacher, batch_stats, image):
-  """``(argmax [B,H,W] int32, max prob [B,H,W])`` of the teacher at crop size."""
-  out, _ = model.apply({"params": teacher, "batch_stats": batch_stats}, image,
-                       train=False, bn_train=True, semantic_only=True,
-                       mutable=["batch_stats"])  # batch statistics, discarded
-  logits = layers.resize_bilinear(out["sem_logits"].astype(jnp.float32), image.shape[1:3])
-  probs = jax.nn.softmax(jax.lax.stop_gradient(logits), -1)
-  return jnp.argmax(probs, -1).astype(jnp.int32), jnp.max(probs, -1)
 
 
 def adapt_loss(model, params, batch_stats, source_params, batch, mixed, rng, *, cfg):
@@ -94,7 +85,7 @@ def adapt_loss(model, params, batch_stats, source_params, batch, mixed, rng, *, 
 def mixed_batch(model, teacher, batch_stats, batch, rng, *, cfg):
   """Teacher labels on the unlabelled crops, ClassMix, strong augmentation."""
   x_u = batch[keys.UNLABELED_IMAGE]
-  t_lab, t_conf = teacher_labels(model, teacher, batch_stats, x_u)
+  t_lab, t_conf = predict_lib.teacher_labels(model, teacher, batch_stats, x_u)
   t_w = classmix.teacher_pseudo_weight(
       t_conf, cfg.teacher_threshold, ignore_top=cfg.ignore_top,
       ignore_bottom=cfg.ignore_bottom, crop_height=cfg.rows_crop_height)

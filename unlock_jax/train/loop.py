@@ -7,7 +7,8 @@ when the non-finite latch ``first_bad_step`` is set (before any checkpoint
 of the bad state), checkpoints the state and the grain iterator state every
 ``checkpoint_every`` steps and at the end or on preemption, and runs an
 optional periodic ``evaluate(state, step) -> dict`` whose scalars go to the
-same writer.
+same writer. The step runs under ``jax.transfer_guard("disallow")``
+(:data:`TRANSFER_GUARD`): its inputs must already be on the devices.
 
 Its log lines: one while the first step compiles (minutes for a large model)
 and its time once done, then at each log step
@@ -29,6 +30,14 @@ from unlock_jax import checkpoint
 from unlock_jax import fileio
 from unlock_jax import progress
 from unlock_jax import sharding as shd
+
+
+# As big_vision's jax_transfer_guard, for the step only: a copy between host
+# and device that nobody asked for (a numpy or Python value passed to the
+# step, a device value read on the host) raises instead of silently syncing
+# the host with the device every step. Explicit copies (put_batch, device_get
+# at the log steps) are allowed.
+TRANSFER_GUARD = "disallow"
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -115,9 +124,10 @@ def run(state, train_step, data_iter, *, mesh, ckpt, writer, config, total: int,
   if step < total:
     logging.info("%s: compiling the train step (the first step takes longer)...", stage)
   while step < total:
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+    with (jax.profiler.StepTraceAnnotation("train", step_num=step),
+          jax.transfer_guard(TRANSFER_GUARD)):
       start = time.monotonic()
-      batch = shd.put_batch(next(data_iter), mesh)
+      batch = shd.put_batch(next(data_iter), mesh)  # the step's one copy in, explicit
       state, measurements = train_step(state, batch, *step_args)
       interval_sum = (measurements if interval_sum is None
                       else _accumulate(interval_sum, measurements))
