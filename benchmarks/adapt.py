@@ -38,7 +38,7 @@
 (iii) The same adapt step vs ``steps.make_source_step`` (source optimiser groups, same
     model, same PL crops without the unlabelled ones): step-time ratio and XLA's
     cost-analysis FLOP ratio (teacher forward + second student forward + regulariser).
-(iv) ``--b5``: ``common.base().model`` with instance heads (MiT-B5, 135 M parameters),
+(iv) ``--b5``: ``default.get_config().model`` with instance heads (MiT-B5, 135 M parameters),
     the reference adapt config, 4 PL + 4 unlabelled 400x400 crops, 32 instances per
     branch, synthetic host batch: step time, FLOPs from the compiled step's
     ``cost_analysis``, achieved TFLOP/s vs the device peak (``--peak_tflops``, else a
@@ -735,14 +735,14 @@ def b5_batch(rng, b, size, n_inst):
 
 def bench_b5(args):
   import jax
-  from configs import common
+  from configs import default
   from unlock_jax import sharding as shd
   from unlock_jax.models import amodalpass
   from unlock_jax.models import variables as variables_lib
   from unlock_jax.train import adapt as adapt_lib
   from unlock_jax.train import optim
 
-  c = common.base()
+  c = default.get_config()
   m = c.model
   m.instance_heads = True
   if args.dtype:
@@ -846,10 +846,9 @@ def main():
   root = _tmpdir(args.tmp, "adapt_bench_")
   try:
     if "paste" not in skip:
-      from configs import common
-      ref_paste = common.base().adapt.paste.to_dict()  # the 400x400 (reference) settings
+      ref_paste = default.get_config().adapt.paste.to_dict()  # the 400x400 (reference) settings
       bench_paste(args, os.path.join(root, "paste"), ref_paste,
-                  common.base().adapt.max_instances)
+                  default.get_config().adapt.max_instances)
     if "steps" not in skip:
       it, first, rate = bench_pipeline(args, os.path.join(root, "target"), cfg)
       bench_steps(args, cfg, it, first, rate)

@@ -24,7 +24,7 @@ from unlock_jax.models import defaults
 from unlock_jax.models import layers
 from unlock_jax.models import variables as variables_lib
 from unlock_jax.train import optim, steps
-from configs import common
+from configs import default
 
 
 def _model_cfg(backbone: str, instance_heads: bool, quick: bool):
@@ -63,7 +63,7 @@ def measure(model_cfg, batch, runs: int):
   """(compile seconds, median step seconds, flops per step) of one config."""
   mesh = shd.make_mesh()
   model = amodalpass.build(model_cfg)
-  cfg = common.base()
+  cfg = default.get_config()
   rng = jax.random.key(0)
   shape = (1, *batch["image"].shape[1:])
   params = variables_lib.param_shapes(model, shape)

@@ -1,12 +1,12 @@
-"""Config building blocks shared by every experiment file.
+"""Config building blocks shared by the experiment files.
 
-Each experiment file's ``get_config(arg)`` starts from :func:`base`, sets its
-sections, and ends with the ``runlocal`` shrink, as big_vision configs do.
+Each experiment file's ``get_config(arg)`` starts from ``configs/default.py``
+(every key, the reference's values), sets its sections with these helpers,
+and ends with the ``runlocal`` shrink, as big_vision configs do.
 """
 import ml_collections
 
 from unlock_jax import constants
-from unlock_jax.models import defaults as model_defaults
 
 SYNTH_ROOT = "{workdir}/data"  # where the generate stage writes synthpass
 
@@ -149,100 +149,3 @@ def small_model(model: ml_collections.ConfigDict) -> None:
   model.head_embed_dims = 32
   model.head_channels = 64
   model.fpn_channels = 64
-
-
-def base() -> ml_collections.ConfigDict:
-  """Every key any stage reads, with the reference's defaults."""
-  c = ml_collections.ConfigDict()
-  c.stage = "train_source"
-  c.seed = 0
-  # Each stage's `overwrite`: a rerun whose settings differ from those its
-  # outputs were made with is refused; True deletes those outputs, and the
-  # ones computed from them, and runs afresh (unlock_jax/fingerprint.py).
-  c.generate = dict(overwrite=False)
-  c.train_source = dict(overwrite=False)
-
-  c.synthpass = dict(out_dir=SYNTH_ROOT, scale=0.25, seed=0,
-                     num_source=dict(train=300, val=50),
-                     num_target=dict(train=100, val=50),
-                     domain_shift=1.0, num_workers=0)
-  c.data = data_section("{workdir}/data/KITTI360_APS", "{workdir}/data/BlendPASS",
-                        (376, 1408), (400, 2048))
-
-  # Source training input (KITTI-360 APS: 376x376 crops, cat_max_ratio 0.75, flip).
-  c.input = dict(batch_size=8, crop_size=(376, 376), cat_max_ratio=0.75,
-                 flip=True, max_instances=32, box_rule="positive",
-                 num_workers=0)
-
-  c.model = model_defaults.default_model_config()
-  c.loss = dict(sem_normalize="all_pixels")
-
-  # The reference's source recipe (experiments.py, pmult=True): AdamW 6e-5,
-  # poly(1.0), neck and every head (decode, RPN, RoI of both branches) x10,
-  # no decay on norms. Groups follow mmcv's rule (substring of the reference
-  # name, longest key first; optim.py); constants.ADAPT_GROUPS is the
-  # adaptation recipe (docs/method.md §7.6).
-  c.optim = dict(lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
-                 power=1.0, end_lr=0.0, warmup_steps=0,
-                 match="mmcv", groups=constants.SOURCE_GROUPS)
-  c.total_steps = 40_000
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 2
-  c.progress_every_secs = 30.0
-  c.init_checkpoint = ""
-
-  # `runs`: several named checkpoints, each {"checkpoint", "tau": (tau_m, tau_a)}.
-  c.evaluate = dict(checkpoint="{workdir}/train_source/checkpoints",
-                    results_dir="{workdir}/evaluate", runs={}, overwrite=False)
-  c.evals = ml_collections.ConfigDict()
-
-  # Stage 1: whole-panorama predictions of the source model over the target
-  # train split (empty root/layout/image_size: those of config.data.target),
-  # or over a folder of the user's own panoramas (`images`). on_bad_image:
-  # "skip" an unreadable image (listed in <store_dir>/skipped.json) or "fail".
-  # export_dir: also write every prediction at its image's own size for other
-  # tools (semantic and COCO panoptic PNGs, COCO JSON with RLE masks;
-  # pseudo/export.py), fused at export_tau_m (None: the tau the checkpoint's
-  # model_config.json records).
-  c.predict = dict(checkpoint="{workdir}/train_source/checkpoints",
-                   layout="", root="", split="train", image_size=(),
-                   images="", batch_size=4, store_dir="{workdir}/predict",
-                   num_pictures=8, pictures_dir="{workdir}/predict/pictures",
-                   export_dir="", export_tau_m=ml_collections.config_dict.placeholder(float),
-                   on_bad_image="skip", overwrite=False)
-  # Stage 2: OPLL, (p, t) per output from the reference scripts (docs/method.md §5.1).
-  c.opll = dict(semantic=dict(p=0.8, t=0.5), modal=dict(p=0.3, t=0.5),
-                amodal=dict(p=0.5, t=0.3),
-                prototype_filter=False, prototype_margin=0.0,
-                quality=True, num_pictures=4, batch_size=4, state_every=200,
-                out_dir="{workdir}/opll", overwrite=False)
-  # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (docs/method.md §6).
-  c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool", overwrite=False)
-  # Stage 4: adaptation (docs/method.md §7), the reference's K2B hyper-parameters.
-  c.adapt = dict(
-      source_checkpoint="",  # empty: config.predict.checkpoint
-      total_steps=10_000, batch_size=4, crop_size=(400, 400), cat_max_ratio=0.75,
-      flip=True, max_instances=32, num_workers=0,
-      paste=dict(num_candidates=80, max_paste=8, max_area_fraction=1 / 8,
-                 min_visible=25, black_fill=True, modal_box_from_visible=True,
-                 box_rule="positive"),
-      ema_max=0.999, teacher_threshold=0.968, ignore_top=11, ignore_bottom=88,
-      rows_crop_height=400, jitter_p=0.8, blur_p=0.5, jitter_strength=0.2,
-      reg_weight=10.0, mix_weight=1.0, sem_normalize="all_pixels",
-      optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
-                 end_lr=0.0, warmup_steps=0, match="mmcv", groups=constants.ADAPT_GROUPS),
-      log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,
-      evals=(), out_dir="{workdir}/adapt", overwrite=False)
-  # The adapted model's predictions (stage predict_adapted): config.predict
-  # with these keys replaced, so its store never mixes with the source model's.
-  c.predict_adapted = dict(
-      checkpoint=follow(c.adapt, "out_dir") + "/checkpoints",
-      store_dir="{workdir}/predict_adapted",
-      export_dir="",  # set its own: never predict's export folder
-      pictures_dir="{workdir}/predict_adapted/pictures", overwrite=False)
-  # Stage 0's compact export (a committable source model, stages/export_source.py).
-  c.export_source = dict(out_dir="{workdir}/export_source", dtype="float32",
-                         command="", overwrite=False)
-  c.debug = dict(kill_after_checkpoint=-1, kill_after_entries=-1)
-  return c

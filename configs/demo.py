@@ -14,6 +14,7 @@ import ml_collections
 
 from configs import common
 from configs import cpu
+from configs import default
 
 # Target appearance shift, calibrated with the committed source model
 # (README, "Calibrating the benchmark").
@@ -39,7 +40,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, source="committed", steps=1200, adapt_steps=300,
                          shift=SHIFT, scale=0.25, runs="source_only+UNLOCK",
                          runlocal=False)
-  c = common.base()
+  c = default.get_config()
   _, tgt = common.use_synthpass(c, arg.scale, source=SOURCE_SCENES, target=TARGET_SCENES)
   c.synthpass.domain_shift = arg.shift
   c.synthpass.num_workers = 2

@@ -38,6 +38,7 @@ formats and sizes): ``python -m unlock_jax.tools.example_panoramas --out DIR``.
 """
 from configs import common
 from configs import cpu
+from configs import default
 from configs import demo
 from unlock_jax import fileio
 
@@ -60,7 +61,7 @@ def get_config(arg=None):
                      "--config configs/own_panoramas.py:images=/path/to/panoramas")
   if arg.model not in MODELS:
     raise ValueError(f"model must be one of {MODELS}, got {arg.model!r}")
-  c = common.base()
+  c = default.get_config()
   c.stage = "predict,opll,adcl_pool,adapt,predict_adapted"
   if arg.model == "demo":
     scale = 0.25  # the demo model's synthpass scale: 100x512 panoramas

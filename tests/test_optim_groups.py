@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-from configs import common
+from configs import default
 from unlock_jax import constants
 from unlock_jax.models import amodalpass
 from unlock_jax.models import variables as variables_lib
@@ -44,7 +43,7 @@ def _flat(tree):
 
 @pytest.fixture(scope="module")
 def b5_params():
-  cfg = common.base().model
+  cfg = default.get_config().model
   cfg.instance_heads = True
   model = amodalpass.build(cfg)
   return jax.eval_shape(
@@ -92,10 +91,10 @@ def test_b5_names_are_the_converters_reference_names(b5_params):
 def test_configs_use_the_source_recipe():
   from configs.k2b import source_b5  # pylint: disable=g-import-not-at-top
   from configs.synth import source_full  # pylint: disable=g-import-not-at-top
-  for cfg in (common.base(), source_b5.get_config(), source_full.get_config()):
+  for cfg in (default.get_config(), source_b5.get_config(), source_full.get_config()):
     assert cfg.optim.match == "mmcv"
     assert (cfg.optim.weight_decay, cfg.optim.power, cfg.optim.end_lr) == (0.01, 1.0, 0.0)
-  for cfg in (common.base(), source_b5.get_config()):
+  for cfg in (default.get_config(), source_b5.get_config()):
     assert tuple(map(tuple, cfg.optim.groups)) == constants.SOURCE_GROUPS
   # The CPU config's base lr is 10x the reference's: only the decode head
   # gets x10 there, so the R-CNN heads keep the reference's head lr (6e-4).

@@ -118,10 +118,10 @@ def _config_files() -> list[str]:
 
 
 def test_configuration_md_documents_every_key_with_its_default():
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
   documented = _documented()
-  base = dict(print_config.flatten(common.base()))
-  wrong = [f"{k}: docs say {documented[k]}, base() has `{v!r}`"
+  base = dict(print_config.flatten(default.get_config()))
+  wrong = [f"{k}: docs say {documented[k]}, configs/default.py has `{v!r}`"
            for k, v in base.items() if k in documented and documented[k] != f"`{v!r}`"]
   seen = set(base)
   for path in _config_files():

@@ -4,8 +4,7 @@ the GT boxes the R-CNN losses see; the model has no box setting of its own."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-from configs import common
+from configs import default
 from unlock_jax.data import keys
 from unlock_jax.data import pipeline
 from unlock_jax.models import defaults
@@ -53,7 +52,7 @@ def test_pipeline_box_rule_reaches_the_loss_targets(rule, want):
 
 
 def test_the_model_config_has_no_box_rule():
-  c = common.base()
+  c = default.get_config()
   assert c.input.box_rule == "positive"
   assert c.adapt.paste.box_rule == "positive"
   assert "box_rule" not in c.model.rcnn

@@ -12,12 +12,13 @@ backbone with ``--config.init_checkpoint=<tools/convert_torch output>``.
 import ml_collections
 
 from configs import common
+from configs import default
 from unlock_jax import constants
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, runlocal=False)
-  c = common.base()
+  c = default.get_config()
   c.stage = "train_source,evaluate"
   c.data = common.data_section("/data/APS_KITTI_360", "/data/BlendPASS",
                                (376, 1408), (400, 2048))

@@ -8,11 +8,12 @@ evaluates the five OASS metrics on source val and target val with pictures
 """
 from configs import common
 from configs import cpu
+from configs import default
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, steps=1200, scale=0.25, runlocal=False)
-  c = common.base()
+  c = default.get_config()
   c.stage = "generate,train_source,evaluate"
   common.use_synthpass(c, arg.scale, source=(300, 40), target=(60, 40))
   c.input.batch_size = 4

@@ -12,12 +12,13 @@ run too:
       --config.stage=generate,train_source,predict,opll,adcl_pool
 """
 from configs import common
+from configs import default
 from unlock_jax.models import defaults
 
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, steps=4, scale=0.125, batch=4, full=False)
-  c = common.base()
+  c = default.get_config()
   c.stage = "generate,train_source,evaluate"
   _, tgt = common.use_synthpass(c, arg.scale, source=(6, 3), target=(4, 3))
   c.input.batch_size = arg.batch
