@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+
 from configs import default
 from unlock_jax import constants
 from unlock_jax.models import amodalpass

@@ -4,6 +4,7 @@ the GT boxes the R-CNN losses see; the model has no box setting of its own."""
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
 from configs import default
 from unlock_jax.data import keys
 from unlock_jax.data import pipeline
