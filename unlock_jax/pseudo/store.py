@@ -59,7 +59,7 @@ _BRANCHES = ("modal", "amodal")
 _SCORE_KEYS = tuple(f"{b}/{k}" for b in _BRANCHES for k in ("classes", "scores"))
 _FIRST = _SCORE_KEYS + (BLOCKS_KEY, FINE_KEY)  # stored first, in this order
 _PREFIX = 1 << 16  # first read of the partial readers: their members lie in it
-_INDEX_READ = 1 << 13  # first read of the resume check: the header and index (~3 kB)
+_INDEX_READ = 1 << 13  # first read of the resume check: the header and index
 _REDO = "delete it and rerun the `predict` stage (it writes the missing entries)"
 _REWRITE = "rerun the `predict` stage with --config.predict.overwrite=True to write the store again"
 

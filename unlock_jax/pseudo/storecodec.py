@@ -23,8 +23,8 @@ import numpy as np
 from unlock_jax.pseudo import thresholds
 
 CODECS = ("raw", "zlib", "d2zz", "chunks")
-LEVEL = 6  # deflate level: level 9 is 3x slower for 0.5% less
-_CHUNK_LEVEL = 6  # 10% smaller than level 1, ~15 ms more per entry write, same inflate
+LEVEL = 6  # deflate level; 9 is much slower for next to nothing (docs/formats.md §3)
+_CHUNK_LEVEL = 6  # against level 1: smaller chunks, a slower write, the same inflate
 _CHUNK_DTYPES = {2: "<u1", 3: "<u2", 4: "<u4"}  # chunk format 1: two 4-bit counts per byte
 _NUMERIC_KINDS = "biuf"
 
@@ -66,7 +66,7 @@ def decode_confidence(blob: bytes, height: int, width: int) -> np.ndarray:
   z = (planes[:n].astype(np.uint16) << 8) | planes[n:]
   r = _unzigzag(z).reshape(height, width)
   for _ in range(2):
-    for i in range(1, height):  # row by row: 10x faster than a strided cumsum(axis=0)
+    for i in range(1, height):  # row by row: much faster than a strided cumsum(axis=0)
       np.add(r[i], r[i - 1], out=r[i])
   for _ in range(2):
     r = np.cumsum(r, axis=1, dtype=np.uint16)
