@@ -110,6 +110,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from tests.support import reference  # noqa: E402
 from tests.support.reference import get_bbox_coord  # noqa: E402
 from unlock_jax.data import adcl_paste  # noqa: E402
 from unlock_jax.data import keys  # noqa: E402
@@ -246,36 +247,13 @@ class RefPaste:
     ainstances = results["gt_ainstance"]
     hard_label_randoms = draw if draw is not None else random.sample(
         self.hardlables_list, self.num_hard_label * 10)
-    crop_y1, crop_y2, crop_x1, crop_x2 = results["crop_bbox"]
-    croped_hard_label_list, croped_hard_class_list, croped_hard_img_list = [], [], []
-    hard_label_crop_num = 1
-    hard_label_sem = np.zeros_like(semantic)
-    hard_label_sum = np.zeros_like(semantic)
-    for hard_label_name in hard_label_randoms:
-      if "cer" in hard_label_name:
-        continue
-      hard_label = np.array(Image.open(hard_label_name), dtype=np.uint8)
-      hard_label_crop = hard_label[crop_y1:crop_y2, crop_x1:crop_x2]
-      if np.sum(hard_label_crop) != 0:
-        if np.count_nonzero(hard_label_crop) * 8 > hard_label_crop.size:
-          continue
-        ins_num, ins_cnt = np.unique(hard_label_sum[hard_label_crop == 0], return_counts=True)
-        if len(ins_num) != hard_label_crop_num or min(ins_cnt) < 25:
-          continue
-        hard_label_class = hard_label_name.split("/")[-1].split("_")[1][3:]
-        hard_label_class = self.thing_list[int(hard_label_class)]
-        hard_img = np.array(Image.open(os.path.join(
-            results["img_prefix"], hard_label_name.split("/")[-2],
-            hard_label_name.split("/")[-1].split("_")[0] + ".jpg")), dtype=np.uint8)
-        hard_img_crop = hard_img[crop_y1:crop_y2, crop_x1:crop_x2, ...]
-        croped_hard_label_list.append(hard_label_crop)
-        croped_hard_class_list.append(hard_label_class)
-        croped_hard_img_list.append(hard_img_crop[:, :, ::-1])
-        hard_label_sem[hard_label_crop != 0] = hard_label_class
-        hard_label_sum[hard_label_crop != 0] = hard_label_crop_num
-        hard_label_crop_num += 1
-      if hard_label_crop_num > self.num_hard_label:
-        break
+    img_path = lambda name: os.path.join(  # noqa: E731
+        results["img_prefix"], name.split("/")[-2], name.split("/")[-1].split("_")[0] + ".jpg")
+    croped_hard_label_list, croped_hard_class_list, croped_hard_img_list, hard_label_sem, _ = (
+        reference.paste_candidates(
+            semantic, hard_label_randoms, results["crop_bbox"], Image.open,
+            lambda name: np.array(Image.open(img_path(name)), dtype=np.uint8)[:, :, ::-1],
+            lambda name: name.split("/")[-1].split("_")[1][3:], self.num_hard_label))
 
     semantic[hard_label_sem != 0] = hard_label_sem[hard_label_sem != 0]
     for h_img, h_label in zip(croped_hard_img_list, croped_hard_label_list):

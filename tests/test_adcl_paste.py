@@ -4,6 +4,7 @@ arrays, with the same candidate draws, over many random seeds."""
 import numpy as np
 import pytest
 
+from tests.support import reference
 from tests.support.reference import get_bbox_coord
 from unlock_jax.data import adcl_paste
 from unlock_jax.data import pool_index
@@ -92,35 +93,10 @@ def _reference(img, semantic, instances, ainstances, crop_bbox, pool_masks, pool
   instances = [(c, m.copy()) for c, m in instances]
   ainstances = [(c, m.copy()) for c, m in ainstances]
   thing_list = [11, 12, 13, 14, 15, 16, 17]
-  crop_y1, crop_y2, crop_x1, crop_x2 = crop_bbox
-  croped_hard_label_list = []
-  croped_hard_class_list = []
-  croped_hard_img_list = []
-  hard_label_crop_num = 1
-  hard_label_sem = np.zeros_like(semantic)
-  hard_label_sum = np.zeros_like(semantic)
-  pasted = []
-  for hard_label_name in hard_label_randoms:
-    hard_label = np.array(pool_masks[hard_label_name], dtype=np.uint8)
-    hard_label_crop = hard_label[crop_y1:crop_y2, crop_x1:crop_x2]
-    if np.sum(hard_label_crop) != 0:
-      if np.count_nonzero(hard_label_crop) * 8 > hard_label_crop.size:
-        continue
-      ins_num, ins_cnt = np.unique(hard_label_sum[hard_label_crop == 0], return_counts=True)
-      if len(ins_num) != hard_label_crop_num or min(ins_cnt) < 25:
-        continue
-      hard_label_class = thing_list[int(pool_classes[hard_label_name]) - 11]
-      hard_img = np.array(pool_imgs[hard_label_name], dtype=np.uint8)
-      hard_img_crop = hard_img[crop_y1:crop_y2, crop_x1:crop_x2, ...]
-      croped_hard_label_list.append(hard_label_crop)
-      croped_hard_class_list.append(hard_label_class)
-      croped_hard_img_list.append(hard_img_crop)
-      hard_label_sem[hard_label_crop != 0] = hard_label_class
-      hard_label_sum[hard_label_crop != 0] = hard_label_crop_num
-      hard_label_crop_num += 1
-      pasted.append(hard_label_name)
-    if hard_label_crop_num > num_hard_label:
-      break
+  (croped_hard_label_list, croped_hard_class_list, croped_hard_img_list, hard_label_sem,
+   pasted) = reference.paste_candidates(
+       semantic, hard_label_randoms, crop_bbox, pool_masks.__getitem__,
+       pool_imgs.__getitem__, lambda name: int(pool_classes[name]) - 11, num_hard_label)
 
   semantic[hard_label_sem != 0] = hard_label_sem[hard_label_sem != 0]
   for h_img, h_label in zip(croped_hard_img_list, croped_hard_label_list):
