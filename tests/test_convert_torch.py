@@ -392,3 +392,47 @@ def test_imagenet_mit_weights_fill_the_backbone(tmp_path, cfg_file):
   with pytest.raises(convert_torch.ConversionError, match="block1_0/attn/q/kernel"):
     convert_torch.convert(str(tmp_path / "broken.pth"), str(tmp_path / "out2"),
                           config=cfg_file)
+
+
+_SCAN_CFG = (
+    "import ml_collections\n"
+    "from unlock_jax.models import defaults\n"
+    "def get_config(arg=None):\n"
+    "  m = defaults.tiny_model_config()\n"
+    "  m.mit.depths = (2, 1, 1, 3)\n"
+    "  m.scan_blocks = arg == 'scan'\n"
+    "  return ml_collections.ConfigDict(dict(model=m))\n")
+
+
+def test_convert_into_the_scanned_tree(tmp_path):
+  """A scan_blocks config gets the stacked backbone; same network outputs."""
+  torch = pytest.importorskip("torch")
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  cfg_path = tmp_path / "scan_cfg.py"
+  cfg_path.write_text(_SCAN_CFG)
+  unrolled_cfg = model_info.config_from_file(str(cfg_path)).model
+  scanned_cfg = model_info.config_from_file(f"{cfg_path}:scan").model
+  model = amodalpass.build(unrolled_cfg)
+  x = np.random.default_rng(3).normal(size=(1, 64, 64, 3)).astype(np.float32)
+  shapes = jax.eval_shape(lambda: model.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)}, x, train=False))
+  rng = np.random.default_rng(0)
+  variables = jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(np.float32),
+                           dict(shapes))
+  variables["batch_stats"] = jax.tree.map(np.abs, variables["batch_stats"])
+  _save(torch, _synthetic_state_dict(variables), tmp_path / "model.pth")
+  out = tmp_path / "scanned"
+  assert convert_torch.convert(str(tmp_path / "model.pth"), str(out),
+                               config=f"{cfg_path}:scan").clean
+  restored = ocp.StandardCheckpointer().restore(str(out))
+  backbone = restored["params"]["backbone"]
+  assert "block1_0" not in backbone and "block4_2" not in backbone
+  for j in range(3):  # block4_j is slice j of the stacked block4
+    for a, b in zip(jax.tree.leaves(variables["params"]["backbone"][f"block4_{j}"]),
+                    jax.tree.leaves(backbone["block4"])):
+      np.testing.assert_array_equal(b[j], a)
+  assert model_info.read(str(out))["model"].scan_blocks
+  got = amodalpass.build(scanned_cfg).apply(restored, x, train=False)["sem_logits"]
+  want = model.apply(variables, x, train=False)["sem_logits"]
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)

@@ -38,23 +38,29 @@ def _hf_model(dims, depths, heads, sr_ratios, seed):
   return model
 
 
-def _compare(dims, depths, heads, sr_ratios, shape, seed=0):
+def _compare(dims, depths, heads, sr_ratios, shape, seed=0, scan=False):
   hf = _hf_model(dims, depths, heads, sr_ratios, seed)
   sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
   ref_sd, unmatched = convert_torch.hf_segformer_to_reference(sd)
   assert not unmatched
   ours = mit_lib.MiT(dims=dims, depths=depths, heads=heads,
-                     sr_ratios=sr_ratios, drop_path_rate=0.0, norm_eps=1e-5)
+                     sr_ratios=sr_ratios, drop_path_rate=0.0, norm_eps=1e-5,
+                     scan_blocks=scan)
   b, h, w = shape
   x = np.random.default_rng(seed).normal(size=(b, 3, h, w)).astype(np.float32)
   x_nhwc = x.transpose(0, 2, 3, 1)
-  template = jax.eval_shape(
-      lambda: ours.init(jax.random.key(0), x_nhwc, train=False))
+  template = jax.eval_shape(lambda: mit_lib.MiT(
+      dims=dims, depths=depths, heads=heads, sr_ratios=sr_ratios).init(
+          jax.random.key(0), x_nhwc, train=False))  # the reference's names
   params, stats, report = convert_torch.torch_to_flax(
       ref_sd, {"params": {"backbone": template["params"]}})
   assert report.clean, report.format()
   assert report.converted == len(ref_sd)
   assert not stats
+  if scan:  # the converter's last step for a scan_blocks model
+    params["backbone"] = mit_lib.stack_blocks(params["backbone"], depths)
+    assert params["backbone"]["block2"]["attn"]["q"]["kernel"].shape == (
+        depths[1], dims[1], dims[1])
   feats = jax.jit(lambda p, x: ours.apply({"params": p}, x, train=False))(
       params["backbone"], x_nhwc)
   with torch.no_grad():
@@ -67,11 +73,12 @@ def _compare(dims, depths, heads, sr_ratios, shape, seed=0):
                                err_msg=f"stage {s + 1}")
 
 
-def test_small_mit_matches_hf_segformer():
+@pytest.mark.parametrize("scan", [False, True], ids=["unrolled", "scanned"])
+def test_small_mit_matches_hf_segformer(scan):
   # Non-square input with odd stage sizes (13 -> 7 -> 4 -> 2 rows) checks
   # H/W order and PyTorch's rounding of the strided and sr convs.
-  _compare(dims=(8, 16, 24, 32), depths=(1, 2, 1, 1), heads=(1, 2, 3, 4),
-           sr_ratios=(8, 4, 2, 1), shape=(2, 52, 96))
+  _compare(dims=(8, 16, 24, 32), depths=(1, 2, 1, 3), heads=(1, 2, 3, 4),
+           sr_ratios=(8, 4, 2, 1), shape=(2, 52, 96), scan=scan)
 
 
 def test_mit_b0_layout_matches_hf_segformer():

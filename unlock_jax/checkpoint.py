@@ -33,6 +33,7 @@ from unlock_jax import fileio
 from unlock_jax import model_info
 from unlock_jax import sharding as shd
 from unlock_jax.models import variables as variables_lib
+from unlock_jax.tools import convert_layout
 
 
 class CheckpointError(Exception):
@@ -134,7 +135,8 @@ def _names(tree) -> dict:
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def _check_tree(item_dir: str, target, where: str, mismatch: tuple[str, str]) -> None:
+def _check_tree(item_dir: str, target, where: str, mismatch: tuple[str, str],
+                folder: str = "") -> None:
   """Raises ArchitectureMismatchError unless the arrays stored in ``item_dir``
   under ``target``'s top-level keys have ``target``'s names and shapes.
 
@@ -158,9 +160,17 @@ def _check_tree(item_dir: str, target, where: str, mismatch: tuple[str, str]) ->
     parts.append(f"{len(shapes)} shapes differ, first {k}: stored "
                  f"{tuple(stored[k].shape)}, expected {tuple(wanted[k].shape)}")
   if parts:
+    fix = mismatch[1]
+    scanned = [k for k in missing + extra if re.match(r"params/backbone/block\d+/", k)]
+    unrolled = [k for k in missing + extra if re.match(r"params/backbone/block\d+_\d+/", k)]
+    if folder and scanned and unrolled:  # the same blocks, the other layout
+      to_scan = any(k in missing for k in scanned)
+      fix = (f"It holds the {'unrolled' if to_scan else 'scanned'} backbone layout and "
+             f"config.model.scan_blocks={to_scan}: rewrite it with "
+             f"`{convert_layout.command(folder, to_scan)}` or set "
+             f"config.model.scan_blocks={not to_scan}.")
     raise ArchitectureMismatchError(
-        f"checkpoint {where} does not match {mismatch[0]} ({'; '.join(parts)}). "
-        f"{mismatch[1]}")
+        f"checkpoint {where} does not match {mismatch[0]} ({'; '.join(parts)}). {fix}")
 
 
 def _check_gcs_client(path: str) -> None:
@@ -359,7 +369,7 @@ def load_variables(path: str, abstract_variables, step: int | None = None):
     where = f"step {step} in {path}"
     try:
       with _restoring(where, fix, _MODEL):
-        _check_tree(os.path.join(step_dir, "state"), target, where, _MODEL)
+        _check_tree(os.path.join(step_dir, "state"), target, where, _MODEL, path)
         restored = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 item=target,
@@ -380,7 +390,7 @@ def load_variables(path: str, abstract_variables, step: int | None = None):
         "folder written by export_source or tools/convert_torch, or rerun the stage "
         "that writes it.")
   with _restoring(path, _rewrite_hint(path), _MODEL):
-    _check_tree(path, target, path, _MODEL)
+    _check_tree(path, target, path, _MODEL, path)
     restored = ocp.StandardCheckpointer().restore(path, target=target)
   return restored, None
 

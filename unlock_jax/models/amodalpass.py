@@ -21,6 +21,7 @@ from unlock_jax import registry
 from unlock_jax.models import daformer_head
 from unlock_jax.models import deform
 from unlock_jax.models import fpn as fpn_lib
+from unlock_jax.models import layers
 from unlock_jax.models import mit as mit_lib
 from unlock_jax.models.rcnn import branch as rcnn_branch
 
@@ -60,7 +61,32 @@ def build_backbone(model_cfg: ml_collections.ConfigDict) -> mit_lib.MiT:
       simpool=bool(model_cfg.simpool),
       drop_path_rate=float(model_cfg.drop_path_rate),
       norm_eps=float(model_cfg.norm_eps), deform_impl=model_cfg.deform_impl,
-      remat=bool(model_cfg.remat), dtype=compute_dtype(model_cfg))
+      remat=model_cfg.get("remat", "none"),
+      scan_blocks=bool(model_cfg.get("scan_blocks", False)),
+      dtype=compute_dtype(model_cfg))
+
+
+def to_layout(params: dict, model_cfg: ml_collections.ConfigDict) -> dict:
+  """``params`` (either backbone layout) in the layout ``model_cfg`` asks for.
+
+  ``model_cfg.scan_blocks``: stacked ``backbone/block{s}`` trees (one
+  ``nn.scan`` per stage), else the reference's ``backbone/block{s}_{j}``.
+  """
+  if "backbone" not in params:
+    return params
+  bb = params["backbone"]
+  if model_cfg.get("scan_blocks", False):
+    bb = mit_lib.stack_blocks(bb, build_backbone(model_cfg).depths)
+  else:
+    bb = mit_lib.unstack_blocks(bb)
+  return dict(params, backbone=bb)
+
+
+def unscanned(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``model_cfg`` with the reference's block-per-module layout (converters' template)."""
+  cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+  cfg.scan_blocks = False
+  return cfg
 
 
 class AmodalPASS(nn.Module):
@@ -78,7 +104,8 @@ class AmodalPASS(nn.Module):
     self.decode_head = daformer_head.DAFormerHead(
         num_classes=int(cfg.num_classes), embed_dims=int(cfg.head_embed_dims),
         channels=int(cfg.head_channels), dilations=tuple(cfg.dilations),
-        dropout=float(cfg.dropout), dtype=dtype)
+        dropout=float(cfg.dropout), remat=cfg.get("remat_head", "none"),
+        dtype=dtype)
     self.neck = fpn_lib.FPN(channels=int(cfg.fpn_channels),
                             num_outs=int(cfg.fpn_outs), dtype=dtype)
     if cfg.instance_heads:
@@ -142,6 +169,11 @@ class AmodalPASS(nn.Module):
 def build(model_cfg: ml_collections.ConfigDict) -> AmodalPASS:
   """Validates `model_cfg` and returns the (unbound) network."""
   compute_dtype(model_cfg)
+  for key in ("remat", "remat_head"):
+    try:
+      layers.remat_policy(model_cfg.get(key, "none"))
+    except ValueError as e:
+      raise ValueError(f"model_cfg.{key}: {e}") from None
   BACKBONES.get(model_cfg.backbone)  # an unknown name fails here, naming the known ones
   deform.resolve_impl(model_cfg.deform_impl, 1, 1)
   if int(model_cfg.num_classes) <= 0:

@@ -30,7 +30,7 @@ class SepASPPWithSimPool(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     b, h, w, c = x.shape
     pooled = simpool_lib.SimPool(self.dtype, name="image_pool_0")(x)
     pooled = layers.ConvModule(self.channels, 1, dtype=self.dtype,
@@ -76,6 +76,9 @@ class DAFormerHead(nn.Module):
     channels: ASPP / bottleneck width.
     dilations: ASPP dilations.
     dropout: channel dropout rate before `conv_seg` (rng "dropout").
+    remat: rematerialisation policy of the fuse layer (ASPP on the 4·embed_dims
+      concatenation at stride 4, the head's largest activations;
+      `layers.REMAT_POLICIES`).
     dtype: compute dtype.
   """
   num_classes: int
@@ -83,6 +86,7 @@ class DAFormerHead(nn.Module):
   channels: int = 256
   dilations: Sequence[int] = (1, 6, 12, 18)
   dropout: float = 0.1
+  remat: str | bool = "none"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -102,8 +106,9 @@ class DAFormerHead(nn.Module):
       e = _Embed(self.embed_dims, self.dtype, name=f"embed_layers_{i}")(f)
       embedded.append(layers.resize_bilinear(e, size))
     x = jnp.concatenate(embedded, axis=-1)
-    x = SepASPPWithSimPool(self.channels, tuple(self.dilations), self.dtype,
-                           name="fuse_layer")(x, train=bn)
+    fuse = layers.remat(SepASPPWithSimPool, self.remat, static_argnums=(2,))
+    x = fuse(self.channels, tuple(self.dilations), self.dtype,
+             name="fuse_layer")(x, bn)
     feats = x
     # nn.Dropout2d zeroes whole channels per sample.
     x = nn.Dropout(self.dropout, broadcast_dims=(1, 2))(

@@ -93,7 +93,13 @@ def default_model_config() -> ml_collections.ConfigDict:
   cfg.drop_path_rate = 0.1
   cfg.norm_eps = 1e-6
   cfg.deform_impl = "auto"
-  cfg.remat = False
+  # Memory and compile time (docs: README "Running at the paper's size"):
+  # rematerialisation policy of the backbone blocks and of the decode head's
+  # fuse layer ("none", "full", "dots"), and one nn.scan per backbone stage
+  # (stacked block parameters; mit.stack_blocks converts checkpoints).
+  cfg.remat = "none"
+  cfg.remat_head = "none"
+  cfg.scan_blocks = False
   cfg.head_embed_dims = 256
   cfg.head_channels = 256
   cfg.dilations = (1, 6, 12, 18)

@@ -52,6 +52,40 @@ def _gelu_exact_bwd(x, g):
 gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
 
 
+# Rematerialisation policies by name (config ``model.remat`` for the backbone
+# blocks, ``model.remat_head`` for the decode head's fuse layer): what the
+# backward pass keeps from the forward instead of recomputing it.
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: every activation is kept
+    "full": "nothing_saveable",  # keep only the module's inputs
+    "dots": "dots_with_no_batch_dims_saveable",  # keep the weight matmuls' outputs
+}
+
+
+def remat_policy(value) -> str:
+  """The policy name for ``value`` (a name, or a bool: False "none", True "full")."""
+  if isinstance(value, bool):
+    return "full" if value else "none"
+  if value not in REMAT_POLICIES:
+    raise ValueError(f"remat policy must be one of {sorted(REMAT_POLICIES)} (or a "
+                     f"bool), got {value!r}")
+  return value
+
+
+def remat(module_cls, policy, static_argnums: tuple[int, ...] = (),
+          prevent_cse: bool = True):
+  """``module_cls`` under ``jax.checkpoint`` with the named policy ("none": as is).
+
+  ``prevent_cse=False`` inside ``nn.scan``, whose loop already keeps XLA from
+  merging the recomputation with the forward (as big_vision's ViT does).
+  """
+  name = remat_policy(policy)
+  if name == "none":
+    return module_cls
+  return nn.remat(module_cls, static_argnums=static_argnums, prevent_cse=prevent_cse,
+                  policy=getattr(jax.checkpoint_policies, REMAT_POLICIES[name]))
+
+
 def torch_conv_init(key, shape, dtype=jnp.float32):
   """Kaiming normal fan-out init used by the reference for Conv2d weights."""
   kh, kw, cin_per_group, cout = shape
@@ -251,10 +285,14 @@ class DropPath(nn.Module):
   rate: float
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-    if deterministic or self.rate == 0.0:
+  def __call__(self, x: jax.Array, *, deterministic: bool,
+               rate: jax.Array | None = None) -> jax.Array:
+    """``rate`` (a traced scalar, e.g. scanned per block) overrides the attribute."""
+    static = rate is None
+    rate = self.rate if static else rate
+    if deterministic or (static and rate == 0.0):
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
     return jnp.where(mask, x / keep, jnp.zeros_like(x))

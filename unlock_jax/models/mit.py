@@ -141,17 +141,20 @@ class Block(nn.Module):
   simpool: bool
   norm_eps: float
   dtype: Dtype = jnp.float32
+  scan_step: bool = False  # nn.scan body: (x, train, rate) -> (x, None)
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool, rate: jax.Array | None = None):
+    """``rate``: this block's drop-path rate when scanned (else the attribute)."""
     drop = layers.DropPath(self.drop_path)
     y = layers.layer_norm(self.norm_eps, "norm1", self.dtype)(x)
     y = Attention(self.dim, self.heads, self.sr_ratio, self.simpool,
                   self.dtype, name="attn")(y)
-    x = x + drop(y, deterministic=not train)
+    x = x + drop(y, deterministic=not train, rate=rate)
     y = layers.layer_norm(self.norm_eps, "norm2", self.dtype)(x)
     y = MixFFN(self.dim, self.mlp_ratio, self.dtype, name="mlp")(y)
-    return x + drop(y, deterministic=not train)
+    x = x + drop(y, deterministic=not train, rate=rate)
+    return (x, None) if self.scan_step else x
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -185,7 +188,14 @@ class MiT(nn.Module):
       reference; HF transformers uses 1e-5). Patch-embed and sr norms are
       always 1e-5 as in the reference.
     deform_impl: "auto", "gather" or "dense" DCNv2 sampler.
-    remat: rematerialise each block in the backward pass (saves memory).
+    remat: rematerialisation policy of each block in the backward pass
+      (`layers.REMAT_POLICIES`: "none", "full", "dots"; a bool means
+      "full"/"none").
+    scan_blocks: run each stage's identical blocks as one `nn.scan` (stacked
+      parameters `block{s}` with a leading block axis, instead of `block{s}_{j}`):
+      B5's 52 blocks compile as 4. Same values as the unrolled form for the
+      same weights (`stack_blocks` / `unstack_blocks` convert); drop-path masks
+      are drawn from other rng splits, so training samples differ.
     dtype: compute dtype (params stay float32).
   """
   dims: Sequence[int]
@@ -198,7 +208,8 @@ class MiT(nn.Module):
   drop_path_rate: float = 0.1
   norm_eps: float = 1e-6
   deform_impl: str = "auto"
-  remat: bool = False
+  remat: str | bool = "none"
+  scan_blocks: bool = False
   dtype: Dtype = jnp.float32
 
   def _check(self) -> None:
@@ -220,7 +231,9 @@ class MiT(nn.Module):
     total = sum(self.depths)
     # torch.linspace(0, rate, total) as in the reference.
     rates = [self.drop_path_rate * i / max(total - 1, 1) for i in range(total)]
-    block_cls = nn.remat(Block, static_argnums=(2,)) if self.remat else Block
+    # Block.__call__(self, x, train, rate): train (argnum 2) is static.
+    block_cls = layers.remat(Block, self.remat, static_argnums=(2,),
+                             prevent_cse=not self.scan_blocks)
     x = x.astype(self.dtype)
     outs = []
     cur = 0
@@ -234,12 +247,20 @@ class MiT(nn.Module):
       else:
         x = OverlapPatchEmbed(self.dims[s], kernel, stride, self.dtype,
                               name=name)(x)
-      for j in range(self.depths[s]):
-        x = block_cls(self.dims[s], self.heads[s], self.sr_ratios[s],
-                      self.mlp_ratio, rates[cur + j], self.simpool,
-                      self.norm_eps, self.dtype,
-                      name=f"block{s + 1}_{j}")(x, train)
-      cur += self.depths[s]
+      depth = self.depths[s]
+      block_args = (self.dims[s], self.heads[s], self.sr_ratios[s], self.mlp_ratio)
+      if self.scan_blocks:
+        stage = nn.scan(block_cls, variable_axes={"params": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=(nn.broadcast, 0), length=depth)(
+                            *block_args, 0.0, self.simpool, self.norm_eps,
+                            self.dtype, scan_step=True, name=f"block{s + 1}")
+        x, _ = stage(x, train, jnp.asarray(rates[cur:cur + depth], jnp.float32))
+      else:
+        for j in range(depth):
+          x = block_cls(*block_args, rates[cur + j], self.simpool, self.norm_eps,
+                        self.dtype, name=f"block{s + 1}_{j}")(x, train)
+      cur += depth
       x = layers.layer_norm(self.norm_eps, f"norm{s + 1}", self.dtype)(x)
       outs.append(x)
     return outs
@@ -250,3 +271,39 @@ def mit(name: str, **kwargs) -> MiT:
   size = mit_size(name)
   return MiT(dims=size.dims, depths=size.depths, heads=size.heads,
              sr_ratios=size.sr_ratios, **kwargs)
+
+
+def is_scanned(backbone_params) -> bool:
+  """Whether a backbone parameter tree has the scanned layout (`block1`)."""
+  return "block1" in backbone_params
+
+
+def stack_blocks(backbone_params: dict, depths: Sequence[int]) -> dict:
+  """Unrolled `block{s}_{j}` subtrees -> scanned `block{s}` (leading axis j)."""
+  if is_scanned(backbone_params):
+    return dict(backbone_params)
+  out = {k: v for k, v in backbone_params.items() if not k.startswith("block")}
+  for s, depth in enumerate(depths, 1):
+    names = [f"block{s}_{j}" for j in range(depth)]
+    missing = [n for n in names if n not in backbone_params]
+    if missing or f"block{s}_{depth}" in backbone_params:
+      raise ValueError(f"backbone parameters do not have {depth} blocks in stage {s} "
+                       f"(missing {missing[:2]}); expected depths {tuple(depths)}")
+    out[f"block{s}"] = jax.tree.map(lambda *xs: jnp.stack(xs),
+                                    *[backbone_params[n] for n in names])
+  return out
+
+
+def unstack_blocks(backbone_params: dict) -> dict:
+  """Scanned `block{s}` (leading axis j) -> unrolled `block{s}_{j}` subtrees."""
+  if not is_scanned(backbone_params):
+    return dict(backbone_params)
+  out = {}
+  for k, v in backbone_params.items():
+    if k.startswith("block") and "_" not in k:
+      depth = jax.tree.leaves(v)[0].shape[0]
+      for j in range(depth):
+        out[f"{k}_{j}"] = jax.tree.map(lambda x, j=j: x[j], v)
+    else:
+      out[k] = v
+  return out

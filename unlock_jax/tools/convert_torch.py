@@ -502,7 +502,7 @@ def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
   if epath.Path(out_dir).exists():
     raise FileExistsError(f"output {out_dir} already exists")
   model_cfg, image_size = load_model_config(config)
-  model = amodalpass.build(model_cfg)
+  model = amodalpass.build(amodalpass.unscanned(model_cfg))  # the reference's names
   roi_size = int(model_cfg.rcnn.roi_size) if model_cfg.instance_heads else 7
   x = jnp.zeros((1, 64, 64, 3), jnp.float32)
   init = lambda: model.init({"params": jax.random.key(0),  # noqa: E731
@@ -533,6 +533,7 @@ def convert(checkpoint: str, out_dir: str, *, config: str | None = None,
     fresh = jax.jit(init)()
     params = _fill(params, fresh["params"])
     stats = _fill(stats, fresh.get("batch_stats", {}))
+  params = amodalpass.to_layout(params, model_cfg)  # scan_blocks: stacked per stage
   ckptr = ocp.StandardCheckpointer()
   # Orbax writes into a temporary folder and renames it when complete.
   ckptr.save(out_dir, {"params": params, "batch_stats": stats})
