@@ -27,6 +27,13 @@ def get_config(arg=None):
   c.input.max_instances = 64
   c.input.num_workers = 8
   c.model.instance_heads = True  # default_model_config(): B5 + reference R-CNN
+  # Accelerator settings (README "Running at the paper's size"): bf16
+  # activations with f32 parameters and losses, one nn.scan per MiT stage
+  # (B5's 52 blocks compile as 4; checkpoints in the scanned layout,
+  # tools/convert_layout rewrites older ones). --config.model.remat=full
+  # (and remat_head=full) trades compute for memory on smaller devices.
+  c.model.compute_dtype = "bfloat16"
+  c.model.scan_blocks = True
   c.total_steps = 40_000
   c.checkpoint_every = 2000
 
