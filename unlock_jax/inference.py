@@ -10,7 +10,9 @@ adcl_pool, adapt, evaluate and the Python API (``api.py``) share.
   pseudo-label stages read the same ones.
 * :func:`iterate`: the model's predictions (``models/predict.py``'s
   ``panorama`` function) over a reader, batched and split over processes;
-  an unreadable image is reported, not fatal.
+  an unreadable image is reported, not fatal. The predict call runs under
+  ``jax.transfer_guard("disallow")`` (as the train step, ``train/loop.py``):
+  the image is put explicitly, anything else copied to the devices raises.
 * :class:`TargetImages`: the panoramas behind a prediction store's entries.
 """
 import jax
@@ -127,8 +129,9 @@ def iterate(reader, indices, *, predict_fn, variables, mesh, batch_size: int,
   for step, batch in enumerate(pipeline.eval_batches(
       sub, global_batch_size=batch_size, image_size=reader.image_size,
       process_index=jax.process_index(), process_count=jax.process_count())):
-    out = jax.tree.map(shd.local_rows,
-                       predict_fn(variables, shd.put_array(batch[keys.IMAGE], mesh)))
+    with jax.transfer_guard("disallow"):  # the image put explicitly; nothing else copied
+      out = predict_fn(variables, shd.put_array(batch[keys.IMAGE], mesh))
+    out = jax.tree.map(shd.local_rows, out)
     for r, ex in enumerate(batch["_host_gt"]):
       if ex is None:  # padding row
         continue

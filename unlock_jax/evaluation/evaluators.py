@@ -66,8 +66,9 @@ class SemanticEvaluator:
     for i, batch in enumerate(pipeline.eval_batches(
         self.reader, global_batch_size=bs, image_size=self.image_size,
         process_index=jax.process_index(), process_count=jax.process_count())):
-      pred = shd.local_rows(self.predict_fn(variables, shd.put_batch(
-          {keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE])["semantic"])
+      with jax.transfer_guard("disallow"):  # the image put explicitly; nothing else copied
+        pred = self.predict_fn(variables, shd.put_array(batch[keys.IMAGE], self.mesh))
+      pred = shd.local_rows(pred["semantic"])
       for row, gt, real in zip(pred.astype(np.int32), batch["_host_gt"], batch[keys.MASK]):
         if real:
           acc.add(row, gt["semantic"])
@@ -129,8 +130,9 @@ class OassEvaluator:
     for i, batch in enumerate(pipeline.eval_batches(
         self.reader, global_batch_size=bs, image_size=self.image_size,
         process_index=jax.process_index(), process_count=jax.process_count())):
-      image = shd.put_batch({keys.IMAGE: batch[keys.IMAGE]}, self.mesh)[keys.IMAGE]
-      out = jax.tree.map(shd.local_rows, self.predict_fn(variables, image))
+      with jax.transfer_guard("disallow"):  # the image put explicitly; nothing else copied
+        out = self.predict_fn(variables, shd.put_array(batch[keys.IMAGE], self.mesh))
+      out = jax.tree.map(shd.local_rows, out)
       for r, (gt, real) in enumerate(zip(batch["_host_gt"], batch[keys.MASK])):
         if not real:
           continue

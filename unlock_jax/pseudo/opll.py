@@ -37,6 +37,7 @@ from unlock_jax.data import keys
 from unlock_jax.data import labels as labels_lib
 from unlock_jax.data import packed_labels
 from unlock_jax.data import pipeline
+from unlock_jax.data.layouts import blendpass
 from unlock_jax.evaluation import pictures
 from unlock_jax.pseudo import labels
 from unlock_jax.pseudo import pool
@@ -65,9 +66,7 @@ def compute_thresholds(store_dir, names, out_dir, p_sem: float, fp: str) -> dict
   (``store.load_blocks``: a small read per panorama); after the merge over
   processes each class's quantile lies in one known block, and pass 2 sums
   only those <= 18 blocks' code counts (``store.load_fine``); merged again,
-  they give the exact quantile code, as the full histogram would. Entries
-  without the block table (older stores) are read through
-  ``store.load_summary`` in both passes.
+  they give the exact quantile code, as the full histogram would.
 
   Resume: the passes are short, so a killed run redoes them from the start;
   the merged result is saved (``_state/``, with ``fp``) and a rerun whose
@@ -144,7 +143,8 @@ def compute_prototypes(model, variables, mesh, images, store_dir, names, th_sem,
         lab[r] = labels.semantic_labels(pred, th_sem)
         wt[r] = pred["confidence"]
     put = lambda x: shd.put_array(x, mesh)
-    s, wsum = fn(variables, put(images.images(rows)), put(lab), put(wt))
+    with jax.transfer_guard("disallow"):  # every input is on the devices already
+      s, wsum = fn(variables, put(images.images(rows)), put(lab), put(wt))
     acc.add(shd.local_rows(s).sum(0), shd.local_rows(wsum).sum(0))
     if (step + 1) % max(1, state_every // batch_size) == 0:
       fileio.atomic_write_bytes(state_path, pickle.dumps({"fp": fp, "sums": acc,
@@ -158,6 +158,18 @@ def compute_prototypes(model, variables, mesh, images, store_dir, names, th_sem,
              fingerprint=np.asarray(fp))
     fileio.atomic_write_bytes(path, buf.getvalue())
   return protos, present
+
+
+def hidden_ground_truth(root: str, image_size):
+  """``(reader, {name: index})`` of synthpass's hidden target-train ground truth, or None.
+
+  Synthpass writes it beside the BlendPASS layout (``blendpass.HIDDEN_DIR``);
+  real data sets have none, and get no quality report.
+  """
+  if not fileio.isdir(os.path.join(root, blendpass.HIDDEN_DIR)):
+    return None
+  reader = blendpass.Reader(root, "train", tuple(image_size), hidden_gt=True)
+  return reader, {k: i for i, k in enumerate(reader.keys)}
 
 
 class Outputs:
@@ -205,8 +217,10 @@ class PrototypeTest:
 
   def __init__(self, model, variables, mesh, protos, present, margin: float, n_max: int):
     self.fn = prototypes.filter_fn(model, mesh)
-    self.variables, self.mesh = variables, mesh
-    self.protos, self.present, self.margin, self.n_max = protos, present, margin, n_max
+    self.variables, self.mesh, self.n_max = variables, mesh, n_max
+    # On the devices once, not copied implicitly with every batch.
+    self.protos, self.present, self.margin = shd.replicate(
+        (protos, present, np.float32(margin)), mesh)
 
   def __call__(self, images, sems, preds, h, w):
     """``(pixel_keep [B,H,W], keep_modal [B,N], keep_amodal [B,N])`` of this process's rows."""
@@ -218,14 +232,15 @@ class PrototypeTest:
     mm, cm = (np.stack(x) for x in zip(*padded["modal"]))
     ma, ca = (np.stack(x) for x in zip(*padded["amodal"]))
     put = lambda x: shd.put_array(x, self.mesh)
-    return jax.tree.map(shd.local_rows, self.fn(
-        self.variables, put(images), put(lab), put(mm), put(cm), put(ma), put(ca),
-        self.protos, self.present, np.float32(self.margin)))
+    with jax.transfer_guard("disallow"):  # every input is on the devices already
+      out = self.fn(self.variables, put(images), put(lab), put(mm), put(cm), put(ma),
+                    put(ca), self.protos, self.present, self.margin)
+    return jax.tree.map(shd.local_rows, out)
 
 
 def write_labels(todo, *, store_dir, outputs: Outputs, th: dict, th_adcl: dict, images,
                  batch_size: int, proto_test: PrototypeTest | None, filter_labels: bool,
-                 gt=None, writer=None, config=None) -> None:
+                 gt=None, writer=None, on_written=None) -> None:
   """Labels of the panoramas ``todo`` (the same list on every process), each process its rows.
 
   ``th``: thresholds per branch (``semantic``, ``modal``, ``amodal``);
@@ -233,7 +248,8 @@ def write_labels(todo, *, store_dir, outputs: Outputs, th: dict, th_adcl: dict, 
   the report also shows OPLL + prototypes, and ``filter_labels`` makes the
   filtered labels the ones written. ``gt``: ``(reader, {name: index})`` of the
   hidden ground truth (quality parts), or None. Pictures are drawn by
-  whichever process labels them (one writer per file).
+  whichever process labels them (one writer per file). ``on_written(k)`` is
+  called after this process's k-th panorama (the tests' simulated kill).
   """
   plan = _batches(len(todo), batch_size)
   prog = progress_lib.Progress(len(plan), "opll/labels", unit="batch")
@@ -284,8 +300,8 @@ def write_labels(todo, *, store_dir, outputs: Outputs, th: dict, th_adcl: dict, 
       packed_labels.write_packed(outputs.packed(n), n, chosen_sem, chosen["modal"],
                                  chosen["amodal"])
       written += 1
-      if config is not None:
-        predictions.debug_kill(config, written)
+      if on_written is not None:
+        on_written(written)
     prog.update(step + 1)
 
 

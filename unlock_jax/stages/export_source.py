@@ -24,15 +24,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from unlock_jax import checkpoint
 from unlock_jax import fileio
 from unlock_jax import fingerprint
+from unlock_jax import inference
 from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import synthpass
 from unlock_jax.evaluation import report
-from unlock_jax.models import amodalpass
 
 
 def run(config, workdir: str) -> dict:
@@ -42,10 +41,7 @@ def run(config, workdir: str) -> dict:
   e = config.export_source
   out_dir = fileio.resolve(e.out_dir, workdir)
   ckpt_dir = os.path.join(workdir, "train_source", "checkpoints")
-  mesh = shd.make_mesh()
-  model = amodalpass.build(config.model)
-  abstract = checkpoint.abstract_variables(model, (1, 64, 64, 3), mesh)
-  variables, step = checkpoint.load_variables(ckpt_dir, abstract)
+  _, variables, step = inference.load_model(config.model, ckpt_dir, shd.make_mesh())
   if step is None:
     raise FileNotFoundError(f"no train_source checkpoint in {ckpt_dir}: run train_source first")
   dtype = jnp.dtype(e.dtype)

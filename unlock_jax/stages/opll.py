@@ -21,7 +21,6 @@ from unlock_jax import inference
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
 from unlock_jax.data import labels as labels_lib
-from unlock_jax.data.layouts import blendpass
 from unlock_jax.pseudo import opll
 from unlock_jax.pseudo import predictions
 from unlock_jax.pseudo import quality
@@ -50,12 +49,11 @@ def run(config, workdir: str) -> dict:
   logging.info("opll thresholds (semantic tau): %s",
                {labels_lib.CLASS_NAMES[c]: round(v["tau"], 4) for c, v in th["semantic"].items()})
 
-  gt = None  # the hidden ground truth of synthpass's target train split
-  root = fileio.resolve(config.predict.root or config.data.target.root, workdir)
-  if (o.quality and not config.predict.images and config.predict.split == "train"
-      and fileio.isdir(os.path.join(root, blendpass.HIDDEN_DIR))):
-    gt_reader = blendpass.Reader(root, "train", tuple(meta["image_size"]), hidden_gt=True)
-    gt = gt_reader, {k: i for i, k in enumerate(gt_reader.keys)}
+  gt = None  # synthpass's hidden ground truth of the target train split, if there
+  if o.quality and not config.predict.images and config.predict.split == "train":
+    gt = opll.hidden_ground_truth(
+        fileio.resolve(config.predict.root or config.data.target.root, workdir),
+        meta["image_size"])
   mesh = shd.make_mesh()
   images = inference.TargetImages(inference.open_target(config, workdir))
   predictions.unpredicted(images.reader.keys, names, store_dir, "opll")
@@ -76,7 +74,7 @@ def run(config, workdir: str) -> dict:
   opll.write_labels(todo, store_dir=store_dir, outputs=outputs, th=th, th_adcl=th_adcl,
                     images=images, batch_size=int(o.batch_size), proto_test=proto_test,
                     filter_labels=bool(o.prototype_filter), gt=gt, writer=writer,
-                    config=config)
+                    on_written=lambda k: predictions.debug_kill(config, k))
 
   summary = {"panoramas": len(names), "fingerprint": fp,
              "prototype_filter": bool(o.prototype_filter)}

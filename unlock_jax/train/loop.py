@@ -32,8 +32,9 @@ from unlock_jax import progress
 from unlock_jax import sharding as shd
 
 
-# As big_vision's jax_transfer_guard, for the step only: a copy between host
-# and device that nobody asked for (a numpy or Python value passed to the
+# As big_vision's jax_transfer_guard, for the step only (the predict loops of
+# inference, the evaluators and OPLL's prototypes do the same): a copy between
+# host and device that nobody asked for (a numpy or Python value passed to the
 # step, a device value read on the host) raises instead of silently syncing
 # the host with the device every step. Explicit copies (put_batch, device_get
 # at the log steps) are allowed.
