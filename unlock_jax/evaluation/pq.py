@@ -54,7 +54,7 @@ def match_segments(inter, gt_cat, gt_area, gt_crowd, pred_cat, pred_area, void_i
   return gi, pi, vals
 
 
-class _PQStats:
+class PQStats:
   """Per-category TP/FP/FN counts and IoU sums, keyed by the category list."""
 
   def __init__(self, categories):
@@ -103,7 +103,7 @@ class _PQStats:
     fp = ~pred_matched & ~(ignored / np.maximum(pred_area, 1) > 0.5)
     np.add.at(self.fp, pred_rows[fp], 1)
 
-  def merge(self, other: "_PQStats"):
+  def merge(self, other: "PQStats"):
     self.tp += other.tp
     self.fp += other.fp
     self.fn += other.fn
@@ -132,7 +132,7 @@ class _PQStats:
     return out
 
 
-def _segment_table(segments):
+def segment_table(segments):
   """Unique-id view of a segments_info list (a later duplicate id wins, like a dict)."""
   by_id = {}
   for seg in segments:
@@ -148,7 +148,7 @@ class PanopticAccumulator:
   """mPQ over images: ``add(gt_panoptic, gt_segments, pred_panoptic)``; mergeable."""
 
   def __init__(self, categories=None, label_divisor: int = labels.LABEL_DIVISOR):
-    self.stats = _PQStats(categories)
+    self.stats = PQStats(categories)
     self.label_divisor = label_divisor
 
   def add(self, gt_pan: np.ndarray, gt_segments, pred_pan: np.ndarray) -> None:
@@ -167,7 +167,7 @@ class PanopticAccumulator:
     n_p = p_uniq.size
     inter_all = np.bincount(g_idx.ravel().astype(np.int64) * n_p + p_idx.ravel(),
                             minlength=g_uniq.size * n_p).reshape(g_uniq.size, n_p)
-    ids, cat, area, crowd = _segment_table(gt_segments)
+    ids, cat, area, crowd = segment_table(gt_segments)
     rows = masks_lib.lookup(g_uniq, ids)
     inter = np.where(rows[:, None] >= 0, inter_all[np.maximum(rows, 0)], 0)
     void_row = masks_lib.lookup(g_uniq, [VOID])[0]
@@ -197,7 +197,7 @@ class AmodalPanopticAccumulator:
 
   def __init__(self, categories=None, one_to_one: bool = False,
                num_classes: int = labels.NUM_CLASSES):
-    self.stats = _PQStats(categories)
+    self.stats = PQStats(categories)
     self.one_to_one = one_to_one
     self.num_classes = num_classes
 
