@@ -57,6 +57,7 @@ RUNS = {
     "source_scan": _B5_SOURCE + ["--scan", "1"],
     "source_scan_remat": _B5_SOURCE + ["--scan", "1"] + _REMAT,
     "adapt_scan_remat": _B5_ADAPT + ["--scan", "1"] + _REMAT,
+    "adapt_scan_remat_bf16": _B5_ADAPT + ["--scan", "1"] + _REMAT + _BF16,
     "predict_scan": _B5_PREDICT + ["--scan", "1"],
 }
 # The accelerator table: compile only, per-device batch of the K2B source

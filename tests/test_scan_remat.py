@@ -75,6 +75,16 @@ def test_scanned_and_unrolled_give_equal_outputs_and_gradients(image, unrolled_p
                                err_msg=jax.tree_util.keystr(path))
 
 
+def test_scanned_bfloat16_training_forward_keeps_its_dtype(image, unrolled_params):
+  """The scanned drop-path rate is a float32 array; the bf16 carry stays bf16."""
+  model = mit.MiT(scan_blocks=True, dtype=jnp.bfloat16, **MIT_KW)
+  params = mit.stack_blocks(unrolled_params, DEPTHS)
+  feats = jax.jit(lambda p, x: model.apply({"params": p}, x, train=True,
+                                           rngs={"dropout": jax.random.key(1)}))(
+                                               params, image)
+  assert all(f.dtype == jnp.bfloat16 for f in feats)
+
+
 def test_layouts_round_trip_and_refuse_wrong_depths(unrolled_params):
   back = mit.unstack_blocks(mit.stack_blocks(unrolled_params, DEPTHS))
   assert jax.tree.structure(back) == jax.tree.structure(unrolled_params)

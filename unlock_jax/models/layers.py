@@ -295,7 +295,9 @@ class DropPath(nn.Module):
     keep = 1.0 - rate
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+    # A traced rate is float32: divide in x's dtype (a scan carry keeps its type).
+    scale = keep if static else jnp.asarray(keep, x.dtype)
+    return jnp.where(mask, x / scale, jnp.zeros_like(x))
 
 
 def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
