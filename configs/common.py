@@ -67,11 +67,13 @@ def semantic_eval(layout, root, split: str, image_size, batch_size: int = 4,
 
 def oass_eval(layout, root, split: str, image_size, *, scale: float = 1.0,
               tau=constants.TAU_ADAPTED, num_pictures: int = 0,
-              batch_size: int = 4) -> ml_collections.ConfigDict:
+              batch_size: int = 4, panorama: bool = True) -> ml_collections.ConfigDict:
   """The five OASS metrics; tau: ``constants.TAU_ADAPTED`` or ``TAU_SOURCE_ONLY``.
 
   ``scale``: the image size relative to the reference's 2048x400 panoramas,
   for which its pixel thresholds (stuff area, minimum region) are set.
+  ``panorama``: 360° images, whose seam metrics (``evaluation/seam.py``) are
+  computed beside the five; a pinhole image has no seam.
   """
   c = semantic_eval(layout, root, split, image_size, batch_size)
   c.type = "oass"
@@ -82,6 +84,10 @@ def oass_eval(layout, root, split: str, image_size, *, scale: float = 1.0,
   c.num_pictures = num_pictures
   c.pictures_dir = "{workdir}/pictures"
   c.picture_scale = 1.0
+  # band_frac: the seam band's share of the width at each end; roll: one more
+  # (semantic-only) forward per panorama, for the roll consistency.
+  c.seam = ml_collections.ConfigDict(dict(enabled=panorama, band_frac=1 / 16,
+                                          roll=panorama))
   return c
 
 
@@ -133,11 +139,14 @@ def synth_evals(data: ml_collections.ConfigDict, make=semantic_eval,
 
   They follow the config's ``data`` section, overrides included
   (:func:`domain_eval`), so a synthpass experiment pointed at real data
-  evaluates on real data.
+  evaluates on real data. ``source_val`` has no seam metrics (pinhole crops).
   """
-  return ml_collections.ConfigDict(dict(
+  evals = ml_collections.ConfigDict(dict(
       source_val=domain_eval(data.source, "val", make, **kwargs),
       target_val=domain_eval(data.target, "val", make, **kwargs)))
+  if "seam" in evals.source_val:  # the source's pinhole crops have no seam
+    evals.source_val.seam.enabled = evals.source_val.seam.roll = False
+  return evals
 
 
 def small_model(model: ml_collections.ConfigDict) -> None:

@@ -1,7 +1,18 @@
 """The 360° seam metrics (evaluation/seam.py) against oracles written here in numpy."""
+import os
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import common
+from tests.support import synthpass as synth_testing
+from unlock_jax import sharding as shd
+from unlock_jax.data import pipeline
+from unlock_jax.data import synthpass
+from unlock_jax.evaluation import evaluators
+from unlock_jax.evaluation import report
 from unlock_jax.evaluation import seam
 
 H, W = 8, 32
@@ -216,3 +227,89 @@ def test_roll_consistency_of_fake_predictors():
   other.add_roll(per_pixel(images), per_pixel(images))
   m.merge(other)  # twice the pixels, none changed
   assert m.result()["roll_change"] == pytest.approx(100.0 * 8 / 96)
+
+
+# --- in the oass evaluator ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  return synth_testing.make_tiny_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+def _border_sem(h, w):
+  """Class 1 on the 4 leftmost columns (as a zero-padded border might), row % 18 elsewhere."""
+  sem = np.broadcast_to((np.arange(h) % 18)[:, None], (h, w)).copy()
+  sem[:, :4] = 1
+  return sem
+
+
+def _border_predict_fns(mesh):
+  """Predicts :func:`_border_sem` whatever the image: not roll-equivariant."""
+  def predict(variables, image):
+    b, h, w, _ = image.shape
+    return {"semantic": jnp.broadcast_to(jnp.asarray(_border_sem(h, w), jnp.uint8), (b, h, w))}
+  fn = jax.jit(predict, out_shardings=shd.data_sharding(mesh))
+  return {"semantic": fn, "oass": fn}
+
+
+def test_oass_evaluator_adds_seam_metrics_and_leaves_the_headline_bit_identical(root, tmp_path):
+  size = synthpass.image_sizes(0.125)["target"]
+  cfg = common.oass_eval("blendpass", os.path.join(root, "BlendPASS"), "val", size,
+                         scale=0.125, batch_size=4)
+  assert (cfg.seam.enabled, cfg.seam.roll, cfg.seam.band_frac) == (True, True, 1 / 16)
+  mesh = shd.make_mesh()
+  fns = _border_predict_fns(mesh)
+  ev = evaluators.from_config("val", cfg, predict_fns=fns, mesh=mesh, workdir=str(tmp_path))
+  got = dict(ev.run({}))
+  off = cfg.copy_and_resolve_references()
+  off.seam.enabled = off.seam.roll = False
+  ev_off = evaluators.from_config("val", off, predict_fns=fns, mesh=mesh,
+                                  workdir=str(tmp_path))
+  got_off = dict(ev_off.run({}))
+  assert not any(k.startswith("seam/") for k in got_off)
+  assert {k: v for k, v in got.items() if not k.startswith("seam/")} == got_off
+  assert "seam" not in ev_off.table()
+
+  # Direct accumulation, outside the evaluator: the headline and the seam metrics.
+  h, w = size
+  reader = pipeline.open_reader("blendpass", cfg.root, "val", size)
+  oass = report.OassMetrics(tau_m=cfg.tau_m, tau_a=cfg.tau_a, stuff_area=cfg.stuff_area,
+                            min_region_size=cfg.min_region_size)
+  direct = seam.SeamMetrics(cfg.seam.band_frac, cfg.min_region_size)
+  empty = _no_dets(h, w)
+  sem = _border_sem(h, w)
+  crossing = 0
+  for i in range(len(reader)):
+    gt = reader.load(i)
+    pred = {"sem": sem, "modal": empty, "amodal": empty}
+    direct.add(gt, pred, oass.add(gt, pred))
+    pan = gt["panoptic"]
+    crossing += sum(1 for s in gt["segments"] if 11 <= s["category_id"] <= 17
+                    and not s["iscrowd"] and (pan[:, 0] == s["id"]).any()
+                    and (pan[:, -1] == s["id"]).any())
+  ref = oass.result()
+  for k in report.HEADLINE + ("AP50", "AAP50"):
+    assert got[k] == ref[k], k  # bit-identical
+  want = direct.result()
+  for k in ("band_mIoU", "rest_mIoU", "crossing_objects", "crossing_split"):
+    assert got[f"seam/{k}"] == want[k], k
+  assert got["seam/crossing_objects"] == crossing
+  # Roll by 128 columns and back: the border class moves to columns 128..131.
+  rolled = np.broadcast_to((np.arange(h) % 18)[:, None], (h, w)).copy()
+  rolled[:, seam.roll_shift(w):seam.roll_shift(w) + 4] = 1
+  assert seam.roll_shift(w) == 128
+  assert got["seam/roll_change"] == pytest.approx(100.0 * np.mean(sem != rolled))
+  assert ev.table().splitlines()[-3].startswith("seam (band 16 px at each end)")
+
+
+def test_comparison_table_lists_seam_metrics_after_the_headline():
+  runs = {"source_only": {"results": {"t/mIoU": 30.0, "t/IoU/road": 9.0,
+                                      "t/seam/band_mIoU": 20.0}},
+          "UNLOCK": {"results": {"t/mIoU": 40.0, "t/seam/band_mIoU": 25.0,
+                                 "t/seam/crossing_AP": 5.0}}}
+  lines = report.comparison_table(runs).splitlines()
+  assert [l.split()[0] for l in lines] == ["metric", "t/mIoU", "t/seam/band_mIoU",
+                                           "t/seam/crossing_AP"]
+  assert lines[2].split()[1:] == ["20.00", "25.00"]
+  assert lines[3].split()[1:] == ["nan", "5.00"]  # not measured in that run

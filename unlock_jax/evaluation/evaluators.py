@@ -27,6 +27,7 @@ from unlock_jax.data import labels
 from unlock_jax.data import pipeline
 from unlock_jax.evaluation import pictures as pictures_lib
 from unlock_jax.evaluation import report
+from unlock_jax.evaluation import seam
 from unlock_jax.evaluation import semantic
 
 def _no_detections(h: int, w: int) -> dict:
@@ -96,17 +97,22 @@ class OassEvaluator:
   (``report.TAU_ADAPTED`` / ``TAU_SOURCE_ONLY``), stuff_area and
   min_region_size (the reference's pixel counts, scaled with the image),
   one_to_one (published APQ matching instead of the reference's),
-  num_pictures, pictures_dir, picture_scale. A model without instance heads
-  is scored with no detections. ``run`` names the model scored (``evaluate``'s
+  num_pictures, pictures_dir, picture_scale, and ``seam`` (``enabled``,
+  ``band_frac``, ``roll``: the 360° seam metrics of ``seam.py``, beside the
+  five; ``roll`` costs one semantic-only forward of each panorama rolled by
+  ``seam.roll_shift`` columns, with ``ROLL_PREDICT``'s function). A model
+  without instance heads is scored with no detections. ``run`` names the model scored (``evaluate``'s
   run names, ``source_only`` / ``UNLOCK``): its pictures are
   ``<pictures_dir>/<run>_<evaluator>_<panorama>.png`` and their titles say it,
   so the runs of one evaluation never overwrite each other's.
   """
   PREDICT = "oass"  # the argmax and both branches' detections
+  ROLL_PREDICT = "semantic"  # the rolled panorama's argmax only
 
   def __init__(self, cfg, *, predict_fn, mesh, workdir: str, name: str = "oass",
-               run: str = ""):
+               run: str = "", roll_fn=None):
     self.cfg, self.predict_fn, self.mesh, self.name = cfg, predict_fn, mesh, name
+    self.roll_fn = roll_fn or predict_fn
     self.run_name = run
     self.reader = _open(cfg, workdir)
     self.image_size = tuple(cfg.image_size)
@@ -120,8 +126,19 @@ class OassEvaluator:
         tau_m=float(c.tau_m), tau_a=float(c.tau_a), stuff_area=int(c.stuff_area),
         one_to_one=bool(c.one_to_one), min_region_size=int(c.min_region_size))
 
+  def _predict_rolled(self, variables, images: np.ndarray, shift: int) -> np.ndarray:
+    def predict(rolled):
+      with jax.transfer_guard("disallow"):  # the image put explicitly; nothing else copied
+        out = self.roll_fn(variables, shd.put_array(rolled, self.mesh))
+      return shd.local_rows(out["semantic"]).astype(np.int32)
+    return seam.rolled_semantic(predict, images, shift)
+
   def run(self, variables) -> Iterator[tuple[str, float]]:
     metrics = self._new_metrics()
+    seam_cfg = self.cfg.seam
+    seam_metrics = (seam.SeamMetrics(float(seam_cfg.band_frac), int(self.cfg.min_region_size))
+                    if seam_cfg.enabled or seam_cfg.roll else None)
+    shift = seam.roll_shift(self.image_size[1])
     bs = int(self.cfg.batch_size)
     num_pictures = int(self.cfg.num_pictures)
     prog = progress_lib.Progress(pipeline.num_eval_steps(len(self.reader), bs),
@@ -133,6 +150,8 @@ class OassEvaluator:
       with jax.transfer_guard("disallow"):  # the image put explicitly; nothing else copied
         out = self.predict_fn(variables, shd.put_array(batch[keys.IMAGE], self.mesh))
       out = jax.tree.map(shd.local_rows, out)
+      if seam_cfg.roll:
+        rolled = self._predict_rolled(variables, batch[keys.IMAGE], shift)
       for r, (gt, real) in enumerate(zip(batch["_host_gt"], batch[keys.MASK])):
         if not real:
           continue
@@ -141,6 +160,10 @@ class OassEvaluator:
           pred[branch] = (jax.tree.map(lambda x, r=r: x[r], out[branch])
                           if branch in out else _no_detections(*self.image_size))
         fused = metrics.add(gt, pred)
+        if seam_cfg.enabled:
+          seam_metrics.add(gt, pred, fused)
+        if seam_cfg.roll:
+          seam_metrics.add_roll(pred["sem"], rolled[r])
         if jax.process_index() == 0 and len(self.pictures) < num_pictures:
           self._picture(gt, pred, fused)
       prog.update(i + 1)
@@ -148,15 +171,26 @@ class OassEvaluator:
     for part in shd.gather_objects(metrics):
       merged.merge(part)
     self.result = merged.result()
+    if seam_metrics is not None:
+      merged_seam = seam.SeamMetrics(float(seam_cfg.band_frac), int(self.cfg.min_region_size))
+      for part in shd.gather_objects(seam_metrics):
+        merged_seam.merge(part)
+      self.result["seam"] = merged_seam.result()
     for k in report.HEADLINE + ("AP50", "AAP50"):
       yield k, float(self.result[k])
+    seam_keys = seam.KEYS if seam_cfg.enabled else ("roll_change",) if seam_cfg.roll else ()
+    for k in seam_keys:
+      v = self.result["seam"][k]
+      if v == v:  # NaN: nothing to measure (no crossing instance, metric off)
+        yield f"seam/{k}", float(v)
     for row in self.result["per_class"]:
       for k in ("IoU", "PQ", "APQ", "AP", "AAP"):
         if row[k] == row[k]:  # NaN: class not evaluated for this metric
           yield f"{k}/{row['name']}", float(row[k])
 
   def table(self) -> str:
-    return report.format_table(self.result)
+    table = report.format_table(self.result)
+    return table + "\n" + seam.format_lines(self.result["seam"]) if "seam" in self.result else table
 
   def _picture(self, gt, pred, fused) -> None:
     run = self.run_name
@@ -184,8 +218,9 @@ def from_config(name: str, cfg, *, predict_fns: dict, mesh, workdir: str, run: s
     raise ValueError(f"config.evals.{name}.type={cfg.type!r} is unknown; "
                      f"available: {sorted(TYPES)}")
   cls = TYPES[cfg.type]
+  extra = {"roll_fn": predict_fns[cls.ROLL_PREDICT]} if hasattr(cls, "ROLL_PREDICT") else {}
   return cls(cfg, predict_fn=predict_fns[cls.PREDICT], mesh=mesh, workdir=workdir,
-             name=name, run=run)
+             name=name, run=run, **extra)
 
 
 def run_all(evals_cfg, variables, *, predict_fns: dict, mesh, workdir: str, run: str = "",

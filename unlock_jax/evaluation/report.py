@@ -169,10 +169,12 @@ def to_jsonable(obj):
 
 
 def comparison_table(runs: dict) -> str:
-  """Headline metrics of every evaluator, one column per named run (``evaluate``'s runs)."""
+  """Headline metrics of every evaluator, then its seam metrics (``seam/*``, where
+  computed), one column per named run (``evaluate``'s runs)."""
   names = list(runs)
   keys = [k for k in next(iter(runs.values()))["results"]
           if k.split("/")[-1] in HEADLINE and k.count("/") == 1]
+  keys += sorted({k for r in runs.values() for k in r["results"] if "/seam/" in k})
   width = max([len(k) for k in keys] + [6])
   lines = [f"{'metric':<{width}}" + "".join(f"  {n:>12}" for n in names)]
   for k in keys:
