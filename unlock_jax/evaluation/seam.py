@@ -152,7 +152,7 @@ class SeamMetrics:
     crossing = thing & np.isin(ids, crossing_ids(gt_pan))
     # Predicted thing segments (the fusion's ids are category * divisor + k).
     p_cat = p_uniq // labels.LABEL_DIVISOR
-    p_thing = labels.is_thing(p_cat) & (p_uniq != panoptic_fusion.VOID_LABEL)
+    p_thing = labels.is_thing(p_cat)  # not road, stuff or VOID_LABEL
     at_end = np.isin(p_uniq, np.union1d(pred_pan[:, 0], pred_pan[:, -1]))
     in_scope = p_thing & (at_end | (seg_inter[crossing] > 0).any(0))
     cols = np.flatnonzero(in_scope)
@@ -193,8 +193,8 @@ class SeamMetrics:
       restricted = {"instance_ids": instance_ids, "amodal": amodal_gt}
     else:
       cross = crossing_ids(instance_ids)
-      cross = cross[(cross >= 1000) & (cross != labels.IGNORE)]
-      inst = (instance_ids >= 1000) & (instance_ids != labels.IGNORE)
+      cross = cross[cross >= 1000]  # instances (below: classes, groups, 255 void)
+      inst = instance_ids >= 1000
       # Non-crossing instances become their class's group region (id = class): ignored.
       restricted = {"instance_ids": np.where(inst & ~np.isin(instance_ids, cross),
                                              instance_ids // 1000, instance_ids)}
