@@ -301,6 +301,15 @@ def test_oass_evaluator_adds_seam_metrics_and_leaves_the_headline_bit_identical(
   assert seam.roll_shift(w) == 128
   assert got["seam/roll_change"] == pytest.approx(100.0 * np.mean(sem != rolled))
   assert ev.table().splitlines()[-3].startswith("seam (band 16 px at each end)")
+  # Roll consistency alone: no band or crossing keys.
+  roll_only = cfg.copy_and_resolve_references()
+  roll_only.seam.enabled = False
+  ev_roll = evaluators.from_config("val", roll_only, predict_fns=fns, mesh=mesh,
+                                   workdir=str(tmp_path))
+  got_roll = dict(ev_roll.run({}))
+  assert {k: v for k, v in got_roll.items() if k.startswith("seam/")} == {
+      "seam/roll_change": got["seam/roll_change"]}
+  assert ev_roll.table().splitlines()[-1].startswith("seam: -roll_change:")
 
 
 def test_comparison_table_lists_seam_metrics_after_the_headline():

@@ -101,8 +101,8 @@ class OassEvaluator:
   ``band_frac``, ``roll``: the 360° seam metrics of ``seam.py``, beside the
   five; ``roll`` costs one semantic-only forward of each panorama rolled by
   ``seam.roll_shift`` columns, with ``ROLL_PREDICT``'s function). A model
-  without instance heads is scored with no detections. ``run`` names the model scored (``evaluate``'s
-  run names, ``source_only`` / ``UNLOCK``): its pictures are
+  without instance heads is scored with no detections. ``run`` names the
+  model scored (``evaluate``'s run names, ``source_only`` / ``UNLOCK``): its pictures are
   ``<pictures_dir>/<run>_<evaluator>_<panorama>.png`` and their titles say it,
   so the runs of one evaluation never overwrite each other's.
   """
@@ -126,6 +126,9 @@ class OassEvaluator:
         tau_m=float(c.tau_m), tau_a=float(c.tau_a), stuff_area=int(c.stuff_area),
         one_to_one=bool(c.one_to_one), min_region_size=int(c.min_region_size))
 
+  def _new_seam(self) -> seam.SeamMetrics:
+    return seam.SeamMetrics(float(self.cfg.seam.band_frac), int(self.cfg.min_region_size))
+
   def _predict_rolled(self, variables, images: np.ndarray, shift: int) -> np.ndarray:
     def predict(rolled):
       with jax.transfer_guard("disallow"):  # the image put explicitly; nothing else copied
@@ -136,8 +139,7 @@ class OassEvaluator:
   def run(self, variables) -> Iterator[tuple[str, float]]:
     metrics = self._new_metrics()
     seam_cfg = self.cfg.seam
-    seam_metrics = (seam.SeamMetrics(float(seam_cfg.band_frac), int(self.cfg.min_region_size))
-                    if seam_cfg.enabled or seam_cfg.roll else None)
+    seam_metrics = self._new_seam() if seam_cfg.enabled or seam_cfg.roll else None
     shift = seam.roll_shift(self.image_size[1])
     bs = int(self.cfg.batch_size)
     num_pictures = int(self.cfg.num_pictures)
@@ -172,7 +174,7 @@ class OassEvaluator:
       merged.merge(part)
     self.result = merged.result()
     if seam_metrics is not None:
-      merged_seam = seam.SeamMetrics(float(seam_cfg.band_frac), int(self.cfg.min_region_size))
+      merged_seam = self._new_seam()
       for part in shd.gather_objects(seam_metrics):
         merged_seam.merge(part)
       self.result["seam"] = merged_seam.result()
@@ -190,7 +192,9 @@ class OassEvaluator:
 
   def table(self) -> str:
     table = report.format_table(self.result)
-    return table + "\n" + seam.format_lines(self.result["seam"]) if "seam" in self.result else table
+    if "seam" in self.result:
+      table += "\n" + seam.format_lines(self.result["seam"])
+    return table
 
   def _picture(self, gt, pred, fused) -> None:
     run = self.run_name

@@ -250,6 +250,8 @@ def format_lines(result: dict) -> str:
     v = result[k]
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else (
         f"{v:.2f}" if isinstance(v, float) else str(v))
+  if result["band_px"] is None:  # roll consistency only
+    return f"seam: -roll_change: {fmt('roll_change')}%"
   return "\n".join([
       f"seam (band {result['band_px']} px at each end):",
       f"-band_mIoU: {fmt('band_mIoU')}  -rest_mIoU: {fmt('rest_mIoU')}  "
