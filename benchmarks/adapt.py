@@ -32,7 +32,7 @@
     ~10 modal / ~15 amodal instances each) and a pool index of ~2 entries per panorama
     (the demo run's pool had 116 entries for 60 panoramas), read through a stub reader
     (``keys``, ``image_size``, ``load_image``). Against it: steps/s of
-    ``adapt.make_adapt_step`` (configs/demo.py model, random init, the first
+    ``methods/unlock.make_step`` (configs/demo.py model, random init, the first
     batch of the iterator), compiled, after one warm-up step. Then both in one loop
     (``next`` + ``put_batch`` + step, the training loop's work) for the achieved rate.
 (iii) The same adapt step vs ``steps.make_source_step`` (source optimiser groups, same
@@ -602,6 +602,7 @@ def bench_steps(args, cfg, it, first, input_rate):
   from unlock_jax import sharding as shd
   from unlock_jax.models import amodalpass
   from unlock_jax.models import variables as variables_lib
+  from unlock_jax.methods import unlock
   from unlock_jax.train import adapt as adapt_lib
   from unlock_jax.train import optim, steps
 
@@ -620,7 +621,7 @@ def bench_steps(args, cfg, it, first, input_rate):
   tx, sched = optim.make(cfg.adapt.optim, cfg.adapt.total_steps, variables["params"])
   state = adapt_lib.init_state(variables, tx, mesh)
   src = jax.device_put(variables["params"], repl)
-  step = adapt_lib.make_adapt_step(model, tx, sched, mesh, state, cfg=cfg.adapt)
+  step = unlock.make_step(model, tx, sched, mesh, state, cfg=cfg.adapt)
   t = time.perf_counter()
   compiled = step.lower(state, batch, src, base).compile()
   a_compile = time.perf_counter() - t
@@ -717,6 +718,7 @@ def bench_b5(args):
   from unlock_jax import sharding as shd
   from unlock_jax.models import amodalpass
   from unlock_jax.models import variables as variables_lib
+  from unlock_jax.methods import unlock
   from unlock_jax.train import adapt as adapt_lib
   from unlock_jax.train import optim
 
@@ -746,7 +748,7 @@ def bench_b5(args):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   abstract_state = jax.tree.map(lambda x: sds(x, repl), jax.eval_shape(
       lambda v: adapt_lib.init_state(v, tx, mesh), abstract_vars))
-  step = adapt_lib.make_adapt_step(model, tx, sched, mesh, abstract_state, cfg=a)
+  step = unlock.make_step(model, tx, sched, mesh, abstract_state, cfg=a)
   base = jax.device_put(jax.random.key(1), repl)
   t = time.perf_counter()
   lowered = step.lower(abstract_state, {k: sds(v, data) for k, v in host.items()},

@@ -18,7 +18,7 @@ Steps (``--step``), all with both Mask R-CNN branches, synthetic batches
 
 * ``source``: ``steps.make_source_step``, ``--batch`` x ``--size``² crops, 64
   instances per branch (configs/k2b/source_b5.py);
-* ``adapt``: ``adapt.make_adapt_step``, ``--batch`` PL + ``--batch`` unlabelled
+* ``adapt``: ``methods/unlock.make_step``, ``--batch`` PL + ``--batch`` unlabelled
   crops of ``--size``², 32 instances (teacher + two student forwards);
 * ``predict``: whole ``--size``=H,W panoramas, batch ``--batch``, the store's
   outputs (semantic argmax and confidence at image size, both branches'
@@ -117,6 +117,7 @@ def build(args):
   from unlock_jax.models import amodalpass
   from unlock_jax.models import layers
   from unlock_jax.models import variables as variables_lib
+  from unlock_jax.methods import unlock
   from unlock_jax.train import adapt as adapt_lib
   from unlock_jax.train import optim, steps
 
@@ -164,7 +165,7 @@ def build(args):
   tx, sched = optim.make(a.optim, a.total_steps, abstract_vars["params"])
   a_state = jax.tree.map(lambda x: sds(x, repl), jax.eval_shape(
       lambda v: adapt_lib.init_state(v, tx, mesh), abstract_vars))
-  fn = adapt_lib.make_adapt_step(model, tx, sched, mesh, a_state, cfg=a)
+  fn = unlock.make_step(model, tx, sched, mesh, a_state, cfg=a)
   a_batch = {k: sds(v, data) for k, v in host.items()}
 
   def concrete():

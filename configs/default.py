@@ -84,7 +84,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # Stage 3: the ADCL pool, tau = min(0.95, quantile_0.9) (docs/method.md §6).
   c.adcl_pool = dict(pt=(0.1, 0.95), out_dir="{workdir}/adcl_pool", overwrite=False)
   # Stage 4: adaptation (docs/method.md §7), the reference's K2B hyper-parameters.
+  # `method` names the step (unlock_jax/methods/); the keys from ema_max to
+  # sem_normalize are UNLOCK's (methods/unlock.py CONFIG_KEYS), the rest the stage's.
   c.adapt = dict(
+      method="unlock",
       source_checkpoint="",  # empty: config.predict.checkpoint
       total_steps=10_000, batch_size=4, crop_size=(400, 400), cat_max_ratio=0.75,
       flip=True, max_instances=32, num_workers=0,

@@ -1,4 +1,4 @@
-"""UNLOCK's adaptation step (train/adapt.py; docs/method.md §7.1, §7.4-§7.6;
+"""UNLOCK's adaptation step (methods/unlock.py, train/adapt.py; docs/method.md §7.1, §7.4-§7.6;
 docs/reference_differences.md items 6-7).
 
 Expectations are computed here, independently: closed-form EMA / regulariser
@@ -15,7 +15,7 @@ not depend on the dropout rng); the semantic one has decode-head dropout 0.5
 (masks easy to tell apart). The step's jitter/blur gates are 0 (both ops are
 still in the program) so that ``x_u = x_pl`` makes the mixed image the clean one.
 
-Each property was checked to fail under a matching mutation of adapt.py (EMA
+Each property was checked to fail under a matching mutation of the step (EMA
 applied at t = 0; teacher's BatchNorm update kept; one dropout key for both
 student forwards; teacher on running statistics; mixed forward from the old
 statistics; regulariser summed instead of averaged).
@@ -40,6 +40,7 @@ from unlock_jax.models import defaults
 from unlock_jax.models import layers
 from unlock_jax.models import predict as predict_lib
 from unlock_jax.models import variables as variables_lib
+from unlock_jax.methods import unlock
 from unlock_jax.train import adapt, optim
 
 B, H, W = 4, 32, 32
@@ -177,7 +178,7 @@ def full():
   tx, sched = optim.make(_optim_cfg(lr, constants.ADAPT_GROUPS), 100, variables["params"])
   fresh = lambda: adapt.init_state(variables, tx, mesh)
   with max_traces(1):  # every test's calls share one trace: a retrace raises
-    step = adapt.make_adapt_step(model, tx, sched, mesh, fresh(),
+    step = unlock.make_step(model, tx, sched, mesh, fresh(),
                                  cfg=_adapt_cfg(jitter_p=0.0, blur_p=0.0))
   repl = shd.replicated(mesh)
   return types.SimpleNamespace(
@@ -207,7 +208,7 @@ def captured(sem):
   old = _perturbed_stats(sem.batch_stats, rng)
   paths = []
   fn = jax.jit(_capturing(
-      lambda p, bs, s, b, m, r: adapt.adapt_loss(sem.model, p, bs, s, b, m, r, cfg=sem.cfg),
+      lambda p, bs, s, b, m, r: unlock.adapt_loss(sem.model, p, bs, s, b, m, r, cfg=sem.cfg),
       paths))
   (loss, (terms, new_bs)), bn_in, drop = jax.device_get(
       fn(sem.params, old, sem.params, batch, mixed, jax.random.key(7)))

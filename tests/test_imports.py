@@ -28,6 +28,7 @@ LAYERS = (
     ("checkpoint",),
     ("evaluation", "inference"),
     ("pseudo", "train"),
+    ("methods",),
     ("api", "fingerprint", "tools"),
     ("stages",),
     ("main", "__init__"),

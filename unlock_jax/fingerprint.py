@@ -51,6 +51,7 @@ import jax
 from absl import logging
 
 from unlock_jax import fileio
+from unlock_jax import methods
 from unlock_jax import sharding as shd
 from unlock_jax.data import synthpass
 from unlock_jax.pseudo import store
@@ -251,6 +252,8 @@ def validate(config, stage: str) -> None:
       if not run.get("checkpoint"):
         raise ValueError(f"config.evaluate.runs.{name} has no checkpoint")
   if stage == "adapt":
+    if config.adapt.method not in methods.METHODS:
+      raise ValueError(f"config.adapt.method: {methods.METHODS.unknown(config.adapt.method)}")
     unknown = [n for n in config.adapt.evals if n not in config.evals]
     if unknown:
       raise ValueError(f"config.adapt.evals names {unknown}, which are not in "

@@ -1,7 +1,7 @@
 """Trace counting for the jitted train steps, with ``chex.assert_max_traces``.
 
 The steps are jitted inside their factories (``make_source_step``,
-``make_adapt_step``), while chex's wrapper has to sit under ``jax.jit``. So
+a method's ``make_step``), while chex's wrapper has to sit under ``jax.jit``. So
 :func:`max_traces` hands every function jitted inside its block to
 ``chex.assert_max_traces`` first: a later retrace raises AssertionError.
 """

@@ -7,8 +7,9 @@ never written into this stage's checkpoints. Input pairs come from
 ``pipeline.adapt_iterator`` (the panoramas ``predict`` read: the target split
 or ``config.predict.images``, less those it skipped as unreadable; packed
 OPLL labels of ``config.opll.out_dir``, the pool index of
-``config.adcl_pool.out_dir``); the step is
-``train/adapt.py``; the loop (resume, logging, non-finite check,
+``config.adcl_pool.out_dir``); the method (``config.adapt.method``, a name
+of ``methods.METHODS``: UNLOCK's is ``methods/unlock.py``) gives the state
+and the step; the loop (resume, logging, non-finite check,
 checkpoints with the grain iterator state, preemption) is ``train/loop.py``.
 Every ``eval_every`` steps the evaluators named in ``config.adapt.evals``
 (keys of ``config.evals``, on held-out splits) are written through clu. The
@@ -25,6 +26,7 @@ from absl import logging
 from unlock_jax import checkpoint
 from unlock_jax import fileio
 from unlock_jax import fingerprint
+from unlock_jax import methods
 from unlock_jax import inference
 from unlock_jax import model_info
 from unlock_jax import provenance
@@ -36,13 +38,14 @@ from unlock_jax.evaluation import report
 from unlock_jax.models import predict as predict_lib
 from unlock_jax.pseudo import adcl
 from unlock_jax.pseudo import opll
-from unlock_jax.train import adapt as adapt_lib
 from unlock_jax.train import loop
 from unlock_jax.train import optim
 
 
 def run(config, workdir: str) -> dict:
   a = config.adapt
+  method = methods.get(a.method)
+  method.check_config(a)
   stage_dir = fileio.resolve(a.out_dir, workdir)
   provenance.record(workdir, "adapt", config, fingerprint.begin(config, workdir, "adapt"))
   mesh = shd.make_mesh()
@@ -63,10 +66,10 @@ def run(config, workdir: str) -> dict:
   src_path = fileio.resolve(a.source_checkpoint or config.predict.checkpoint, workdir)
   synthpass.check_trained_on(src_path, fileio.resolve(config.synthpass.out_dir, workdir))
   model, variables, src_step = inference.load_model(config.model, src_path, mesh)
-  logging.info("adapt: source model %s (step %s)", src_path, src_step)
+  logging.info("adapt: method %s, source model %s (step %s)", a.method, src_path, src_step)
   total = int(a.total_steps)
   tx, schedule = optim.make(a.optim, total, variables["params"])
-  state = adapt_lib.init_state(variables, tx, mesh)
+  state = method.init_state(variables, tx, mesh)
   source_params = jax.device_put(variables["params"], shd.replicated(mesh))
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                  max_to_keep=a.keep_checkpoints)
@@ -74,7 +77,7 @@ def run(config, workdir: str) -> dict:
     model_info.write(ckpt.directory, config.model, model_info.panorama_size(config),
                      report.TAU_ADAPTED, "adapt")
   state, _ = loop.restore_or_init(ckpt, state, data_iter)
-  step_fn = adapt_lib.make_adapt_step(model, tx, schedule, mesh, state, cfg=a)
+  step_fn = method.make_step(model, tx, schedule, mesh, state, cfg=a)
   base_rng = shd.replicate(jax.random.fold_in(jax.random.key(config.seed), 4), mesh)
   predict_fns = predict_lib.jit_predict_fns(model, mesh)  # compiled once for every eval
 

@@ -75,6 +75,21 @@ def create_writer(logdir: str):
   return metric_writers.AsyncMultiWriter([metric_writers.SummaryWriter(logdir)])
 
 
+def flat_hparams(tree: dict, prefix: str = "") -> dict:
+  """Nested config values as TensorBoard hparams: dotted keys (``adapt.optim.lr``),
+  sequences as their text; None and empty sections dropped."""
+  out = {}
+  for k, v in tree.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out |= flat_hparams(v, key + ".")
+    elif isinstance(v, (list, tuple)):
+      out[key] = str(tuple(v))
+    elif isinstance(v, (bool, int, float, str)):
+      out[key] = v
+  return out
+
+
 def _line(values: dict) -> str:
   order = sorted(values, key=lambda k: (not k.startswith("loss"), k))  # losses first
   return ", ".join(f"{k}={values[k]:.4g}" for k in order)
@@ -117,8 +132,7 @@ def run(state, train_step, data_iter, *, mesh, ckpt, writer, config, total: int,
   report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
                                            every_secs=config.progress_every_secs)
   if step == 0:
-    writer.write_hparams({k: v for k, v in config.to_dict().items()
-                          if isinstance(v, (int, float, str, bool))})
+    writer.write_hparams(flat_hparams(config.to_dict()))
   measurements = None
   interval_sum, interval_steps = None, 0
   first, timed = step, None  # timed: (step, time) once the first step has run

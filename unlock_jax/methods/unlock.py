@@ -1,0 +1,119 @@
+"""UNLOCK, the adaptation method of the paper (docs/method.md §7.4-§7.6): its step.
+
+Inputs: both streams (pseudo-labelled target crops with the pool's pastes,
+unlabelled target crops); state: student, EMA teacher (the frozen source
+parameters anchor the regulariser); one pure, jitted step.
+
+Per step ``t`` (state ``{"params", "batch_stats", "opt", "teacher", "step",
+"first_bad_step"}``; the frozen source parameters are an argument, never
+part of the state or its checkpoints):
+
+1. EMA teacher, before the forward and for ``t >= 1`` only, parameters only:
+   ``teacher <- a·teacher + (1-a)·params`` with ``a = min(1 - 1/(t+1), ema_max)``.
+2. Teacher on the unlabelled crops: dropout/drop-path off, BatchNorm on the
+   batch's statistics *without* updating any stored ones (as the reference;
+   docs/reference_differences.md item 6), ``stop_gradient``; labels and
+   confidences at crop size (``models/predict.teacher_labels``, the
+   semantic rule every predict function shares); one pseudo-weight scalar
+   for the whole batch, top/bottom rows 0 (item 7).
+3. ClassMix from the batch's PL label set, then colour jitter and blur on the
+   mixed images (``train/classmix.py``, ``train/augment.py``).
+4. ``L = L_clean + L_mix``: L_clean = semantic CE on the PL crops + both
+   Mask R-CNN branches on the PL + pasted targets + ``reg_weight`` ·
+   Σ_l mean((θ_l - θ_src,l)²) over all student parameters (BatchNorm
+   statistics are not parameters); L_mix = pixel-weighted semantic CE on the
+   mixed crops. The two student forwards draw independent dropout/drop-path
+   masks and update the student's BatchNorm statistics in order (clean, then
+   mixed), as the reference's two forwards do. One gradient of the sum equals
+   the reference's two backwards before one optimiser step.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from unlock_jax import methods
+from unlock_jax.data import keys
+from unlock_jax.models import predict as predict_lib
+from unlock_jax.train import adapt as adapt_lib
+from unlock_jax.train import augment
+from unlock_jax.train import classmix
+from unlock_jax.train import losses as losses_lib
+from unlock_jax.train import steps
+
+
+def adapt_loss(model, params, batch_stats, source_params, batch, mixed, rng, *, cfg):
+  """``L_clean + L_mix`` and its terms; returns the twice-updated BN statistics."""
+  r = jax.random.split(rng, 3)
+  out, mut = model.apply(
+      {"params": params, "batch_stats": batch_stats}, batch[keys.IMAGE], train=True,
+      targets=steps.instance_targets(batch), rngs={"dropout": r[0], "sampling": r[1]},
+      mutable=["batch_stats"])
+  bs = mut.get("batch_stats", batch_stats)
+  terms = {"sem": losses_lib.semantic_ce(out["sem_logits"], batch[keys.SEMANTIC],
+                                         normalize=cfg.sem_normalize)}
+  for branch, branch_losses in out.get("losses", {}).items():
+    for name, value in branch_losses.items():
+      terms[f"{branch}/{name}"] = value
+  terms["param_reg"] = cfg.reg_weight * adapt_lib.param_regulariser(params, source_params)
+  out_mix, mut = model.apply(
+      {"params": params, "batch_stats": bs}, mixed["image"], train=True,
+      semantic_only=True, rngs={"dropout": r[2]}, mutable=["batch_stats"])
+  bs = mut.get("batch_stats", bs)
+  # mix_weight 0 is the "without the ClassMix branch" ablation (1 = reference).
+  terms["mix/sem"] = cfg.mix_weight * losses_lib.semantic_ce(
+      out_mix["sem_logits"], mixed["labels"], normalize=cfg.sem_normalize,
+      weight=mixed["weights"])
+  return sum(terms.values()), (terms, bs)
+
+
+def mixed_batch(model, teacher, batch_stats, batch, rng, *, cfg):
+  """Teacher labels on the unlabelled crops, ClassMix, strong augmentation."""
+  x_u = batch[keys.UNLABELED_IMAGE]
+  t_lab, t_conf = predict_lib.teacher_labels(model, teacher, batch_stats, x_u)
+  t_w = classmix.teacher_pseudo_weight(
+      t_conf, cfg.teacher_threshold, ignore_top=cfg.ignore_top,
+      ignore_bottom=cfg.ignore_bottom, crop_height=cfg.rows_crop_height)
+  r_mix, r_aug = jax.random.split(rng)
+  mask = classmix.class_masks(batch[keys.SEMANTIC].astype(jnp.int32), r_mix)
+  lab, w = classmix.mixed_targets(mask, batch[keys.SEMANTIC], t_lab, t_w)
+  image = classmix.mix(mask, batch[keys.IMAGE], x_u)
+  image = augment.strong_augment(image, r_aug, jitter_p=cfg.jitter_p, blur_p=cfg.blur_p,
+                                 strength=cfg.jitter_strength)
+  return {"image": image, "labels": lab, "weights": w,
+          "teacher_confident": t_w.max()}
+
+
+def make_step(model, tx, schedule, mesh, state, *, cfg):
+  """Jitted ``(state, batch, source_params, base_rng) -> (state, measurements)``.
+
+  ``cfg`` = ``config.adapt`` (:data:`CONFIG_KEYS`). The state is donated; the
+  source parameters are read only.
+  """
+  def step_fn(state, batch, source_params, base_rng):
+    step = state["step"]
+    rng = jax.random.fold_in(base_rng, step)
+    r_mix, r_loss = jax.random.split(rng)
+    teacher = adapt_lib.ema_update(state["teacher"], state["params"], step, cfg.ema_max)
+    mixed = mixed_batch(model, teacher, state["batch_stats"], batch, r_mix, cfg=cfg)
+    grad_fn = jax.value_and_grad(
+        functools.partial(adapt_loss, model, cfg=cfg), has_aux=True)
+    (loss, (terms, new_bs)), grads = grad_fn(
+        state["params"], state["batch_stats"], source_params, batch, mixed, r_loss)
+    new_state, m = steps.apply_gradients(dict(state, teacher=teacher), grads, loss,
+                                         tx, schedule)
+    new_state["batch_stats"] = new_bs
+    m |= {f"loss/{k}": v for k, v in terms.items()}
+    m["teacher_pseudo_weight"] = mixed["teacher_confident"]
+    return new_state, m
+
+  return adapt_lib.jit_step(step_fn, mesh, state)
+
+
+CONFIG_KEYS = ("ema_max", "teacher_threshold", "ignore_top", "ignore_bottom",
+               "rows_crop_height", "jitter_p", "blur_p", "jitter_strength", "reg_weight",
+               "mix_weight", "sem_normalize")
+
+METHOD = methods.Method(
+    name="unlock", streams=("target_pseudo_labelled", "target_unlabelled"),
+    config_keys=CONFIG_KEYS, init_state=adapt_lib.init_state, make_step=make_step)
