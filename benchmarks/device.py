@@ -8,8 +8,9 @@ Prints, each with its compile time apart:
 * the B5 source step (both Mask R-CNN branches, ``--source-batch`` x 376²,
   the K2B config's global batch 8 on one device) and the adapt step (4 PL + 4
   unlabelled 400² crops: EMA teacher, two student forwards): median step time
-  over ``--runs`` steps, XLA's FLOP count of the compiled step, achieved
-  TFLOP/s and its fraction of the device's dense bf16 peak;
+  over ``--runs`` steps, XLA's FLOP count of the step (of the unrolled
+  network's lowering when scanned: cost analysis counts a loop body once),
+  achieved TFLOP/s and its fraction of the device's dense bf16 peak;
 * predict at 2048x400 (batch ``--predict-batch``): panoramas/s;
 * peak device memory (``memory_stats``) after each part, and XLA's compiled
   estimate of each step's peak;
@@ -65,6 +66,14 @@ def measure(step: str, args, batch: int, size: str) -> dict:
   t = time.perf_counter()
   compiled = fn.lower(*abstract).compile()
   compile_s = time.perf_counter() - t
+  flops = realsize.cost_flops(compiled)
+  if args.scan:
+    # XLA's cost analysis counts a loop body once: take the FLOPs of the
+    # unrolled network's lowered step (traced, not compiled).
+    fn_u, abstract_u, _ = realsize.build(types.SimpleNamespace(**dict(vars(ns), scan=0)))
+    cost = fn_u.lower(*abstract_u).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", 0.0)) if cost else flops
   inputs = concrete()
   times = []
   for i in range(args.runs + 1):  # the first call is a warm-up
@@ -77,7 +86,7 @@ def measure(step: str, args, batch: int, size: str) -> dict:
       inputs = (out[0],) + tuple(inputs[1:])
   del inputs, out
   return {"compile_s": compile_s, "step_s": statistics.median(times),
-          "flops": realsize.cost_flops(compiled),
+          "flops": flops,
           "xla_peak": realsize.memory_analysis(compiled).get("peak", 0),
           "device_peak": _device_peak_gb(jax)}
 

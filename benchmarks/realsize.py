@@ -58,7 +58,11 @@ RUNS = {
     "source_scan_remat": _B5_SOURCE + ["--scan", "1"] + _REMAT,
     "adapt_scan_remat": _B5_ADAPT + ["--scan", "1"] + _REMAT,
     "adapt_scan_remat_bf16": _B5_ADAPT + ["--scan", "1"] + _REMAT + _BF16,
+    # half the reference's crops (2 + 2), as tried before scan/remat/bf16
+    "adapt_half_scan_remat_bf16": ["--step", "adapt", "--batch", "2", "--size", "400",
+                                   "--steps", "2", "--scan", "1"] + _REMAT + _BF16,
     "predict_scan": _B5_PREDICT + ["--scan", "1"],
+    "predict_unrolled": _B5_PREDICT + ["--scan", "0"],
 }
 # The accelerator table: compile only, per-device batch of the K2B source
 # config's global 8 on 1 and 4 devices, the adapt step, predict.
@@ -70,6 +74,8 @@ for _dt, _dargs in (("f32", []), ("bf16", _BF16)):
           "--compile-only"] + _dargs + _rargs
     RUNS[f"table_adapt_{_dt}{_rm}"] = _B5_ADAPT + ["--scan", "1", "--compile-only"] + \
         _dargs + _rargs
+  RUNS[f"table_adapt_semantic_{_dt}_remat"] = _B5_ADAPT + [
+      "--scan", "1", "--compile-only", "--semantic-only"] + _dargs + _REMAT
   RUNS[f"table_predict_{_dt}"] = _B5_PREDICT + ["--scan", "1", "--compile-only"] + _dargs
 
 
@@ -186,7 +192,8 @@ def one(args) -> dict:
     pass
   res = {"step": args.step, "batch": args.batch, "size": args.size, "scan": bool(args.scan),
          "remat": args.remat, "remat_head": args.remat_head, "dtype": args.dtype,
-         "tiny": args.tiny, "device": jax.devices()[0].device_kind,
+         "tiny": args.tiny, "semantic_only": args.semantic_only,
+         "device": jax.devices()[0].device_kind,
          "devices": jax.device_count()}
   t = time.perf_counter()
   fn, abstract, concrete = build(args)
@@ -230,6 +237,7 @@ def _one_parser(ap):
   ap.add_argument("--steps", type=int, default=2)
   ap.add_argument("--compile-only", action="store_true")
   ap.add_argument("--tiny", action="store_true", help="the tiny model (tests)")
+  ap.add_argument("--semantic-only", action="store_true", help="without the R-CNN branches")
 
 
 def _exclusive(lock: str, wait: float):
