@@ -205,7 +205,7 @@ def test_other_layout_is_refused_with_the_command_that_converts_it(tmp_path,
   target = checkpoint.abstract_variables(scanned_model, (1, 64, 64, 3), mesh)
   with pytest.raises(checkpoint.ArchitectureMismatchError) as err:
     checkpoint.load_variables(folder, target)
-  cmd = convert_layout.command(folder, True)
+  cmd = model_info.convert_layout_command(folder, True)
   assert f"`{cmd}`" in str(err.value) and "scan_blocks=True" in str(err.value)
 
   out = str(tmp_path / "scanned")

@@ -33,7 +33,6 @@ from unlock_jax import fileio
 from unlock_jax import model_info
 from unlock_jax import sharding as shd
 from unlock_jax.models import variables as variables_lib
-from unlock_jax.tools import convert_layout
 
 
 class CheckpointError(Exception):
@@ -167,7 +166,7 @@ def _check_tree(item_dir: str, target, where: str, mismatch: tuple[str, str],
       to_scan = any(k in missing for k in scanned)
       fix = (f"It holds the {'unrolled' if to_scan else 'scanned'} backbone layout and "
              f"config.model.scan_blocks={to_scan}: rewrite it with "
-             f"`{convert_layout.command(folder, to_scan)}` or set "
+             f"`{model_info.convert_layout_command(folder, to_scan)}` or set "
              f"config.model.scan_blocks={not to_scan}.")
     raise ArchitectureMismatchError(
         f"checkpoint {where} does not match {mismatch[0]} ({'; '.join(parts)}). {fix}")

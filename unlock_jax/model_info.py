@@ -97,6 +97,14 @@ def read(path: str) -> dict | None:
   return rec
 
 
+def convert_layout_command(checkpoint: str, scan_blocks: bool) -> str:
+  """The ``tools/convert_layout`` command line that rewrites the model folder
+  ``checkpoint`` for a model with ``model.scan_blocks=scan_blocks``."""
+  out = checkpoint.rstrip("/") + ("_scanned" if scan_blocks else "_unrolled")
+  return (f"python -m unlock_jax.tools.convert_layout --checkpoint {checkpoint} "
+          f"--out {out} --scan_blocks={str(bool(scan_blocks)).lower()}")
+
+
 def config_from_file(spec: str) -> ml_collections.ConfigDict:
   """``configs/x.py[:arg]`` → its ``get_config(arg)`` (the file's own imports must resolve)."""
   path, _, arg = spec.partition(":")

@@ -21,13 +21,6 @@ from unlock_jax import fileio
 from unlock_jax import model_info
 
 
-def command(checkpoint: str, scan_blocks: bool) -> str:
-  """The command line that rewrites ``checkpoint`` for a ``scan_blocks`` model."""
-  out = checkpoint.rstrip("/") + ("_scanned" if scan_blocks else "_unrolled")
-  return (f"python -m unlock_jax.tools.convert_layout --checkpoint {checkpoint} "
-          f"--out {out} --scan_blocks={str(bool(scan_blocks)).lower()}")
-
-
 def convert(checkpoint: str, out_dir: str, scan_blocks: bool) -> str:
   """Writes ``out_dir``; returns the layout the input had ("scanned"/"unrolled")."""
   import jax  # pylint: disable=g-import-not-at-top
