@@ -50,11 +50,7 @@ def adapt_loss(model, params, batch_stats, source_params, batch, mixed, rng, *, 
       targets=steps.instance_targets(batch), rngs={"dropout": r[0], "sampling": r[1]},
       mutable=["batch_stats"])
   bs = mut.get("batch_stats", batch_stats)
-  terms = {"sem": losses_lib.semantic_ce(out["sem_logits"], batch[keys.SEMANTIC],
-                                         normalize=cfg.sem_normalize)}
-  for branch, branch_losses in out.get("losses", {}).items():
-    for name, value in branch_losses.items():
-      terms[f"{branch}/{name}"] = value
+  terms = steps.supervised_terms(out, batch, sem_normalize=cfg.sem_normalize)
   terms["param_reg"] = cfg.reg_weight * adapt_lib.param_regulariser(params, source_params)
   out_mix, mut = model.apply(
       {"params": params, "batch_stats": bs}, mixed["image"], train=True,

@@ -43,6 +43,17 @@ def instance_targets(batch: dict) -> dict | None:
           for p in ("modal", "amodal")}
 
 
+def supervised_terms(out: dict, batch: dict, *, sem_normalize: str) -> dict:
+  """The loss terms of a labelled forward, in a fixed order: ``sem`` (semantic
+  CE), then each R-CNN branch's losses as ``<branch>/<name>``."""
+  terms = {"sem": losses_lib.semantic_ce(out["sem_logits"], batch[keys.SEMANTIC],
+                                         normalize=sem_normalize)}
+  for branch, branch_losses in out.get("losses", {}).items():
+    for name, value in branch_losses.items():
+      terms[f"{branch}/{name}"] = value
+  return terms
+
+
 def source_loss(model, params, batch_stats, batch, rng, *, loss_cfg):
   """Semantic CE + (when the model has instance heads) the R-CNN losses."""
   r_drop, r_samp = jax.random.split(rng)
@@ -50,11 +61,7 @@ def source_loss(model, params, batch_stats, batch, rng, *, loss_cfg):
       {"params": params, "batch_stats": batch_stats}, batch[keys.IMAGE],
       train=True, targets=instance_targets(batch),
       rngs={"dropout": r_drop, "sampling": r_samp}, mutable=["batch_stats"])
-  terms = {"sem": losses_lib.semantic_ce(out["sem_logits"], batch[keys.SEMANTIC],
-                                         normalize=loss_cfg.sem_normalize)}
-  for branch, branch_losses in out.get("losses", {}).items():
-    for name, value in branch_losses.items():
-      terms[f"{branch}/{name}"] = value
+  terms = supervised_terms(out, batch, sem_normalize=loss_cfg.sem_normalize)
   total = sum(terms.values())
   return total, (terms, mutated.get("batch_stats", batch_stats))
 
