@@ -139,3 +139,14 @@ def test_module_sizes():
     if n > limit:
       bad.append(f"{_rel(path)}: {n} lines (at most {limit})")
   assert not bad, "modules too long to read as one job:\n" + "\n".join(bad)
+
+
+def test_layer_table_of_the_docs_is_this_one():
+  """docs/architecture.md's table lists LAYERS: row ``| <layer> | `unit`, ... |``."""
+  rows = re.findall(r"^\| (\d+) \| ([^|]*) \|", DOC.read_text(), re.M)
+  documented = tuple(tuple(re.findall(r"`([^`]+)`", units)) for _, units in rows)
+  assert [int(i) for i, _ in rows] == list(range(len(rows))), "layer numbers are not 0, 1, 2, ..."
+  assert documented == LAYERS, (
+      f"docs/architecture.md's layer table {documented} differs from LAYERS {LAYERS}: "
+      "change both together")
+
