@@ -2,8 +2,8 @@
 
 Every module of ``unlock_jax`` belongs to a unit: its top-level package
 (``data``, ``pseudo``, ...) or top-level module (``checkpoint``, ...). The
-units stand in layers (``LAYERS``, lowest first, the table of
-docs/architecture.md). A module may import from its own unit and from units of
+units stand in layers (``LAYERS``, lowest first; docs/architecture.md's
+table must list the same). A module may import from its own unit and from units of
 lower layers: never from a unit of its own layer or above. So data flows one
 way: ``data`` never imports ``pseudo``, ``checkpoint`` never ``train``,
 ``pseudo`` and ``train`` never each other. Imports inside functions count.
