@@ -205,7 +205,7 @@ def test_renames_map_reference_prefixes():
 
 _TINY_CFG = (
     "import ml_collections\n"
-    "from unlock_jax.models import amodalpass\n"
+    "from unlock_jax.models import defaults\n"
     "def get_config(arg=None):\n"
     "  return ml_collections.ConfigDict(\n"
     "      dict(model=defaults.tiny_model_config()))\n")
