@@ -322,11 +322,13 @@ def report(out_path):
     print(f"source step, batch 2 x 376², scan + remat full: peak RSS "
           f"{r['rss_peak_gb']:.1f} GiB vs {BEFORE_SOURCE_GB} GB before = "
           f"{BEFORE_SOURCE_GB / r['rss_peak_gb']:.2f}x less (target <= 12 GB)")
-  r = rows.get("adapt_scan_remat")
-  if r and "error" not in r:
-    print(f"adapt step, 4 + 4 x 400², scan + remat full: completed, step "
-          f"{r['step_s'][-1]:.0f} s, peak RSS {r['rss_peak_gb']:.1f} GiB, compile "
-          f"{r['compile_s']:.0f} s")
+  for name in ("adapt_scan_remat", "adapt_scan_remat_bf16", "adapt_half_scan_remat_bf16"):
+    r = rows.get(name)
+    if r and "error" in r:
+      print(f"{name}: did not complete ({r['error'][:60].strip()}; exit -9 is the OOM killer)")
+    elif r:
+      print(f"{name}: completed, step {r['step_s'][-1]:.0f} s, peak RSS "
+            f"{r['rss_peak_gb']:.1f} GiB, compile {r['compile_s']:.0f} s")
 
 
 def main():
