@@ -88,8 +88,14 @@ def put_batch(batch: dict[str, Any], mesh) -> dict[str, jax.Array]:
 
 
 def put_array(x, mesh) -> jax.Array:
-  """One process-local numpy array → a global array sharded over ``data``."""
-  return jax.make_array_from_process_local_data(data_sharding(mesh), np.asarray(x))
+  """One process-local numpy array → a global array sharded over ``data``.
+
+  The copy is deliberate, so it is allowed under the loops' transfer guard:
+  with several processes JAX assembles the global array through a path the
+  guard would otherwise count as implicit.
+  """
+  with jax.transfer_guard_host_to_device("allow"):
+    return jax.make_array_from_process_local_data(data_sharding(mesh), np.asarray(x))
 
 
 def gather_objects(obj: Any) -> list[Any]:
