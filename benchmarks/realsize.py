@@ -91,6 +91,10 @@ def model_config(args):
   m.scan_blocks = bool(args.scan)
   m.remat, m.remat_head = args.remat, args.remat_head
   m.compute_dtype = args.dtype
+  m.rcnn.roi_chunk = args.roi_chunk
+  if args.depths:
+    m.backbone = "custom"
+    m.mit.depths = tuple(int(d) for d in args.depths.split(","))
   return m
 
 
@@ -168,6 +172,7 @@ def build(args):
         shd.put_batch(host, mesh), base)
 
   a = c.adapt
+  a.sequential_grads = bool(args.sequential_grads)
   tx, sched = optim.make(a.optim, a.total_steps, abstract_vars["params"])
   a_state = jax.tree.map(lambda x: sds(x, repl), jax.eval_shape(
       lambda v: adapt_lib.init_state(v, tx, mesh), abstract_vars))
@@ -193,6 +198,7 @@ def one(args) -> dict:
   res = {"step": args.step, "batch": args.batch, "size": args.size, "scan": bool(args.scan),
          "remat": args.remat, "remat_head": args.remat_head, "dtype": args.dtype,
          "tiny": args.tiny, "semantic_only": args.semantic_only,
+         "sequential_grads": args.sequential_grads, "roi_chunk": args.roi_chunk,
          "device": jax.devices()[0].device_kind,
          "devices": jax.device_count()}
   t = time.perf_counter()
@@ -238,6 +244,12 @@ def _one_parser(ap):
   ap.add_argument("--compile-only", action="store_true")
   ap.add_argument("--tiny", action="store_true", help="the tiny model (tests)")
   ap.add_argument("--semantic-only", action="store_true", help="without the R-CNN branches")
+  ap.add_argument("--sequential-grads", action="store_true",
+                  help="adapt: config.adapt.sequential_grads (one loss term's gradient at a time)")
+  ap.add_argument("--roi-chunk", type=int, default=0,
+                  help="model.rcnn.roi_chunk (exact RoIAlign on this many RoIs at a time)")
+  ap.add_argument("--depths", default="", help="MiT depths a,b,c,d (memory analysis of "
+                  "a shallower network with B5's widths; empty: the named backbone's)")
 
 
 def _exclusive(lock: str, wait: float):

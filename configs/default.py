@@ -97,6 +97,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       ema_max=0.999, teacher_threshold=0.968, ignore_top=11, ignore_bottom=88,
       rows_crop_height=400, jitter_p=0.8, blur_p=0.5, jitter_strength=0.2,
       reg_weight=10.0, mix_weight=1.0, sem_normalize="all_pixels",
+      # True: the gradient one loss term at a time (clean, then mixed), the
+      # two student forwards never alive together (README "Running at the
+      # paper's size"); the same gradient up to float summation order.
+      sequential_grads=False,
       optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
                  end_lr=0.0, warmup_steps=0, match="mmcv", groups=constants.ADAPT_GROUPS),
       log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,

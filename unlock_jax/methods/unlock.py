@@ -26,6 +26,15 @@ part of the state or its checkpoints):
    masks and update the student's BatchNorm statistics in order (clean, then
    mixed), as the reference's two forwards do. One gradient of the sum equals
    the reference's two backwards before one optimiser step.
+
+``sequential_grads`` (config ``adapt.sequential_grads``, default False) takes
+that gradient as the reference does, one term at a time: ``∇L_clean`` (its
+forward and backward), then ``∇L_mix``, summed. The same gradient up to
+float rounding, but the two student forwards' activations are never alive
+together, and an optimisation barrier keeps XLA from overlapping the teacher,
+the clean and the mixed passes: the peak is one forward + backward instead of
+two, what lets B5 at the reference's 4 + 4 crops of 400² fit 24 GB (README,
+"Running at the paper's size"). Off, the program is today's, bit for bit.
 """
 import functools
 
@@ -42,25 +51,64 @@ from unlock_jax.train import losses as losses_lib
 from unlock_jax.train import steps
 
 
+def clean_loss(model, params, batch_stats, source_params, batch, rngs, *, cfg):
+  """``L_clean``'s terms (semantic CE, both R-CNN branches, the regulariser) and
+  the BN statistics after the clean forward; ``rngs``: (dropout, sampling) keys."""
+  out, mut = model.apply(
+      {"params": params, "batch_stats": batch_stats}, batch[keys.IMAGE], train=True,
+      targets=steps.instance_targets(batch), rngs={"dropout": rngs[0], "sampling": rngs[1]},
+      mutable=["batch_stats"])
+  terms = steps.supervised_terms(out, batch, sem_normalize=cfg.sem_normalize)
+  terms["param_reg"] = cfg.reg_weight * adapt_lib.param_regulariser(params, source_params)
+  return terms, mut.get("batch_stats", batch_stats)
+
+
+def mix_loss(model, params, batch_stats, mixed, rng, *, cfg):
+  """``L_mix`` (pixel-weighted CE on the mixed crops) and the BN statistics after
+  the mixed forward; ``rng``: its dropout key."""
+  out_mix, mut = model.apply(
+      {"params": params, "batch_stats": batch_stats}, mixed["image"], train=True,
+      semantic_only=True, rngs={"dropout": rng}, mutable=["batch_stats"])
+  # mix_weight 0 is the "without the ClassMix branch" ablation (1 = reference).
+  loss = cfg.mix_weight * losses_lib.semantic_ce(
+      out_mix["sem_logits"], mixed["labels"], normalize=cfg.sem_normalize,
+      weight=mixed["weights"])
+  return loss, mut.get("batch_stats", batch_stats)
+
+
 def adapt_loss(model, params, batch_stats, source_params, batch, mixed, rng, *, cfg):
   """``L_clean + L_mix`` and its terms; returns the twice-updated BN statistics."""
   r = jax.random.split(rng, 3)
-  out, mut = model.apply(
-      {"params": params, "batch_stats": batch_stats}, batch[keys.IMAGE], train=True,
-      targets=steps.instance_targets(batch), rngs={"dropout": r[0], "sampling": r[1]},
-      mutable=["batch_stats"])
-  bs = mut.get("batch_stats", batch_stats)
-  terms = steps.supervised_terms(out, batch, sem_normalize=cfg.sem_normalize)
-  terms["param_reg"] = cfg.reg_weight * adapt_lib.param_regulariser(params, source_params)
-  out_mix, mut = model.apply(
-      {"params": params, "batch_stats": bs}, mixed["image"], train=True,
-      semantic_only=True, rngs={"dropout": r[2]}, mutable=["batch_stats"])
-  bs = mut.get("batch_stats", bs)
-  # mix_weight 0 is the "without the ClassMix branch" ablation (1 = reference).
-  terms["mix/sem"] = cfg.mix_weight * losses_lib.semantic_ce(
-      out_mix["sem_logits"], mixed["labels"], normalize=cfg.sem_normalize,
-      weight=mixed["weights"])
+  terms, bs = clean_loss(model, params, batch_stats, source_params, batch, r[:2], cfg=cfg)
+  terms["mix/sem"], bs = mix_loss(model, params, bs, mixed, r[2], cfg=cfg)
   return sum(terms.values()), (terms, bs)
+
+
+def sequential_grads(model, params, batch_stats, source_params, batch, mixed, rng, *, cfg):
+  """:func:`adapt_loss`'s ``((loss, (terms, bs)), grads)``, one term at a time.
+
+  ``∇L_clean`` is complete before the mixed forward starts: the barrier makes
+  every input of the mixed pass (parameters, BN statistics, mixed batch) an
+  output of the clean gradient, so XLA cannot schedule the two passes' live
+  activations together. The gradient is ``∇L_clean + ∇L_mix``: equal to the
+  joint one up to float summation order.
+  """
+  r = jax.random.split(rng, 3)  # the keys adapt_loss draws: the same masks
+
+  def clean(p):
+    terms, bs = clean_loss(model, p, batch_stats, source_params, batch, r[:2], cfg=cfg)
+    return sum(terms.values()), (terms, bs)
+
+  def mix(p, bs, mixed):
+    return mix_loss(model, p, bs, mixed, r[2], cfg=cfg)
+
+  # The teacher's labels (in ``mixed``) are computed before the clean pass.
+  params, mixed = jax.lax.optimization_barrier((params, mixed))
+  (_, (terms, bs)), g_clean = jax.value_and_grad(clean, has_aux=True)(params)
+  g_clean, params, bs, mixed = jax.lax.optimization_barrier((g_clean, params, bs, mixed))
+  (terms["mix/sem"], bs), g_mix = jax.value_and_grad(mix, has_aux=True)(params, bs, mixed)
+  grads = jax.tree.map(jnp.add, g_clean, g_mix)
+  return (sum(terms.values()), (terms, bs)), grads
 
 
 def mixed_batch(model, teacher, batch_stats, batch, rng, *, cfg):
@@ -92,8 +140,11 @@ def make_step(model, tx, schedule, mesh, state, *, cfg):
     r_mix, r_loss = jax.random.split(rng)
     teacher = adapt_lib.ema_update(state["teacher"], state["params"], step, cfg.ema_max)
     mixed = mixed_batch(model, teacher, state["batch_stats"], batch, r_mix, cfg=cfg)
-    grad_fn = jax.value_and_grad(
-        functools.partial(adapt_loss, model, cfg=cfg), has_aux=True)
+    if cfg.get("sequential_grads", False):
+      grad_fn = functools.partial(sequential_grads, model, cfg=cfg)
+    else:
+      grad_fn = jax.value_and_grad(
+          functools.partial(adapt_loss, model, cfg=cfg), has_aux=True)
     (loss, (terms, new_bs)), grads = grad_fn(
         state["params"], state["batch_stats"], source_params, batch, mixed, r_loss)
     new_state, m = steps.apply_gradients(dict(state, teacher=teacher), grads, loss,
@@ -108,7 +159,7 @@ def make_step(model, tx, schedule, mesh, state, *, cfg):
 
 CONFIG_KEYS = ("ema_max", "teacher_threshold", "ignore_top", "ignore_bottom",
                "rows_crop_height", "jitter_p", "blur_p", "jitter_strength", "reg_weight",
-               "mix_weight", "sem_normalize")
+               "mix_weight", "sem_normalize", "sequential_grads")
 
 METHOD = methods.Method(
     name="unlock", streams=("target_pseudo_labelled", "target_unlabelled"),

@@ -40,6 +40,9 @@ def default_rcnn_config() -> ml_collections.ConfigDict:
   # at this many sample slots per axis (2: unlock_jax's earlier default;
   # roi_align.py).
   c.roi_max_samples = 0
+  # Exact RoIAlign on this many RoIs at a time (0: all at once): memory only
+  # (README "Running at the paper's size"); rounding may differ, not the value.
+  c.roi_chunk = 0
   c.finest_scale = 56.0
   c.fc_dim = 1024
   c.conv_dim = 256

@@ -84,7 +84,8 @@ class MaskRCNNBranch(nn.Module):
     c = self.cfg
     fn = lambda f, r: roi_align.multilevel_roi_align(
         f, jax.lax.stop_gradient(r), size, tuple(c.strides[:len(f)]),
-        c.roi_sampling_ratio, c.finest_scale, c.roi_max_samples)
+        c.roi_sampling_ratio, c.finest_scale, c.roi_max_samples,
+        c.get("roi_chunk", 0))
     return jax.vmap(fn)(list(feats), rois)
 
   def __call__(self, fpn: Sequence[jnp.ndarray], image_shape: tuple[int, int],
