@@ -24,6 +24,11 @@ Steps (``--step``), all with both Mask R-CNN branches, synthetic batches
   outputs (semantic argmax and confidence at image size, both branches'
   detections).
 
+``--sequential-grads`` and ``--roi-chunk N`` switch on the adapt step's
+memory settings (``config.adapt.sequential_grads``,
+``config.model.rcnn.roi_chunk``); ``--depths a,b,c,d`` keeps B5's widths with
+fewer blocks (a cheap memory analysis of everything but the backbone depth).
+
 ``--compile-only`` lowers against abstract state (nothing allocated) and
 reports the compiled memory analysis: argument + output + temporaries −
 aliased (donated) bytes, XLA's estimate of the step's peak device memory. On
@@ -51,6 +56,7 @@ _B5_ADAPT = ["--step", "adapt", "--batch", "4", "--size", "400", "--steps", "1"]
 _B5_PREDICT = ["--step", "predict", "--batch", "2", "--size", "400,2048", "--steps", "2"]
 _REMAT = ["--remat", "full", "--remat-head", "full"]
 _BF16 = ["--dtype", "bfloat16"]
+_CHUNK = ["--roi-chunk", "32"]
 RUNS = {
     # scanned vs unrolled at the same memory settings (compile and step time)
     "source_unrolled": _B5_SOURCE + ["--scan", "0"],
@@ -58,6 +64,11 @@ RUNS = {
     "source_scan_remat": _B5_SOURCE + ["--scan", "1"] + _REMAT,
     "adapt_scan_remat": _B5_ADAPT + ["--scan", "1"] + _REMAT,
     "adapt_scan_remat_bf16": _B5_ADAPT + ["--scan", "1"] + _REMAT + _BF16,
+    # + the exact RoIAlign 32 RoIs at a time (model.rcnn.roi_chunk)
+    "adapt_scan_remat_bf16_chunk": _B5_ADAPT + ["--scan", "1"] + _REMAT + _BF16 + _CHUNK,
+    # + one loss term's gradient at a time (adapt.sequential_grads)
+    "adapt_scan_remat_bf16_chunk_seq": _B5_ADAPT + ["--scan", "1"] + _REMAT + _BF16 + _CHUNK
+                                       + ["--sequential-grads"],
     # half the reference's crops (2 + 2), as tried before scan/remat/bf16
     "adapt_half_scan_remat_bf16": ["--step", "adapt", "--batch", "2", "--size", "400",
                                    "--steps", "2", "--scan", "1"] + _REMAT + _BF16,
@@ -77,6 +88,8 @@ for _dt, _dargs in (("f32", []), ("bf16", _BF16)):
   RUNS[f"table_adapt_semantic_{_dt}_remat"] = _B5_ADAPT + [
       "--scan", "1", "--compile-only", "--semantic-only"] + _dargs + _REMAT
   RUNS[f"table_predict_{_dt}"] = _B5_PREDICT + ["--scan", "1", "--compile-only"] + _dargs
+  RUNS[f"table_adapt_{_dt}_remat_chunk"] = _B5_ADAPT + [
+      "--scan", "1", "--compile-only"] + _dargs + _REMAT + _CHUNK
 
 
 def _maxrss_gb() -> float:
@@ -334,7 +347,8 @@ def report(out_path):
     print(f"source step, batch 2 x 376², scan + remat full: peak RSS "
           f"{r['rss_peak_gb']:.1f} GiB vs {BEFORE_SOURCE_GB} GB before = "
           f"{BEFORE_SOURCE_GB / r['rss_peak_gb']:.2f}x less (target <= 12 GB)")
-  for name in ("adapt_scan_remat", "adapt_scan_remat_bf16", "adapt_half_scan_remat_bf16"):
+  for name in ("adapt_scan_remat", "adapt_scan_remat_bf16", "adapt_half_scan_remat_bf16",
+               "adapt_scan_remat_bf16_chunk", "adapt_scan_remat_bf16_chunk_seq"):
     r = rows.get(name)
     if r and "error" in r:
       print(f"{name}: did not complete ({r['error'][:60].strip()}; exit -9 is the OOM killer)")

@@ -30,11 +30,11 @@ part of the state or its checkpoints):
 ``sequential_grads`` (config ``adapt.sequential_grads``, default False) takes
 that gradient as the reference does, one term at a time: ``∇L_clean`` (its
 forward and backward), then ``∇L_mix``, summed. The same gradient up to
-float rounding, but the two student forwards' activations are never alive
-together, and an optimisation barrier keeps XLA from overlapping the teacher,
-the clean and the mixed passes: the peak is one forward + backward instead of
-two, what lets B5 at the reference's 4 + 4 crops of 400² fit 24 GB (README,
-"Running at the paper's size"). Off, the program is today's, bit for bit.
+float rounding; optimisation barriers guarantee that the teacher, the clean
+and the mixed passes never hold activations at the same time, whatever a
+backend's scheduler would do. (XLA:CPU already keeps them apart: its peak is
+inside one pass, README "Running at the paper's size".) Off, the program is
+today's, bit for bit.
 """
 import functools
 
