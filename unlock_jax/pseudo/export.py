@@ -55,6 +55,7 @@ from absl import logging
 
 from unlock_jax import fileio
 from unlock_jax import sharding as shd
+from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.evaluation import masks as masks_lib
 from unlock_jax.evaluation import panoptic_fusion
@@ -65,7 +66,7 @@ SEMANTIC_DIR = "semantic"
 PANOPTIC_DIR = "panoptic"
 PANOPTIC_JSON = "panoptic.json"
 INSTANCES_JSON = {"modal": "instances_modal.json", "amodal": "instances_amodal.json"}
-BRANCHES = ("modal", "amodal")
+BRANCHES = keys.BRANCHES
 VOID = 0
 _REFERENCE_PIXELS = 400 * 2048  # the panorama size the reference's pixel counts are set for
 

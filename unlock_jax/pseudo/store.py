@@ -40,6 +40,7 @@ import zlib
 import numpy as np
 
 from unlock_jax import fileio
+from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import maskcodec
 from unlock_jax.pseudo import storecodec
@@ -55,7 +56,7 @@ ENTRIES = "entries"
 BLOCKS_KEY = "conf_blocks"  # uint32 [4, C, 64]: block counts, chunk ends, formats, CRC-32s
 FINE_KEY = "conf_fine"  # uint8 [bytes]: the chunks (codec "chunks")
 _HEADER = struct.Struct("<8sIQI")  # magic, version, payload length, crc32(payload)
-_BRANCHES = ("modal", "amodal")
+_BRANCHES = keys.BRANCHES
 _SCORE_KEYS = tuple(f"{b}/{k}" for b in _BRANCHES for k in ("classes", "scores"))
 _FIRST = _SCORE_KEYS + (BLOCKS_KEY, FINE_KEY)  # stored first, in this order
 _PREFIX = 1 << 16  # first read of the partial readers: their members lie in it
