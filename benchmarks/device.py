@@ -61,7 +61,9 @@ def measure(step: str, args, batch: int, size: str) -> dict:
   ns = types.SimpleNamespace(step=step, batch=batch, size=size, instances=0,
                              scan=args.scan, remat=args.remat, remat_head=args.remat,
                              dtype=args.dtype, tiny=args.tiny,
-                             semantic_only=args.semantic_only)
+                             semantic_only=args.semantic_only,
+                             roi_chunk=args.roi_chunk, depths="",
+                             sequential_grads=False)
   fn, abstract, concrete = realsize.build(ns)
   t = time.perf_counter()
   compiled = fn.lower(*abstract).compile()
@@ -100,6 +102,8 @@ def main(argv=None):
   ap.add_argument("--dtype", default="bfloat16")
   ap.add_argument("--remat", default="none", help="blocks and decode head policy")
   ap.add_argument("--scan", type=int, default=1)
+  ap.add_argument("--roi-chunk", type=int, default=32,
+                  help="RoIs per exact-RoIAlign chunk (0: all at once); the B5 configs use 32")
   ap.add_argument("--source-batch", type=int, default=8)
   ap.add_argument("--adapt-batch", type=int, default=4)
   ap.add_argument("--predict-batch", type=int, default=4)
