@@ -62,6 +62,9 @@ RUNS = {
     "source_unrolled": _B5_SOURCE + ["--scan", "0"],
     "source_scan": _B5_SOURCE + ["--scan", "1"],
     "source_scan_remat": _B5_SOURCE + ["--scan", "1"] + _REMAT,
+    # the B5 configs' settings (scan, bf16, chunked RoIAlign) + remat full
+    "source_scan_remat_bf16_chunk": _B5_SOURCE + ["--scan", "1"] + _REMAT + _BF16 + _CHUNK,
+    "source_scan_bf16_chunk": _B5_SOURCE + ["--scan", "1"] + _BF16 + _CHUNK,
     "adapt_scan_remat": _B5_ADAPT + ["--scan", "1"] + _REMAT,
     "adapt_scan_remat_bf16": _B5_ADAPT + ["--scan", "1"] + _REMAT + _BF16,
     # + the exact RoIAlign 32 RoIs at a time (model.rcnn.roi_chunk)
