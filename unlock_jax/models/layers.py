@@ -99,6 +99,23 @@ def trunc_normal_init(std: float = 0.02):
   return nn.initializers.truncated_normal(stddev=std)
 
 
+def wrap_pad_w(x: jax.Array, left: int, right: int) -> jax.Array:
+  """Pads NHWC maps horizontally by wrapping around (a 360° panorama's columns).
+
+  The last ``left`` columns go in front and the first ``right`` behind, so
+  column -1 is column W-1: the padding a full-width panorama has in reality.
+  """
+  w = x.shape[2]
+  if left < 0 or right < 0 or max(left, right) > w:
+    raise ValueError(f"wrap padding ({left}, {right}) must be within 0..{w}, the "
+                     "map's width")
+  if not left and not right:
+    return x
+  parts = ([x[:, :, w - left:]] if left else []) + [x] + (
+      [x[:, :, :right]] if right else [])
+  return jnp.concatenate(parts, axis=2)
+
+
 def _shift_add3x3(x: jax.Array, k: jax.Array, dilation: int) -> jax.Array:
   """Σ_ij pad(x)[h+d·i, w+d·j] · k[i, j]: 3×3 depthwise correlation, 'same' padding."""
   h, w, d = x.shape[1], x.shape[2], dilation
