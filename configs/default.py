@@ -61,6 +61,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                     results_dir="{workdir}/evaluate", runs={}, overwrite=False)
   c.evals = ml_collections.ConfigDict()
 
+  # Every full-panorama forward (predict, evaluate, pictures): "flat" = the
+  # reference's zero padding; any other mode is seam-aware and also merges
+  # instances across the 360° seam (data/seam_instances.py).
+  c.seam = ml_collections.ConfigDict(dict(mode="flat", wrap_cols=64))
+
   # Stage 1: whole-panorama predictions of the source model over the target
   # train split (empty root/layout/image_size: those of config.data.target),
   # or over a folder of the user's own panoramas (`images`). on_bad_image:
