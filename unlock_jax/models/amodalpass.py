@@ -117,7 +117,7 @@ class AmodalPASS(nn.Module):
 
   def __call__(self, image: jax.Array, *, train: bool,
                targets: dict | None = None, semantic_only: bool = False,
-               bn_train: bool | None = None) -> dict:
+               bn_train: bool | None = None, circular: bool = False) -> dict:
     """Runs the network.
 
     Args:
@@ -131,6 +131,11 @@ class AmodalPASS(nn.Module):
         forwards use only the semantic output).
       bn_train: BatchNorm on batch statistics (default: ``train``), apart
         from dropout/drop-path (the EMA teacher: batch statistics, no dropout).
+      circular: static; the images are full-width 360° panoramas, so every
+        spatial op pads the columns by wrapping around (column -1 is column
+        W-1) and the resizes interpolate across the seam; rows stay
+        zero-padded. Same parameters; False (pinhole images, crops) is the
+        reference's zero padding.
 
     Returns:
       {"sem_logits": [B, H/4, W/4, num_classes] float32,
@@ -143,10 +148,11 @@ class AmodalPASS(nn.Module):
     """
     if image.ndim != 4 or image.shape[-1] != 3:
       raise ValueError(f"image must be [B, H, W, 3], got {image.shape}")
-    features = self.backbone(image, train=train)
+    features = self.backbone(image, train=train, circular=circular)
     sem_logits, sem_features = self.decode_head(
-        features, train=train, with_features=True, bn_train=bn_train)
-    fpn = self.neck(features)
+        features, train=train, with_features=True, bn_train=bn_train,
+        circular=circular)
+    fpn = self.neck(features, circular=circular)
     out = {"sem_logits": sem_logits, "sem_features": sem_features,
            "features": features, "fpn": fpn}
     if not self.config.instance_heads or (semantic_only and not self.is_initializing()):
@@ -158,11 +164,12 @@ class AmodalPASS(nn.Module):
       self.amodal.init_heads(fpn)
     elif targets is not None:
       out["losses"] = {
-          b: getattr(self, b)(fpn, hw, train=train, targets=targets[b])
+          b: getattr(self, b)(fpn, hw, train=train, targets=targets[b],
+                              circular=circular)
           for b in ("modal", "amodal")}
     else:
-      out["modal"] = self.modal(fpn, hw, train=False)
-      out["amodal"] = self.amodal(fpn, hw, train=False)
+      out["modal"] = self.modal(fpn, hw, train=False, circular=circular)
+      out["amodal"] = self.amodal(fpn, hw, train=False, circular=circular)
     return out
 
 

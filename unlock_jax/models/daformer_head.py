@@ -24,10 +24,15 @@ Dtype = Any
 
 
 class SepASPPWithSimPool(nn.Module):
-  """The reference `ASPPWrapper(sep=True, pool=True)` with SimPool pooling."""
+  """The reference `ASPPWrapper(sep=True, pool=True)` with SimPool pooling.
+
+  ``circular`` (wrap the columns around in the dilated and bottleneck convs)
+  is an attribute so that it stays static under ``nn.remat``.
+  """
   channels: int
   dilations: Sequence[int] = (1, 6, 12, 18)
   dtype: Dtype = jnp.float32
+  circular: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -45,10 +50,11 @@ class SepASPPWithSimPool(nn.Module):
                                       name=name)(x, train=train))
       else:
         outs.append(_SepConv(self.channels, d, self.dtype, name=name)(
-            x, train=train))
+            x, train=train, circular=self.circular))
     y = jnp.concatenate(outs, axis=-1)
     return layers.ConvModule(self.channels, 3, padding=1, dtype=self.dtype,
-                             name="bottleneck")(y, train=train)
+                             name="bottleneck")(y, train=train,
+                                                circular=self.circular)
 
 
 class _SepConv(nn.Module):
@@ -58,11 +64,13 @@ class _SepConv(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool,
+               circular: bool = False) -> jax.Array:
     c = x.shape[-1]
     x = layers.ConvModule(c, 3, padding=self.dilation, dilation=self.dilation,
                           groups=c, dtype=self.dtype,
-                          name="depthwise_conv")(x, train=train)
+                          name="depthwise_conv")(x, train=train,
+                                                 circular=circular)
     return layers.ConvModule(self.channels, 1, dtype=self.dtype,
                              name="pointwise_conv")(x, train=train)
 
@@ -91,23 +99,26 @@ class DAFormerHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], *, train: bool,
-               with_features: bool = False, bn_train: bool | None = None):
+               with_features: bool = False, bn_train: bool | None = None,
+               circular: bool = False):
     """Logits, or ``(logits, bottleneck features [B,H/4,W/4,channels])``.
 
     The features (before dropout and ``conv_seg``) are what OPLL's prototype
     filter compares; under jit they cost nothing when unused. ``bn_train``
     (default: ``train``) selects BatchNorm's batch statistics apart from
     dropout: UNLOCK's EMA teacher runs BN on batch statistics with dropout off.
+    ``circular`` (full 360° panoramas): the resizes to stride 4 interpolate
+    across the seam and the ASPP/bottleneck convs wrap the columns around.
     """
     bn = train if bn_train is None else bn_train
     size = features[0].shape[1:3]
     embedded = []
     for i, f in enumerate(features):
       e = _Embed(self.embed_dims, self.dtype, name=f"embed_layers_{i}")(f)
-      embedded.append(layers.resize_bilinear(e, size))
+      embedded.append(layers.resize_bilinear(e, size, circular=circular))
     x = jnp.concatenate(embedded, axis=-1)
     fuse = layers.remat(SepASPPWithSimPool, self.remat, static_argnums=(2,))
-    x = fuse(self.channels, tuple(self.dilations), self.dtype,
+    x = fuse(self.channels, tuple(self.dilations), self.dtype, circular,
              name="fuse_layer")(x, bn)
     feats = x
     # nn.Dropout2d zeroes whole channels per sample.

@@ -6,7 +6,10 @@ tap k of output (ho, wo) samples the input at
 (ho·s − p + i·d + dy, wo·s − p + j·d + dx) bilinearly, each of the four
 corners contributing zero when it lies outside the map; the sample is
 multiplied by the modulator (mask channel k) and the columns are contracted
-with the kernel.
+with the kernel. With ``circular=True`` (a full 360° panorama) columns are
+periodic: a corner's column is taken modulo the width, so samples left of
+column 0 read the last columns and no column falls outside; rows keep the
+zero rule.
 
 Two equivalent samplers are provided:
   * "gather": four `take_along_axis` gathers of the corner features;
@@ -62,8 +65,10 @@ def sample_positions(offset: jax.Array, kernel_size: int, stride: int,
   return py, px
 
 
-def bilinear_gather(x: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
-  """Samples x [B, H, W, C] at float positions [B, ...] with zero padding."""
+def bilinear_gather(x: jax.Array, py: jax.Array, px: jax.Array,
+                    circular: bool = False) -> jax.Array:
+  """Samples x [B, H, W, C] at float positions [B, ...] with zero padding
+  (``circular``: columns modulo W, rows zero-padded)."""
   b, h, w, c = x.shape
   pshape = py.shape
   py = py.reshape(b, -1)
@@ -80,7 +85,11 @@ def bilinear_gather(x: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
     for dx, wx in ((0, 1.0 - lx), (1, lx)):
       yy = y0 + dy
       xx = x0 + dx
-      inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
+      if circular:
+        inside = (yy >= 0) & (yy < h)
+        xx = jnp.remainder(xx, w)
+      else:
+        inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
       idx = jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)
       corner = jnp.take_along_axis(flat, idx[..., None], axis=1)
       weight = jnp.where(inside, wy * wx, 0.0).astype(x.dtype)
@@ -88,11 +97,13 @@ def bilinear_gather(x: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
   return out.reshape(*pshape, c)
 
 
-def bilinear_dense(x: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
+def bilinear_dense(x: jax.Array, py: jax.Array, px: jax.Array,
+                   circular: bool = False) -> jax.Array:
   """Same as `bilinear_gather` via tent interpolation matrices and einsum.
 
   py/px are [B, Ho, Wo, K]; the taps are processed one at a time with
   `lax.map` so the [B, Ho·Wo, H, W] weight tensor stays one tap large.
+  ``circular``: the column tent is periodic (period W).
   """
   _, h, w, _ = x.shape
   hs = jnp.arange(h, dtype=jnp.float32)
@@ -101,7 +112,14 @@ def bilinear_dense(x: jax.Array, py: jax.Array, px: jax.Array) -> jax.Array:
   def one_tap(pos):
     ty, tx = pos  # [B, Ho, Wo]
     wy = jax.nn.relu(1.0 - jnp.abs(ty[..., None] - hs)).astype(x.dtype)
-    wx = jax.nn.relu(1.0 - jnp.abs(tx[..., None] - ws)).astype(x.dtype)
+    if circular:
+      # Distance to each column within one period, plus the tent of the
+      # column's copy one period away (both non-zero only when W = 1).
+      dist = jnp.abs(jnp.mod(tx, w)[..., None] - ws)
+      wx = jax.nn.relu(1.0 - dist) + jax.nn.relu(1.0 - (w - dist))
+    else:
+      wx = jax.nn.relu(1.0 - jnp.abs(tx[..., None] - ws))
+    wx = wx.astype(x.dtype)
     # Each sample's bilinear weights are separable (row tent x column tent),
     # but every output has its own pair, so this is a dense [Ho·Wo, H·W]
     # matrix per tap: no gathers, O(Ho·Wo·H·W·C) work.
@@ -117,7 +135,8 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array,
                           kernel: jax.Array, bias: jax.Array | None, *,
                           stride: int = 1, padding: int = 0,
                           dilation: int = 1,
-                          impl: str = "auto") -> jax.Array:
+                          impl: str = "auto",
+                          circular: bool = False) -> jax.Array:
   """DCNv2 on NHWC maps (one deformable group, one conv group).
 
   Args:
@@ -128,6 +147,8 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array,
     bias: [Cout] or None.
     stride, padding, dilation: as in PyTorch.
     impl: "gather", "dense" or "auto" (by input area) sampler.
+    circular: columns are periodic (a full 360° panorama): samples wrap
+      around modulo the width instead of reading zeros.
 
   Returns:
     [B, Ho, Wo, Cout].
@@ -143,7 +164,7 @@ def modulated_deform_conv(x: jax.Array, offset: jax.Array, mask: jax.Array,
                      f"{offset.shape} and {k} taps")
   py, px = sample_positions(offset, kh, stride, padding, dilation)
   sampler = bilinear_gather if impl == "gather" else bilinear_dense
-  cols = sampler(x, py, px)  # [B, Ho, Wo, K, Cin]
+  cols = sampler(x, py, px, circular)  # [B, Ho, Wo, K, Cin]
   cols = cols * mask[..., None].astype(cols.dtype)
   out = jnp.einsum("byxkc,kco->byxo", cols,
                    kernel.reshape(k, cin, cout).astype(cols.dtype))
@@ -169,7 +190,7 @@ class ModulatedDeformConv(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, offset, mask):
+  def __call__(self, x, offset, mask, *, circular: bool = False):
     k = self.kernel_size
     kernel = self.param("kernel", _mmcv_dcn_init,
                         (k, k, x.shape[-1], self.features), jnp.float32)
@@ -178,7 +199,8 @@ class ModulatedDeformConv(nn.Module):
     return modulated_deform_conv(
         x.astype(self.dtype), offset, mask.astype(self.dtype),
         kernel.astype(self.dtype), bias.astype(self.dtype),
-        stride=self.stride, padding=self.padding, impl=self.impl)
+        stride=self.stride, padding=self.padding, impl=self.impl,
+        circular=circular)
 
 
 class DeformablePatchEmbed(nn.Module):
@@ -187,6 +209,8 @@ class DeformablePatchEmbed(nn.Module):
   Offsets are clamped to ±(min(H, W) // 4) of the input map and the modulator
   is 2·sigmoid(conv). The offset and modulator convs start at zero (offset 0,
   modulator 1: an ordinary strided conv), the usual DCNv2 initialisation.
+  ``circular=True`` (a full 360° panorama): the offset/modulator convs
+  wrap-pad the columns and the deformable samples wrap around modulo the width.
   """
   features: int
   kernel_size: int = 3
@@ -195,19 +219,19 @@ class DeformablePatchEmbed(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, circular: bool = False) -> jax.Array:
     k, s = self.kernel_size, self.stride
-    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    xp, pad = layers.conv_padding(x, k // 2, circular)
     conv = lambda n, name: nn.Conv(  # noqa: E731
         n, (k, k), strides=(s, s), padding=pad, dtype=self.dtype,
         param_dtype=jnp.float32, kernel_init=nn.initializers.zeros,
         name=name)
     max_offset = min(x.shape[1], x.shape[2]) // 4
-    offset = conv(2 * k * k, "offset_conv")(x).astype(jnp.float32)
+    offset = conv(2 * k * k, "offset_conv")(xp).astype(jnp.float32)
     offset = jnp.clip(offset, -max_offset, max_offset)
     modulator = 2.0 * jax.nn.sigmoid(
-        conv(k * k, "modulator_conv")(x).astype(jnp.float32))
+        conv(k * k, "modulator_conv")(xp).astype(jnp.float32))
     x = ModulatedDeformConv(self.features, k, s, k // 2, impl=self.impl,
-                            dtype=self.dtype, name="proj")(x, offset,
-                                                           modulator)
+                            dtype=self.dtype, name="proj")(
+                                x, offset, modulator, circular=circular)
     return layers.layer_norm(1e-5, "norm", self.dtype)(x)

@@ -30,7 +30,11 @@ class FPN(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, features: Sequence[jax.Array]) -> list[jax.Array]:
+  def __call__(self, features: Sequence[jax.Array], *,
+               circular: bool = False) -> list[jax.Array]:
+    """``circular``: the maps are full 360° panoramas; the 3×3 output convs
+    wrap the columns around (rows zero-padded). The laterals (1×1), the
+    nearest upsampling and the stride-2 subsampling have no padding."""
     n = len(features)
     if self.num_outs < n:
       raise ValueError(f"FPN num_outs={self.num_outs} < {n} input levels")
@@ -45,7 +49,7 @@ class FPN(nn.Module):
     for i in range(n - 1, 0, -1):
       laterals[i - 1] = laterals[i - 1] + layers.resize_nearest(
           laterals[i], laterals[i - 1].shape[1:3])
-    outs = [conv(3, f"fpn_convs_{i}")(lat, train=False)
+    outs = [conv(3, f"fpn_convs_{i}")(lat, train=False, circular=circular)
             for i, lat in enumerate(laterals)]
     for _ in range(self.num_outs - n):
       outs.append(outs[-1][:, ::2, ::2])

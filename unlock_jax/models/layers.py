@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -104,22 +105,49 @@ def wrap_pad_w(x: jax.Array, left: int, right: int) -> jax.Array:
 
   The last ``left`` columns go in front and the first ``right`` behind, so
   column -1 is column W-1: the padding a full-width panorama has in reality.
+  Pads wider than the map wrap more than once (a dilated conv on a narrow map).
   """
   w = x.shape[2]
-  if left < 0 or right < 0 or max(left, right) > w:
-    raise ValueError(f"wrap padding ({left}, {right}) must be within 0..{w}, the "
-                     "map's width")
+  if left < 0 or right < 0:
+    raise ValueError(f"wrap padding ({left}, {right}) must be >= 0")
   if not left and not right:
     return x
+  if max(left, right) > w:
+    cols = np.arange(-left, w + right) % w
+    return jnp.take(x, jnp.asarray(cols), axis=2)
   parts = ([x[:, :, w - left:]] if left else []) + [x] + (
       [x[:, :, :right]] if right else [])
   return jnp.concatenate(parts, axis=2)
 
 
-def _shift_add3x3(x: jax.Array, k: jax.Array, dilation: int) -> jax.Array:
+def pad_hw(x: jax.Array, ph: int, pw: int, circular: bool,
+           extra_bottom: int = 0) -> jax.Array:
+  """Zero-pads rows by ``ph`` (+ ``extra_bottom``) and columns by ``pw``,
+  the columns by wrapping around when ``circular``."""
+  if circular:
+    x = wrap_pad_w(x, pw, pw)
+    pw = 0
+  return jnp.pad(x, ((0, 0), (ph, ph + extra_bottom), (pw, pw), (0, 0)))
+
+
+def conv_padding(x: jax.Array, padding: int, circular: bool):
+  """``(input, flax padding)`` of a conv with symmetric ``padding``.
+
+  Flat: zeros on all sides (PyTorch's ``padding=p``). Circular (the input is a
+  full 360° panorama): the columns are wrap-padded here and the conv pads only
+  the rows with zeros, = torch ``padding_mode="circular"`` along W alone.
+  """
+  p = padding
+  if not circular:
+    return x, ((p, p), (p, p))
+  return wrap_pad_w(x, p, p), ((p, p), (0, 0))
+
+
+def _shift_add3x3(x: jax.Array, k: jax.Array, dilation: int,
+                  circular: bool = False) -> jax.Array:
   """Σ_ij pad(x)[h+d·i, w+d·j] · k[i, j]: 3×3 depthwise correlation, 'same' padding."""
   h, w, d = x.shape[1], x.shape[2], dilation
-  xp = jnp.pad(x, ((0, 0), (d, d), (d, d), (0, 0)))
+  xp = pad_hw(x, d, d, circular)
   out = xp[:, 0:h, 0:w] * k[0, 0]
   for i in range(3):
     for j in range(3):
@@ -128,25 +156,27 @@ def _shift_add3x3(x: jax.Array, k: jax.Array, dilation: int) -> jax.Array:
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def depthwise3x3(x: jax.Array, k: jax.Array, dilation: int = 1) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise3x3(x: jax.Array, k: jax.Array, dilation: int = 1,
+                 circular: bool = False) -> jax.Array:
   """3×3 depthwise conv (padding = dilation) of x [B, H, W, C] with k [3, 3, C].
 
   Nine shifted multiply-adds with a hand-written backward pass: XLA:CPU runs
   grouped convolutions (`feature_group_count=C`) and their autodiff an order
   of magnitude slower than this (measured for benchmarks/backbone.py; the
   dilated ASPP convs of the decode head: 0.23 s → 0.02 s fwd+bwd at 24×24×256),
-  while GPU/TPU fuse the elementwise form just as well.
+  while GPU/TPU fuse the elementwise form just as well. ``circular``: the
+  columns are padded by wrapping around (a full 360° panorama), rows by zeros.
   """
-  return _shift_add3x3(x, k, dilation)
+  return _shift_add3x3(x, k, dilation, circular)
 
 
-def _depthwise3x3_fwd(x, k, dilation):
-  return _shift_add3x3(x, k, dilation), (x, k)
+def _depthwise3x3_fwd(x, k, dilation, circular):
+  return _shift_add3x3(x, k, dilation, circular), (x, k)
 
 
-def _depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array,
-                              dilation: int) -> jax.Array:
+def _depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array, dilation: int,
+                              circular: bool = False) -> jax.Array:
   """dk[i, j, c] = Σ_bhw pad(x)[b, h+d·i, w+d·j, c] · g[b, h, w, c], float32.
 
   In a row-major layout padded to width W+2d, every tap is one contiguous
@@ -159,7 +189,7 @@ def _depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array,
   d = dilation
   wp = w + 2 * d
   # One extra bottom row keeps the last window (offset 2d·wp + 2d) in range.
-  xp = jnp.pad(x, ((0, 0), (d, d + 1), (d, d), (0, 0))).reshape(b, -1, c)
+  xp = pad_hw(x, d, d, circular, extra_bottom=1).reshape(b, -1, c)
   gp = jnp.pad(g, ((0, 0), (0, 0), (0, 2 * d), (0, 0))).reshape(b, h * wp, c)
   xp = xp.astype(jnp.float32)
   gp = gp.astype(jnp.float32)
@@ -172,11 +202,12 @@ def _depthwise3x3_kernel_grad(x: jax.Array, g: jax.Array,
   return jax.lax.map(one_tap, offsets).reshape(3, 3, c)
 
 
-def _depthwise3x3_bwd(dilation, res, g):
+def _depthwise3x3_bwd(dilation, circular, res, g):
   x, k = res
-  # The transpose of a correlation is the correlation with the flipped kernel.
-  dx = _shift_add3x3(g, k[::-1, ::-1], dilation)
-  dk = _depthwise3x3_kernel_grad(x, g, dilation).astype(k.dtype)
+  # The transpose of a correlation is the correlation with the flipped kernel
+  # (with the same padding: zeros, or the wrap-around of a periodic axis).
+  dx = _shift_add3x3(g, k[::-1, ::-1], dilation, circular)
+  dk = _depthwise3x3_kernel_grad(x, g, dilation, circular).astype(k.dtype)
   return dx, dk
 
 
@@ -191,12 +222,14 @@ class DepthwiseConv3x3(nn.Module):
   kernel_init: Any = None
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, circular: bool = False) -> jax.Array:
+    """``circular``: wrap-pad the columns (a full 360° panorama), not zeros."""
     c = x.shape[-1]
     kernel = self.param("kernel", self.kernel_init or torch_conv_init, (3, 3, 1, c),
                         jnp.float32)
     x = x.astype(self.dtype)
-    y = depthwise3x3(x, kernel[:, :, 0, :].astype(self.dtype), self.dilation)
+    y = depthwise3x3(x, kernel[:, :, 0, :].astype(self.dtype), self.dilation,
+                     circular)
     if self.use_bias:
       y = y + self.param("bias", nn.initializers.zeros, (c,), jnp.float32).astype(self.dtype)
     return y
@@ -270,16 +303,20 @@ class ConvModule(nn.Module):
   kernel_init: Any = None
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, *, train: bool,
+               circular: bool = False) -> jax.Array:
+    """``circular``: the input is a full 360° panorama; columns are padded by
+    wrapping around, rows by zeros (same parameters either way)."""
     k, p = self.kernel_size, self.padding
     depthwise = (self.groups > 1 and self.groups == x.shape[-1] == self.features
                  and k == 3 and self.stride == 1 and p == self.dilation)
     if depthwise:  # same parameters as nn.Conv, fast on every backend
       x = DepthwiseConv3x3(self.dilation, not self.norm, self.dtype,
-                           self.kernel_init, name="conv")(x)
+                           self.kernel_init, name="conv")(x, circular=circular)
     else:
+      x, padding = conv_padding(x, p, circular)
       x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride),
-                  padding=((p, p), (p, p)),
+                  padding=padding,
                   kernel_dilation=(self.dilation, self.dilation),
                   feature_group_count=self.groups, use_bias=not self.norm,
                   dtype=self.dtype, param_dtype=jnp.float32,
@@ -317,18 +354,43 @@ class DropPath(nn.Module):
     return jnp.where(mask, x / scale, jnp.zeros_like(x))
 
 
-def resize_bilinear(x: jax.Array, size: Sequence[int]) -> jax.Array:
+def resize_bilinear(x: jax.Array, size: Sequence[int],
+                    circular: bool = False) -> jax.Array:
   """Bilinear resize of NHWC maps, = torch `F.interpolate(align_corners=False)`.
 
   Antialiasing is off because PyTorch's bilinear mode does not antialias when
   downsampling; for upsampling both agree (half-pixel centres, edge clamp).
+  ``circular`` (a full 360° panorama): columns interpolate across the seam
+  (between the last and the first column) instead of clamping at the edges,
+  so resizing commutes with rolling the panorama; rows clamp as before.
   """
   h, w = size
   if x.shape[1:3] == (h, w):
     return x
+  if circular:
+    return _resize_w_periodic(
+        resize_bilinear(x, (h, x.shape[2])), w).astype(x.dtype)
   out = jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), "bilinear",
                          antialias=False)
   return out.astype(x.dtype)
+
+
+def _resize_w_periodic(x: jax.Array, w: int) -> jax.Array:
+  """Linear resize of the columns of a periodic map to width ``w``.
+
+  PyTorch's align_corners=False source position (j + ½)·W_in/w − ½, without
+  the clamp: the two neighbours are taken modulo W_in.
+  """
+  w_in = x.shape[2]
+  if w_in == w:
+    return x
+  src = (np.arange(w) + 0.5) * (w_in / w) - 0.5
+  left = np.floor(src)
+  frac = jnp.asarray(src - left, jnp.float32)[None, None, :, None]
+  left = left.astype(np.int64)
+  a = jnp.take(x, jnp.asarray(left % w_in), axis=2).astype(jnp.float32)
+  b = jnp.take(x, jnp.asarray((left + 1) % w_in), axis=2).astype(jnp.float32)
+  return a + (b - a) * frac
 
 
 def resize_nearest(x: jax.Array, size: Sequence[int]) -> jax.Array:

@@ -113,8 +113,9 @@ class DWConv(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return layers.DepthwiseConv3x3(1, True, self.dtype, name="dwconv")(x)
+  def __call__(self, x: jax.Array, *, circular: bool = False) -> jax.Array:
+    return layers.DepthwiseConv3x3(1, True, self.dtype, name="dwconv")(
+        x, circular=circular)
 
 
 class MixFFN(nn.Module):
@@ -124,15 +125,20 @@ class MixFFN(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
+  def __call__(self, x: jax.Array, *, circular: bool = False) -> jax.Array:
     x = _dense(self.dim * self.mlp_ratio, "fc1", self.dtype)(x)
-    x = DWConv(self.dtype, name="dwconv")(x)
+    x = DWConv(self.dtype, name="dwconv")(x, circular=circular)
     x = layers.gelu_exact(x)  # torch nn.GELU() is the erf form
     return _dense(self.dim, "fc2", self.dtype)(x)
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block with drop-path on both residual branches."""
+  """Pre-norm transformer block with drop-path on both residual branches.
+
+  ``circular`` (the Mix-FFN's depthwise conv wraps the columns around) is an
+  attribute rather than a call argument so that it stays static under
+  ``nn.scan`` and ``nn.remat``; it holds no parameters.
+  """
   dim: int
   heads: int
   sr_ratio: int
@@ -142,6 +148,7 @@ class Block(nn.Module):
   norm_eps: float
   dtype: Dtype = jnp.float32
   scan_step: bool = False  # nn.scan body: (x, train, rate) -> (x, None)
+  circular: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool, rate: jax.Array | None = None):
@@ -152,7 +159,8 @@ class Block(nn.Module):
                   self.dtype, name="attn")(y)
     x = x + drop(y, deterministic=not train, rate=rate)
     y = layers.layer_norm(self.norm_eps, "norm2", self.dtype)(x)
-    y = MixFFN(self.dim, self.mlp_ratio, self.dtype, name="mlp")(y)
+    y = MixFFN(self.dim, self.mlp_ratio, self.dtype, name="mlp")(
+        y, circular=self.circular)
     x = x + drop(y, deterministic=not train, rate=rate)
     return (x, None) if self.scan_step else x
 
@@ -165,10 +173,12 @@ class OverlapPatchEmbed(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    k, p = self.kernel_size, self.kernel_size // 2
+  def __call__(self, x: jax.Array, *, circular: bool = False) -> jax.Array:
+    """``circular``: wrap-pad the columns (a full 360° panorama), rows by zeros."""
+    k = self.kernel_size
+    x, padding = layers.conv_padding(x, k // 2, circular)
     x = nn.Conv(self.features, (k, k), strides=(self.stride, self.stride),
-                padding=((p, p), (p, p)), dtype=self.dtype,
+                padding=padding, dtype=self.dtype,
                 param_dtype=jnp.float32, kernel_init=layers.torch_conv_init,
                 name="proj")(x)
     return layers.layer_norm(1e-5, "norm", self.dtype)(x)
@@ -224,7 +234,11 @@ class MiT(nn.Module):
         raise ValueError(f"MiT dim {dim} is not divisible by heads {head}")
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> list[jax.Array]:
+  def __call__(self, x: jax.Array, *, train: bool,
+               circular: bool = False) -> list[jax.Array]:
+    """``circular``: x is a full 360° panorama; every spatial op (patch
+    embeds, their deformable sampling, the Mix-FFN convs) wraps the columns
+    around instead of zero-padding them. Rows are zero-padded either way."""
     self._check()
     if x.ndim != 4:
       raise ValueError(f"MiT expects NHWC images, got shape {x.shape}")
@@ -243,10 +257,11 @@ class MiT(nn.Module):
       if self.deformable and s in (1, 3):
         x = deform.DeformablePatchEmbed(self.dims[s], kernel, stride,
                                         impl=self.deform_impl,
-                                        dtype=self.dtype, name=name)(x)
+                                        dtype=self.dtype, name=name)(
+                                            x, circular=circular)
       else:
         x = OverlapPatchEmbed(self.dims[s], kernel, stride, self.dtype,
-                              name=name)(x)
+                              name=name)(x, circular=circular)
       depth = self.depths[s]
       block_args = (self.dims[s], self.heads[s], self.sr_ratios[s], self.mlp_ratio)
       if self.scan_blocks:
@@ -254,12 +269,14 @@ class MiT(nn.Module):
                         split_rngs={"params": True, "dropout": True},
                         in_axes=(nn.broadcast, 0), length=depth)(
                             *block_args, 0.0, self.simpool, self.norm_eps,
-                            self.dtype, scan_step=True, name=f"block{s + 1}")
+                            self.dtype, scan_step=True, circular=circular,
+                            name=f"block{s + 1}")
         x, _ = stage(x, train, jnp.asarray(rates[cur:cur + depth], jnp.float32))
       else:
         for j in range(depth):
           x = block_cls(*block_args, rates[cur + j], self.simpool, self.norm_eps,
-                        self.dtype, name=f"block{s + 1}_{j}")(x, train)
+                        self.dtype, circular=circular,
+                        name=f"block{s + 1}_{j}")(x, train)
       cur += depth
       x = layers.layer_norm(self.norm_eps, f"norm{s + 1}", self.dtype)(x)
       outs.append(x)

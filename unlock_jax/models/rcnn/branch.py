@@ -89,7 +89,8 @@ class MaskRCNNBranch(nn.Module):
     return jax.vmap(fn)(list(feats), rois)
 
   def __call__(self, fpn: Sequence[jnp.ndarray], image_shape: tuple[int, int],
-               *, train: bool, targets: dict | None = None) -> dict:
+               *, train: bool, targets: dict | None = None,
+               circular: bool = False) -> dict:
     """Losses (``targets`` given) or detections (``targets=None``).
 
     Args:
@@ -98,6 +99,8 @@ class MaskRCNNBranch(nn.Module):
       train: selects the train (else test) proposal budgets.
       targets: ``masks [B,N,H,W] uint8 (0/1/255)``, ``classes [B,N] int32``,
         ``boxes [B,N,4] float32``, ``valid [B,N] bool``.
+      circular: the image is a full 360° panorama (the RPN conv wraps the
+        columns around; see the network's ``circular``).
     Returns:
       ``{rpn_cls, rpn_bbox, rcnn_cls, rcnn_bbox, mask}`` scalars, or
       ``{boxes [B,D,4], scores [B,D], classes [B,D], masks [B,D,H,W] bool,
@@ -107,7 +110,7 @@ class MaskRCNNBranch(nn.Module):
     dt = jnp.dtype(self.dtype)
     fpn = [f.astype(dt) for f in fpn]
     image_shape = (int(image_shape[0]), int(image_shape[1]))
-    cls_l, reg_l = self.rpn_head(fpn)
+    cls_l, reg_l = self.rpn_head(fpn, circular=circular)
     anchors = [jnp.asarray(a) for a in anchor_ops.multilevel_anchors(
         [f.shape[1:3] for f in fpn], tuple(c.strides), tuple(c.anchor_scales),
         tuple(c.anchor_ratios))]

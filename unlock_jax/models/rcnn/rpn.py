@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from unlock_jax.models import layers
 from unlock_jax.models.rcnn import assign
 from unlock_jax.models.rcnn import boxes as box_ops
 from unlock_jax.models.rcnn import losses
@@ -27,11 +28,16 @@ class RPNHead(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, feats: Sequence[jnp.ndarray]
+  def __call__(self, feats: Sequence[jnp.ndarray], *, circular: bool = False
                ) -> tuple[list[jnp.ndarray], list[jnp.ndarray]]:
-    """Returns per level ``cls [B, h*w*A]`` logits and ``reg [B, h*w*A, 4]``."""
+    """Returns per level ``cls [B, h*w*A]`` logits and ``reg [B, h*w*A, 4]``.
+
+    ``circular``: the maps are full 360° panoramas; the 3×3 conv wraps the
+    columns around (rows zero-padded).
+    """
     init = nn.initializers.normal(0.01)  # mmdet RPNHead init_cfg
-    conv = nn.Conv(self.feat_channels, (3, 3), padding=1, kernel_init=init,
+    padding = ((1, 1), (0, 0)) if circular else 1
+    conv = nn.Conv(self.feat_channels, (3, 3), padding=padding, kernel_init=init,
                    dtype=self.dtype, name="rpn_conv")
     cls = nn.Conv(self.num_anchors, (1, 1), kernel_init=init,
                   dtype=self.dtype, name="rpn_cls")
@@ -39,6 +45,7 @@ class RPNHead(nn.Module):
                   dtype=self.dtype, name="rpn_reg")
     cls_out, reg_out = [], []
     for f in feats:
+      f = layers.wrap_pad_w(f, 1, 1) if circular else f
       x = nn.relu(conv(f.astype(self.dtype)))
       b = f.shape[0]
       cls_out.append(cls(x).astype(jnp.float32).reshape(b, -1))
