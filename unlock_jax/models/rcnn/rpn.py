@@ -97,7 +97,7 @@ def rpn_proposals(cls_logits: Sequence[jnp.ndarray],
                   reg: Sequence[jnp.ndarray],
                   anchors: Sequence[jnp.ndarray],
                   image_shape: tuple[int, int], *, nms_pre: int,
-                  max_num: int, iou_thr: float
+                  max_num: int, iou_thr: float, circular: bool = False
                   ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """Proposals of one image (mmdet 2.x ``RPNHead._get_bboxes_single``).
 
@@ -105,15 +105,19 @@ def rpn_proposals(cls_logits: Sequence[jnp.ndarray],
   (levels never suppress each other: mmdet's ``batched_nms`` with level ids).
   Then the ``max_num`` best over all levels. Returns ``(boxes [max_num, 4],
   scores [max_num], valid [max_num])``, sorted by descending score.
+  ``circular=True`` (a full 360° panorama): boxes wrapped instead of clipped
+  horizontally and NMS by circular IoU (``boxes.py``, ``nms.py``).
   """
+  period = float(image_shape[1]) if circular else None
   all_boxes, all_scores, all_keep = [], [], []
   for logit, d, anc in zip(cls_logits, reg, anchors):
     scores = jax.nn.sigmoid(logit.astype(jnp.float32))
     k = min(nms_pre, scores.shape[0])
     top, idx = jax.lax.top_k(scores, k)  # sorted, ties by lower index
-    b = box_ops.decode(anc[idx], d[idx], box_ops.RPN_STDS, image_shape)
+    b = box_ops.decode(anc[idx], d[idx], box_ops.RPN_STDS, image_shape,
+                       circular=circular)
     ok = (b[:, 2] - b[:, 0] > 0) & (b[:, 3] - b[:, 1] > 0)  # min_bbox_size 0
-    keep = nms_ops.nms_keep_sorted(b, ok, iou_thr)
+    keep = nms_ops.nms_keep_sorted(b, ok, iou_thr, period)
     all_boxes.append(b)
     all_scores.append(top)
     all_keep.append(keep)
