@@ -53,7 +53,8 @@ def read_arrays(path: str, keys: tuple[str, ...]) -> dict:
 
 
 def check(arrays: dict, path: str) -> None:
-  """Shapes, dtypes and offsets agree; every box lies inside the panorama.
+  """Shapes, dtypes and offsets agree; every box lies inside the panorama (columns
+  modulo its width: ``seam_instances``' wrapped convention).
 
   Reads the per-entry fields and offsets only, never the crops' bytes.
   """
@@ -70,7 +71,9 @@ def check(arrays: dict, path: str) -> None:
     need(arrays[key].shape == (p,), f"{key} shape {arrays[key].shape}, expected ({p},)")
   need(bool(labels.is_thing(cls).all()), "class outside 11..17")
   y0, y1, x0, x1 = (ext[:, i].astype(np.int64) for i in range(4))
-  need(bool(((0 <= y0) & (y0 < y1) & (y1 <= h) & (0 <= x0) & (x0 < x1) & (x1 <= w)).all()),
+  # Columns may wrap: an object across a 360° panorama's seam has x1 > w.
+  need(bool(((0 <= y0) & (y0 < y1) & (y1 <= h) & (0 <= x0) & (x0 < w) & (x0 < x1)
+             & (x1 <= x0 + w)).all()),
        f"an extent lies outside {h}x{w} or is empty")
   area = (y1 - y0) * (x1 - x0)
   for key, per_px in (("mask", 1), ("rgb", 3)):
@@ -146,8 +149,9 @@ class PoolIndex:
   """The whole pool: per-entry class, source, box and crops.
 
   ``classes`` [P] and ``extents`` [P,4] ``(y0, y1, x0, x1)`` (half-open,
-  panorama coordinates) let the paste find the entries that intersect a crop
-  window without touching pixels. Arrays are read-only; crops are views
+  panorama coordinates; ``x1`` past the width for an object across the 360°
+  seam, whose crops hold columns ``x0..x1-1`` modulo the width) let the
+  paste find the entries that intersect a crop window without touching pixels. Arrays are read-only; crops are views
   (of the mapped file, for an index from :meth:`load`).
   """
 
@@ -214,12 +218,12 @@ class PoolIndex:
     """Entry ``j`` as a full-size uint8 mask (tests, viewer); default panorama size."""
     out = np.zeros((height or self.image_size[0], width or self.image_size[1]), np.uint8)
     y0, y1, x0, x1 = self.extent(j)
-    out[y0:y1, x0:x1] = self.mask(j)
+    out[y0:y1, np.arange(x0, x1) % out.shape[1]] = self.mask(j)
     return out
 
   def full_rgb(self, j: int, height: int | None = None, width: int | None = None) -> np.ndarray:
     """The entry's RGB crop placed in a black full-size image (tests, viewer)."""
     out = np.zeros((height or self.image_size[0], width or self.image_size[1], 3), np.uint8)
     y0, y1, x0, x1 = self.extent(j)
-    out[y0:y1, x0:x1] = self.rgb(j)
+    out[y0:y1, np.arange(x0, x1) % out.shape[1]] = self.rgb(j)
     return out

@@ -25,6 +25,7 @@ from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import pipeline
+from unlock_jax.data import seam_instances
 from unlock_jax.evaluation import pictures as pictures_lib
 from unlock_jax.evaluation import report
 from unlock_jax.evaluation import seam
@@ -104,14 +105,18 @@ class OassEvaluator:
   without instance heads is scored with no detections. ``run`` names the
   model scored (``evaluate``'s run names, ``source_only`` / ``UNLOCK``): its pictures are
   ``<pictures_dir>/<run>_<evaluator>_<panorama>.png`` and their titles say it,
-  so the runs of one evaluation never overwrite each other's.
+  so the runs of one evaluation never overwrite each other's. ``seam_mode``
+  (``config.seam.mode``): when not ``"flat"``, each panorama's detections are
+  merged into one instance per object across the 360° seam
+  (``data/seam_instances.py``) before fusion, AP/AAP and the pictures.
   """
   PREDICT = "oass"  # the argmax and both branches' detections
   ROLL_PREDICT = "semantic"  # the rolled panorama's argmax only
 
   def __init__(self, cfg, *, predict_fn, mesh, workdir: str, name: str = "oass",
-               run: str = "", roll_fn=None):
+               run: str = "", roll_fn=None, seam_mode: str = "flat"):
     self.cfg, self.predict_fn, self.mesh, self.name = cfg, predict_fn, mesh, name
+    self.merge_seam = seam_mode != "flat"
     self.roll_fn = roll_fn or predict_fn
     self.run_name = run
     self.reader = _open(cfg, workdir)
@@ -161,6 +166,8 @@ class OassEvaluator:
         for branch in ("modal", "amodal"):
           pred[branch] = (jax.tree.map(lambda x, r=r: x[r], out[branch])
                           if branch in out else _no_detections(*self.image_size))
+          if self.merge_seam:
+            pred[branch] = seam_instances.merge_seam_instances(pred[branch])
         fused = metrics.add(gt, pred)
         if seam_cfg.enabled:
           seam_metrics.add(gt, pred, fused)
@@ -212,8 +219,10 @@ class OassEvaluator:
 TYPES = {"semantic": SemanticEvaluator, "oass": OassEvaluator}
 
 
-def from_config(name: str, cfg, *, predict_fns: dict, mesh, workdir: str, run: str = ""):
-  """Builds the evaluator named by ``cfg.type``; ``run`` names the model scored.
+def from_config(name: str, cfg, *, predict_fns: dict, mesh, workdir: str, run: str = "",
+                seam_mode: str = "flat"):
+  """Builds the evaluator named by ``cfg.type``; ``run`` names the model scored;
+  ``seam_mode``: ``config.seam.mode`` (instances merged across the seam unless "flat").
 
   ``predict_fns``: the model's jitted predict functions by name
   (``models/predict.jit_predict_fns``); the evaluator gets its type's.
@@ -222,17 +231,18 @@ def from_config(name: str, cfg, *, predict_fns: dict, mesh, workdir: str, run: s
     raise ValueError(f"config.evals.{name}.type={cfg.type!r} is unknown; "
                      f"available: {sorted(TYPES)}")
   cls = TYPES[cfg.type]
-  extra = {"roll_fn": predict_fns[cls.ROLL_PREDICT]} if hasattr(cls, "ROLL_PREDICT") else {}
+  extra = ({"roll_fn": predict_fns[cls.ROLL_PREDICT], "seam_mode": seam_mode}
+           if hasattr(cls, "ROLL_PREDICT") else {})
   return cls(cfg, predict_fn=predict_fns[cls.PREDICT], mesh=mesh, workdir=workdir,
              name=name, run=run, **extra)
 
 
 def run_all(evals_cfg, variables, *, predict_fns: dict, mesh, workdir: str, run: str = "",
-            tau=None, names=None) -> tuple[dict, list]:
+            tau=None, names=None, seam_mode: str = "flat") -> tuple[dict, list]:
   """Every evaluator of ``evals_cfg`` (``config.evals``; those in ``names`` if given) on one model.
 
   ``tau``: ``(tau_m, tau_a)`` replacing every ``oass`` evaluator's fusion
-  thresholds. Returns ``({"<evaluator>/<metric>": value}, [evaluators])``,
+  thresholds; ``seam_mode``: ``config.seam.mode`` (:class:`OassEvaluator`). Returns ``({"<evaluator>/<metric>": value}, [evaluators])``,
   the evaluators holding their tables and pictures.
   """
   results, done = {}, []
@@ -242,7 +252,7 @@ def run_all(evals_cfg, variables, *, predict_fns: dict, mesh, workdir: str, run:
       ecfg = ecfg.copy_and_resolve_references()
       ecfg.tau_m, ecfg.tau_a = (float(t) for t in tau)
     ev = from_config(name, ecfg, predict_fns=predict_fns, mesh=mesh, workdir=workdir,
-                     run=run)
+                     run=run, seam_mode=seam_mode)
     results.update({f"{name}/{metric}": value for metric, value in ev.run(variables)})
     done.append((name, ev))
   return results, done

@@ -46,10 +46,13 @@ def compute_thresholds(store_dir: str, names, p: float, t: float) -> dict:
   return distributed.merge_all(scores).thresholds(p, t)
 
 
-def write_shards(store_dir: str, names, tau: dict, images, out_dir: str) -> int:
+def write_shards(store_dir: str, names, tau: dict, images, out_dir: str,
+                 merge_seam: bool = False) -> int:
   """This process's share of ``names``: reference PNGs and one shard each; returns how many.
 
   ``images``: the store's panoramas (``inference.TargetImages``).
+  ``merge_seam`` (a seam-aware ``config.seam.mode``): an object across the
+  360° seam is one entry (``store.load_merged``), kept with a wrapped extent.
   """
   h, w = images.reader.image_size
   shards = os.path.join(out_dir, "shards")
@@ -57,7 +60,7 @@ def write_shards(store_dir: str, names, tau: dict, images, out_dir: str) -> int:
           if not fileio.exists(pool.shard_path(shards, n))]
   prog = progress_lib.Progress(len(todo), "adcl_pool/entries", unit="pano")
   for i, n in enumerate(todo):
-    pred = store.load_prediction(store_dir, n)
+    pred = store.load_merged(store_dir, n, merge_seam)
     entries = pool.pool_entries(pred, tau)
     j = images.index_of(n)
     pool.write_reference(os.path.join(out_dir, "ADCL"), n, entries)

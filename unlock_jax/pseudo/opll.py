@@ -240,7 +240,7 @@ class PrototypeTest:
 
 def write_labels(todo, *, store_dir, outputs: Outputs, th: dict, th_adcl: dict, images,
                  batch_size: int, proto_test: PrototypeTest | None, filter_labels: bool,
-                 gt=None, writer=None, on_written=None) -> None:
+                 gt=None, writer=None, on_written=None, merge_seam: bool = False) -> None:
   """Labels of the panoramas ``todo`` (the same list on every process), each process its rows.
 
   ``th``: thresholds per branch (``semantic``, ``modal``, ``amodal``);
@@ -250,6 +250,10 @@ def write_labels(todo, *, store_dir, outputs: Outputs, th: dict, th_adcl: dict, 
   hidden ground truth (quality parts), or None. Pictures are drawn by
   whichever process labels them (one writer per file). ``on_written(k)`` is
   called after this process's k-th panorama (the tests' simulated kill).
+  ``merge_seam`` (a seam-aware ``config.seam.mode``): each entry's detections
+  are first merged into one instance per object across the 360° seam
+  (``store.load_merged``), so such an object is one label, with one
+  uncertain area.
   """
   plan = _batches(len(todo), batch_size)
   prog = progress_lib.Progress(len(plan), "opll/labels", unit="batch")
@@ -257,7 +261,7 @@ def write_labels(todo, *, store_dir, outputs: Outputs, th: dict, th_adcl: dict, 
   written = 0
   for step, rows in enumerate(plan):
     rows = [todo[i] if i >= 0 else None for i in rows]
-    preds = [store.load_prediction(store_dir, n) if n else None for n in rows]
+    preds = [store.load_merged(store_dir, n, merge_seam) if n else None for n in rows]
     sems = [labels.semantic_labels(p, th["semantic"]) if p else None for p in preds]
     if proto_test is not None:
       pk, km, ka = proto_test(images.images(rows), sems, preds, h, w)

@@ -11,7 +11,8 @@ another confident amodal mask covers it too::
 
 The reference saves each entry as a full 400x2048 PNG and the paste reads it
 plus the source panorama at every draw. Here each entry is kept as its tight
-box (absolute panorama coordinates: the paste is position-locked), the
+box (absolute panorama coordinates: the paste is position-locked; an object
+across the 360° seam has one wrapped box, ``x1 > W``, ``data/seam_instances.py``), the
 0/1/255 mask crop and the RGB crop of its source panorama, so the paste never
 opens a file. Class and source are stored fields, not parsed from file names
 (docs/reference_differences.md item 11). A pool with fewer than 80 entries,
@@ -34,8 +35,8 @@ from PIL import Image
 
 from unlock_jax import fileio
 from unlock_jax.data import labels
-from unlock_jax.data import maskcodec
 from unlock_jax.data import pool_index
+from unlock_jax.data import seam_instances
 from unlock_jax.pseudo import labels as pl_labels
 
 SHARED = 255  # pool pixel also covered by another confident amodal mask
@@ -124,12 +125,13 @@ def entry_record(name: str, image_rgb: np.ndarray, entries: list[dict]) -> dict:
     m = np.asarray(e["mask"], np.uint8)
     if m.shape != size:
       raise ValueError(f"{name}: entry mask {m.shape} does not match image {size}")
-    y0, y1, x0, x1 = maskcodec.tight_extent(m != 0)
+    # An object across the seam keeps one wrapped extent (x1 > W) and crop.
+    y0, y1, x0, x1 = seam_instances.wrapped_extent(m != 0)
     if y1 == y0:
       raise ValueError(f"{name}: empty pool entry (det {e['det_index']})")
     extents.append((y0, y1, x0, x1))
-    mask_chunks.append(m[y0:y1, x0:x1].ravel())
-    rgb_chunks.append(image_rgb[y0:y1, x0:x1].ravel())
+    mask_chunks.append(seam_instances.take_columns(m[y0:y1], x0, x1).ravel())
+    rgb_chunks.append(seam_instances.take_columns(image_rgb[y0:y1], x0, x1).ravel())
   return {
       "name": np.array(name),
       "image_size": np.asarray(size, np.int32),

@@ -9,8 +9,11 @@ several processes each predicts its rows of every global batch of the
 (``on_bad_image="skip"``): it gets no entry, and ``<store_dir>/skipped.json``
 and the log name it and why (:func:`read_skipped`; a rerun tries it again).
 ``export_dir`` set also writes every prediction at its image's own size
-(``export.py``). Later stages open the store with :func:`open_store` and
-name what it lacks with :func:`unpredicted`.
+(``export.py``). With a seam-aware ``config.seam.mode`` (not ``"flat"``),
+the detections of each panorama are merged into one instance per object
+across the 360° seam before they are stored
+(``data/seam_instances.merge_seam_instances``). Later stages open the store
+with :func:`open_store` and name what it lacks with :func:`unpredicted`.
 """
 import hashlib
 import json
@@ -28,7 +31,9 @@ from unlock_jax import inference
 from unlock_jax import model_info
 from unlock_jax import progress as progress_lib
 from unlock_jax import sharding as shd
+from unlock_jax.data import keys
 from unlock_jax.data import pipeline
+from unlock_jax.data import seam_instances
 from unlock_jax.data import synthpass
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
@@ -153,6 +158,7 @@ def predict_into_store(config, workdir: str) -> dict:
   # predicts them, or by process 0 from the store when they are in it already.
   to_draw = {k for k in reader.keys[:num_pictures] if not fileio.exists(picture(k))}
   predict_fn = predict_lib.jit_predict_fns(model, mesh)["panorama"]
+  merge = config.seam.mode != "flat"
   t0, n, nbytes, skipped = time.monotonic(), 0, 0, []
   for ex, row in inference.iterate(reader, todo, predict_fn=predict_fn, variables=variables,
                                    mesh=mesh, batch_size=bs, on_batch=prog.update):
@@ -163,6 +169,8 @@ def predict_into_store(config, workdir: str) -> dict:
       skipped.append({"name": ex["name"], "path": ex.get(folder.SOURCE_PATH),
                       "reason": ex["error"]})
       continue
+    if merge:  # one instance per object across the seam (data/seam_instances.py)
+      row = dict(row, **{b: seam_instances.merge_seam_instances(row[b]) for b in keys.BRANCHES})
     nbytes += store.write_prediction(
         store_dir, ex["name"], row["semantic"],
         thresholds.quantize(row["confidence"]), row["modal"], row["amodal"],

@@ -43,6 +43,7 @@ from unlock_jax import fileio
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import maskcodec
+from unlock_jax.data import seam_instances
 from unlock_jax.pseudo import storecodec
 from unlock_jax.pseudo import thresholds
 
@@ -402,6 +403,16 @@ def load_prediction(store_dir: str, name: str, packed_masks: bool = False) -> di
     out["source_path"] = entry.index.get("source_path")
     out["source_size"] = None if size is None else (int(size[0]), int(size[1]))
   return out
+
+
+def load_merged(store_dir: str, name: str, merge_seam: bool) -> dict:
+  """:func:`load_prediction`; with ``merge_seam``, each branch as one instance per
+  object across the 360° seam (``seam_instances.merge_seam_instances``; an
+  entry ``predict`` stored merged comes back unchanged)."""
+  pred = load_prediction(store_dir, name)
+  if merge_seam:
+    pred.update({b: seam_instances.merge_seam_instances(pred[b]) for b in _BRANCHES})
+  return pred
 
 
 def load_summary(store_dir: str, name: str, histogram: bool = True) -> dict:

@@ -45,7 +45,8 @@ def run(config, workdir: str) -> dict:
   logging.info("adcl_pool thresholds: %s",
                {labels_lib.CLASS_NAMES[c]: round(v["tau"], 4) for c, v in tau.items()})
   images = inference.TargetImages(inference.open_target(config, workdir))
-  adcl.write_shards(store_dir, names, tau, images, out_dir)
+  adcl.write_shards(store_dir, names, tau, images, out_dir,
+                    merge_seam=config.seam.mode != "flat")
   # Every process's shards are on the shared workdir; one index for all.
   shd.barrier("adcl_pool shards written")
   summary = {}

@@ -35,7 +35,8 @@ def _score(config, model, predict_fns, mesh, workdir, ckpt_path, writer, tau=Non
   variables, step = inference.load_variables(model, ckpt_path, mesh)
   logging.info("Evaluating %s (step %s)", ckpt_path, step)
   results, done = evaluators.run_all(config.evals, variables, predict_fns=predict_fns,
-                                     mesh=mesh, workdir=workdir, run=run, tau=tau)
+                                     mesh=mesh, workdir=workdir, run=run, tau=tau,
+                                     seam_mode=config.seam.mode)
   for name, ev in done:
     if jax.process_index() == 0:
       print(f"== {name} ({ckpt_path}, step {step}) ==\n{ev.table()}", flush=True)

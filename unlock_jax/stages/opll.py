@@ -74,7 +74,8 @@ def run(config, workdir: str) -> dict:
   opll.write_labels(todo, store_dir=store_dir, outputs=outputs, th=th, th_adcl=th_adcl,
                     images=images, batch_size=int(o.batch_size), proto_test=proto_test,
                     filter_labels=bool(o.prototype_filter), gt=gt, writer=writer,
-                    on_written=lambda k: predictions.debug_kill(config, k))
+                    on_written=lambda k: predictions.debug_kill(config, k),
+                    merge_seam=config.seam.mode != "flat")
 
   summary = {"panoramas": len(names), "fingerprint": fp,
              "prototype_filter": bool(o.prototype_filter)}
