@@ -21,6 +21,15 @@ and its column offset inside the window while the PL content around it is
 mirrored; image and labels of the object agree, and its row (latitude) is
 preserved, which is what matters on a panorama.
 
+Seam: a crop of a full 360° panorama may straddle its seam (``wrap=True``,
+``config.adapt.wrap_crops``); its window is then columns ``[x1, x2)`` modulo
+the width ``W`` with ``x2 > W``. Columns of the window and of the pool
+entries' extents are matched modulo ``W``, so an object is pasted at its
+panorama position in such a window, and an entry whose extent wraps (an
+object kept whole across the seam) puts its pixels from both ends of the
+panorama where they fall. The result equals the flat paste on the panorama
+rolled so that the window is contiguous (tests/test_wrap_crops.py).
+
 Boxes are ``[x1, y1, x2, y2]`` float32 with x2/y2 the *inclusive* last
 column/row (the reference's ``get_bbox_coord``), and an instance is kept only
 if ``x1 < x2 and y1 < y2`` (``isValidBox``), so a one-pixel-wide or
@@ -62,15 +71,52 @@ def candidate_extents_hit(index, window) -> np.ndarray:
   """bool [P]: which pool entries' extents intersect ``window`` = (y1, y2, x1, x2).
 
   A necessary condition for an entry to put a pixel in the window; no pixels
-  are read.
+  are read. Columns are compared modulo the panorama's width, so wrapped
+  windows and extents (``x2`` past the width: across the seam) meet too.
   """
-  return _extents_hit(index.extents, window)
+  return _extents_hit(index.extents, window, index.image_size[1])
 
 
-def _extents_hit(extents: np.ndarray, window) -> np.ndarray:
+def _extents_hit(extents: np.ndarray, window, width: int) -> np.ndarray:
   y1, y2, x1, x2 = window
   e = np.asarray(extents).reshape(-1, 4)
-  return (e[:, 0] < y2) & (e[:, 1] > y1) & (e[:, 2] < x2) & (e[:, 3] > x1)
+  cols = (e[:, 2] < x2) & (e[:, 3] > x1)
+  # Both spans lie in [0, 2W), so one period either way finds any overlap;
+  # with neither wrapped these terms are all False.
+  for shift in (-width, width):
+    cols |= (e[:, 2] + shift < x2) & (e[:, 3] + shift > x1)
+  return (e[:, 0] < y2) & (e[:, 1] > y1) & cols
+
+
+def _pieces(ex0: int, ex1: int, x1: int, x2: int, width: int) -> list:
+  """Where entry columns ``[ex0, ex1)`` show in window columns ``[x1, x2)``
+  (either may pass ``width``: columns modulo it).
+
+  ``[(c0, c1, o0)]`` in window order: window columns ``[c0, c1)`` (relative
+  to ``x1``) show entry columns ``[o0, o0 + c1 - c0)`` (relative to
+  ``ex0``). One piece, unless a window as wide as the panorama meets an
+  object across the seam (two).
+  """
+  out = []
+  for shift in (0, -width, width):
+    a, b = max(ex0 + shift, x1), min(ex1 + shift, x2)
+    if a < b:
+      out.append((a - x1, b - x1, a - ex0 - shift))
+  return sorted(out)
+
+
+def _take(crop: np.ndarray, rows: slice, pieces: list) -> np.ndarray:
+  """An entry's mask or RGB ``crop`` at window columns ``[pieces[0].c0,
+  pieces[-1].c1)``: a slice for one piece, zeros between two."""
+  if len(pieces) == 1:
+    c0, c1, o0 = pieces[0]
+    return crop[rows, o0:o0 + c1 - c0]
+  base = pieces[0][0]
+  sub = crop[rows]
+  out = np.zeros((sub.shape[0], pieces[-1][1] - base) + sub.shape[2:], crop.dtype)
+  for c0, c1, o0 in pieces:
+    out[:, c0 - base:c1 - base] = sub[:, o0:o0 + c1 - c0]
+  return out
 
 
 def draw_candidates(num_entries: int, rng: np.random.Generator,
@@ -105,7 +151,8 @@ def _select(index, window, shape, candidates, *, max_paste, max_area_fraction,
   """§7.3 (a): the accepted candidates, bottom-most first.
 
   Returns ``(pasted, index_map)``: ``pasted`` lists ``(pool index, rows,
-  cols, q)`` with ``q`` the pool mask inside the window at crop rows/cols;
+  cols, q, pieces)`` with ``q`` the pool mask inside the window at crop
+  rows/cols (``pieces``: :func:`_pieces`, to read the RGB the same way);
   ``index_map`` int32 [h,w] holds k+1 where the k-th pasted object is on top
   (0: none). Per-id pixel counts of the map are kept up to date, so the
   background/earlier-object visibility test only histograms the new mask's
@@ -117,7 +164,9 @@ def _select(index, window, shape, candidates, *, max_paste, max_area_fraction,
   counts = np.zeros(max_paste + 2, np.int64)
   counts[0] = h * w
   need = max(int(min_visible), 1)  # the reference also needs each id present
-  hit = _extents_hit(index.extents[candidates], window) if len(candidates) else []
+  width = index.image_size[1] if len(index) else 0
+  hit = (_extents_hit(index.extents[candidates], window, width) if len(candidates)
+         else [])
   pasted = []
   for j, inside in zip(candidates, hit):
     if len(pasted) >= max_paste:
@@ -125,8 +174,9 @@ def _select(index, window, shape, candidates, *, max_paste, max_area_fraction,
     if not inside:
       continue  # misses the window: costs its draw, nothing else
     ey0, ey1, ex0, ex1 = index.extent(j)
-    iy0, iy1, ix0, ix1 = max(ey0, y1), min(ey1, y2), max(ex0, x1), min(ex1, x2)
-    q = index.mask(j)[iy0 - ey0:iy1 - ey0, ix0 - ex0:ix1 - ex0]
+    iy0, iy1 = max(ey0, y1), min(ey1, y2)
+    pieces = _pieces(ex0, ex1, x1, x2, width)
+    q = _take(index.mask(j), slice(iy0 - ey0, iy1 - ey0), pieces)
     on = q != 0
     n = int(np.count_nonzero(on))
     if n == 0:
@@ -134,7 +184,7 @@ def _select(index, window, shape, candidates, *, max_paste, max_area_fraction,
     if n > max_area_fraction * h * w:
       continue  # larger than 1/8 of the crop
     k = len(pasted)
-    rows, cols = slice(iy0 - y1, iy1 - y1), slice(ix0 - x1, ix1 - x1)
+    rows, cols = slice(iy0 - y1, iy1 - y1), slice(pieces[0][0], pieces[-1][1])
     sub = index_map[rows, cols]
     under = np.bincount(sub[on], minlength=k + 1)
     if (counts[:k + 1] - under).min() < need:
@@ -142,7 +192,7 @@ def _select(index, window, shape, candidates, *, max_paste, max_area_fraction,
     counts[:k + 1] -= under
     counts[k + 1] = n
     sub[on] = k + 1
-    pasted.append((int(j), rows, cols, q))
+    pasted.append((int(j), rows, cols, q, pieces))
   return pasted, index_map
 
 
@@ -168,7 +218,7 @@ def paste(image: np.ndarray, semantic: np.ndarray, modal: dict, amodal: dict,
           num_candidates: int = 80, max_paste: int = 8,
           max_area_fraction: float = 1 / 8, min_visible: int = 25,
           black_fill: bool = True, modal_box_from_visible: bool = True,
-          box_rule: str = "positive", candidates=None) -> dict:
+          box_rule: str = "positive", candidates=None, wrap: bool = False) -> dict:
   """Pastes up to ``max_paste`` pool objects into one PL crop (docs/method.md §7.3).
 
   Args:
@@ -182,6 +232,11 @@ def paste(image: np.ndarray, semantic: np.ndarray, modal: dict, amodal: dict,
     rng: draws the candidates (unused when ``candidates`` is given).
     candidates: optional explicit candidate order (pool indices), to replay
       a draw.
+    wrap: the panorama is a full 360° one and ``x2`` may pass its width
+      ``W`` (a crop across the seam, ``0 <= x1 < W``): the window is then
+      columns ``[x1, x2)`` modulo ``W``. Pool entries are placed by their
+      columns modulo ``W`` in any case, so an object whose extent wraps
+      (pixels at both ends) lands on both sides of the seam.
 
   Selection (a): candidates in draw order; one is skipped if its mask misses
   the window, if more than ``max_area_fraction`` of the crop, or if the
@@ -214,8 +269,9 @@ def paste(image: np.ndarray, semantic: np.ndarray, modal: dict, amodal: dict,
     raise ValueError(f"window {window} is not the crop's size {h}x{w}")
   if len(index):
     ph, pw = index.image_size
-    if not (0 <= y1 and y2 <= ph and 0 <= x1 and x2 <= pw):
-      raise ValueError(f"window {window} leaves the {ph}x{pw} panorama of the pool")
+    if not (0 <= y1 and y2 <= ph and 0 <= x1 < pw and x2 <= (x1 + pw if wrap else pw)):
+      raise ValueError(f"window {window} leaves the {ph}x{pw} panorama of the pool"
+                       + ("" if wrap else " (a window across the seam needs wrap=True)"))
 
   if candidates is None:
     candidates = draw_candidates(len(index), rng, num_candidates)
@@ -227,10 +283,9 @@ def paste(image: np.ndarray, semantic: np.ndarray, modal: dict, amodal: dict,
   # (b) composite, bottom to top: later objects overwrite earlier ones.
   image_out = image.copy()
   sem_out = semantic.copy()
-  for j, rows, cols, q in pasted:
-    ey0, _, ex0, _ = index.extent(j)
-    rgb = index.rgb(j)[rows.start + y1 - ey0:rows.stop + y1 - ey0,
-                       cols.start + x1 - ex0:cols.stop + x1 - ex0]
+  for j, rows, cols, q, pieces in pasted:
+    ey0 = index.extent(j)[0]
+    rgb = _take(index.rgb(j), slice(rows.start + y1 - ey0, rows.stop + y1 - ey0), pieces)
     img_sub, sem_sub = image_out[rows, cols], sem_out[rows, cols]
     one = q == 1
     img_sub[one] = rgb[one]
@@ -247,7 +302,7 @@ def paste(image: np.ndarray, semantic: np.ndarray, modal: dict, amodal: dict,
   # gets no label and does not hide the ones below (reference L273-285).
   covered = np.zeros((h, w), bool)
   pm, pa = [], []  # (mask, class, box) per branch
-  for j, rows, cols, q in reversed(pasted):
+  for j, rows, cols, q, _ in reversed(pasted):
     on = q != 0
     box = _box_of(on, rows.start, cols.start)
     if box is None or box[0] >= box[2] or box[1] >= box[3]:

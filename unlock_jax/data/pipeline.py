@@ -204,7 +204,10 @@ class AdaptPairTransform:
   uncertain pixels as 255), ``cat_max_ratio`` crop with ≤ 10 redraws on the
   OPLL semantic map, flip, then the ADCL position-locked paste in the crop's
   un-flipped panorama window (``data/adcl_paste.py``). Unlabelled branch:
-  crop without the class check, flip. Both normalised.
+  crop without the class check, flip. Both normalised. With ``wrap_crops``
+  both crops may straddle the seam of the 360° panorama (columns modulo its
+  width, ``transforms.random_crop_box``); image, labels and paste all take
+  the same wrapped window.
   """
   reader: Any
   packed_dir: str
@@ -214,6 +217,7 @@ class AdaptPairTransform:
   flip: bool = True
   max_instances: int = 32
   paste: dict = dataclasses.field(default_factory=dict)
+  wrap_crops: bool = False
 
   def _pl(self, i: int, rng: np.random.Generator) -> dict:
     name = self.reader.keys[i]
@@ -224,10 +228,11 @@ class AdaptPairTransform:
       raise layouts_common.DataError(
           f"packed pseudo-labels of {name} are {sem.shape}, its image "
           f"{image.shape[:2]}: rerun opll for this data set")
-    box = transforms.random_crop_box(sem, self.crop_size, rng, self.cat_max_ratio)
-    y1, y2, x1, x2 = box
-    image, sem = image[y1:y2, x1:x2], sem[y1:y2, x1:x2]
-    branches = {b: {"classes": lab[b]["classes"], "masks": lab[b]["masks"][:, y1:y2, x1:x2]}
+    box = transforms.random_crop_box(sem, self.crop_size, rng, self.cat_max_ratio,
+                                     wrap=self.wrap_crops)
+    image, sem = transforms.window(image, box), transforms.window(sem, box)
+    branches = {b: {"classes": lab[b]["classes"],
+                    "masks": transforms.window(lab[b]["masks"], box, row_axis=1)}
                 for b in ("modal", "amodal")}
     if self.flip and rng.random() < 0.5:
       image, sem = image[:, ::-1], sem[:, ::-1]
@@ -235,7 +240,8 @@ class AdaptPairTransform:
         b["masks"] = b["masks"][:, :, ::-1]
     out = adcl_paste.paste(np.ascontiguousarray(image), np.ascontiguousarray(sem),
                            branches["modal"], branches["amodal"], box,
-                           _pool(self.pool_path), rng, **self.paste)
+                           _pool(self.pool_path), rng, wrap=self.wrap_crops,
+                           **self.paste)
     ex = {keys.IMAGE: transforms.normalize(out["image"]),
           keys.SEMANTIC: out["semantic"].astype(np.int32)}
     for b in ("modal", "amodal"):
@@ -249,8 +255,9 @@ class AdaptPairTransform:
     ex = self._pl(pl_index, rng)
     image = self.reader.load_image(u_index)
     # No class check on this branch; the image's shape is all the crop needs.
-    y1, y2, x1, x2 = transforms.random_crop_box(image[..., 0], self.crop_size, rng)
-    image = image[y1:y2, x1:x2]
+    box = transforms.random_crop_box(image[..., 0], self.crop_size, rng,
+                                     wrap=self.wrap_crops)
+    image = transforms.window(image, box)
     if self.flip and rng.random() < 0.5:
       image = image[:, ::-1]
     ex[keys.UNLABELED_IMAGE] = transforms.normalize(np.ascontiguousarray(image))
@@ -269,7 +276,7 @@ class _Partner:
 def adapt_iterator(reader, *, packed_dir: str, pool_path: str, batch_size: int,
                    crop_size, seed: int, cat_max_ratio: float = 0.75,
                    flip: bool = True, max_instances: int = 32, paste: dict | None = None,
-                   num_workers: int = 0, process_index: int = 0,
+                   wrap_crops: bool = False, num_workers: int = 0, process_index: int = 0,
                    process_count: int = 1) -> grain.DatasetIterator:
   """Endless iterator of process-local adaptation batches (PL + unlabelled crops).
 
@@ -281,6 +288,8 @@ def adapt_iterator(reader, *, packed_dir: str, pool_path: str, batch_size: int,
   of every global batch (``_process_batches``). grain's iterator state (saved
   in every checkpoint) covers all of it. Every worker memory-maps the one pool
   index (a ``gs://`` index is copied to a local temporary file first).
+  ``wrap_crops``: crops of the full 360° panoramas may straddle their seam
+  (``AdaptPairTransform``).
   """
   n = len(reader)
   _check_size(n, batch_size, process_count, "target images")
@@ -289,6 +298,6 @@ def adapt_iterator(reader, *, packed_dir: str, pool_path: str, batch_size: int,
   ds = ds.random_map(
       AdaptPairTransform(reader, packed_dir, pool_index.local_copy(pool_path),
                          tuple(crop_size), cat_max_ratio,
-                         flip, max_instances, dict(paste or {})),
+                         flip, max_instances, dict(paste or {}), bool(wrap_crops)),
       seed=_seed_for(seed + 1))
   return _process_batches(ds, batch_size, process_index, process_count, num_workers)
