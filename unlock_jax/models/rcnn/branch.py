@@ -21,6 +21,19 @@ pipeline: its box rule (``config.input.box_rule`` for source training,
 ``config.adapt.paste.box_rule`` for adaptation: the ``==1`` pixels, or the
 reference's non-zero ones) and the ADCL paste's modal boxes are the only
 settings, so the branch has none.
+
+``circular=True`` (test time only, a full 360° panorama of width ``W``, a
+multiple of the coarsest stride 64): the branch is seam-aware. The RPN
+conv pads columns by wrapping, proposals and detections are wrapped boxes
+(``0 <= x1 < W``, ``x1 < x2 <= x1 + W``; ``x2 > W`` crosses the seam and
+covers ``[x1, W) ∪ [0, x2 - W)``; ``boxes.py``), both NMS stages use the
+circular IoU, RoIAlign reads columns modulo each level's width ``W /
+stride``, and a crossing box's mask has pixels at both ends of the
+full-image mask. Anchors need no change: each level's grid ``k * stride``
+has ``W / stride`` columns, so rolling the panorama by a multiple of 64
+permutes the anchors and shifts their decoded boxes by the same amount
+modulo ``W``; the detections of a rolled panorama are the rolled detections.
+An object crossing the seam gets one box, not two clipped halves.
 """
 from typing import Any, Sequence
 
@@ -80,12 +93,12 @@ class MaskRCNNBranch(nn.Module):
     return cls_l[0].sum() + cls.sum() + logits.sum()
 
   def _roi_features(self, feats: Sequence[jnp.ndarray], rois: jnp.ndarray,
-                    size: int) -> jnp.ndarray:
+                    size: int, circular: bool = False) -> jnp.ndarray:
     c = self.cfg
     fn = lambda f, r: roi_align.multilevel_roi_align(
         f, jax.lax.stop_gradient(r), size, tuple(c.strides[:len(f)]),
         c.roi_sampling_ratio, c.finest_scale, c.roi_max_samples,
-        c.get("roi_chunk", 0))
+        c.get("roi_chunk", 0), circular=circular)
     return jax.vmap(fn)(list(feats), rois)
 
   def __call__(self, fpn: Sequence[jnp.ndarray], image_shape: tuple[int, int],
@@ -99,8 +112,10 @@ class MaskRCNNBranch(nn.Module):
       train: selects the train (else test) proposal budgets.
       targets: ``masks [B,N,H,W] uint8 (0/1/255)``, ``classes [B,N] int32``,
         ``boxes [B,N,4] float32``, ``valid [B,N] bool``.
-      circular: the image is a full 360° panorama (the RPN conv wraps the
-        columns around; see the network's ``circular``).
+      circular: the image is a full 360° panorama (module docstring; test
+        time only): wrapped boxes, circular NMS, RoIAlign and paste, and the
+        RPN conv wraps the columns around. ``W`` must be a multiple of the
+        coarsest stride so that every level covers the circle exactly.
     Returns:
       ``{rpn_cls, rpn_bbox, rcnn_cls, rcnn_bbox, mask}`` scalars, or
       ``{boxes [B,D,4], scores [B,D], classes [B,D], masks [B,D,H,W] bool,
@@ -110,6 +125,19 @@ class MaskRCNNBranch(nn.Module):
     dt = jnp.dtype(self.dtype)
     fpn = [f.astype(dt) for f in fpn]
     image_shape = (int(image_shape[0]), int(image_shape[1]))
+    if circular:
+      if targets is not None:
+        raise ValueError(
+            "MaskRCNNBranch: circular=True is for test-time detection on full "
+            "360° panoramas; the loss path (targets given) takes flat crops "
+            "and pinhole images, call it with circular=False")
+      for f, st in zip(fpn, c.strides):
+        if f.shape[2] * st != image_shape[1]:
+          raise ValueError(
+              f"MaskRCNNBranch(circular=True): the panorama width "
+              f"{image_shape[1]} is not a multiple of the FPN stride {st} "
+              f"(level width {f.shape[2]}); resize or pad the panorama to a "
+              f"multiple of {max(c.strides)} columns, or use the flat mode")
     cls_l, reg_l = self.rpn_head(fpn, circular=circular)
     anchors = [jnp.asarray(a) for a in anchor_ops.multilevel_anchors(
         [f.shape[1:3] for f in fpn], tuple(c.strides), tuple(c.anchor_scales),
@@ -118,12 +146,12 @@ class MaskRCNNBranch(nn.Module):
     max_props = c.max_proposals_train if train else c.max_proposals_test
     propose = lambda cl, rg: rpn.rpn_proposals(
         cl, rg, anchors, image_shape, nms_pre=nms_pre, max_num=max_props,
-        iou_thr=c.rpn_nms)
+        iou_thr=c.rpn_nms, circular=circular)
     props, _, prop_valid = jax.vmap(propose)(
         jax.lax.stop_gradient(cls_l), jax.lax.stop_gradient(reg_l))
     roi_feats = fpn[:len(roi_align.ROI_STRIDES)]
     if targets is None:
-      return self._detect(roi_feats, props, prop_valid, image_shape)
+      return self._detect(roi_feats, props, prop_valid, image_shape, circular)
     return self._losses(roi_feats, cls_l, reg_l, anchors, props, prop_valid,
                         targets)
 
@@ -189,21 +217,22 @@ class MaskRCNNBranch(nn.Module):
     return dict(rpn_cls=rpn_cls, rpn_bbox=rpn_bbox, rcnn_cls=rcnn_cls,
                 rcnn_bbox=rcnn_bbox, mask=loss_mask)
 
-  def _detect(self, roi_feats, props, prop_valid, image_shape) -> dict:
+  def _detect(self, roi_feats, props, prop_valid, image_shape,
+              circular: bool = False) -> dict:
     c = self.cfg
-    box_x = self._roi_features(roi_feats, props, c.roi_size)
+    box_x = self._roi_features(roi_feats, props, c.roi_size, circular)
     cls, reg = self.roi_head.box(box_x)
     dfn = lambda cl, rg, p, pv: roi_heads.detect(
         cl, rg, p, pv, image_shape, score_thr=c.score_thr,
-        iou_thr=c.test_nms, max_dets=c.max_dets)
+        iou_thr=c.test_nms, max_dets=c.max_dets, circular=circular)
     boxes, scores, classes, valid = jax.vmap(dfn)(cls, reg, props, prop_valid)
-    mask_x = self._roi_features(roi_feats, boxes, c.mask_roi_size)
+    mask_x = self._roi_features(roi_feats, boxes, c.mask_roi_size, circular)
     logits = self.roi_head.mask(mask_x)  # [B, D, S, S, C]
     picked = jnp.take_along_axis(logits, classes[..., None, None, None],
                                  -1)[..., 0]
     probs = jax.nn.sigmoid(picked)
     paste = lambda pr, bx: roi_heads.paste_masks(
-        pr, bx, image_shape, c.mask_thr, c.paste_chunk)
+        pr, bx, image_shape, c.mask_thr, c.paste_chunk, circular)
     masks = jax.vmap(paste)(probs, boxes) & valid[..., None, None]
     return dict(boxes=boxes, scores=scores, classes=classes, masks=masks,
                 valid=valid)

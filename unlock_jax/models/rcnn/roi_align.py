@@ -35,6 +35,16 @@ and the backward keeps the per-RoI weights, never the gathered cells (the
 boxes carry no gradient), so the peak is one chunk's gather.
 The 28×28 mask *targets* (one channel) use the separable form with per-RoI
 weight matrices ``[out, L]`` over the whole mask: no gather, exact.
+
+``circular=True`` (a full 360° panorama of width ``W``; wrapped boxes,
+``boxes.py``): columns are periodic on every level (a level's width is
+``W / stride``): x samples are neither clipped nor zeroed, and the bilinear
+neighbours of a sample are taken modulo the level's width, so a box that
+crosses the seam interpolates between its last and first columns. This
+equals the flat RoIAlign on the map wrap-padded wide enough, with the box
+shifted by the padding. Rows keep mmcv's border rules. Both forms (exact,
+chunked or not, and capped) support it; the exact form's column budget grows
+by the two bilinear neighbours a full-width box can add (``window_budget``).
 """
 import math
 from typing import Sequence
@@ -56,7 +66,7 @@ def map_roi_levels(boxes: jnp.ndarray, num_levels: int = 4,
 
 
 def _axis_samples(start, size, out: int, sampling_ratio: int,
-                  max_samples: int, length):
+                  max_samples: int, length, circular: bool = False):
   """Sample coordinates ``[R, out*K]`` along one axis with their bilinear
   ``(low, high, w_low, w_high)`` (mmcv border rules). The weights include
   the sample mask and the ``1 / count`` of the bin average, so summing over
@@ -65,6 +75,8 @@ def _axis_samples(start, size, out: int, sampling_ratio: int,
   ``sampling_ratio > 0``: K = count = sampling_ratio. ``0``: mmcv's adaptive
   ``count = ceil(size / out)`` per RoI, evaluated on K = ``max_samples``
   (> 0) static slots (exact whenever count <= max_samples, else capped).
+  ``circular``: the axis is periodic (indices modulo ``length``, module
+  docstring).
   """
   bin_size = size / out
   if sampling_ratio > 0:
@@ -85,6 +97,13 @@ def _axis_samples(start, size, out: int, sampling_ratio: int,
   scale = jnp.where(used, 1.0 / jnp.repeat(count, out * k_slots).reshape(
       v.shape), 0.0)
   length = jnp.asarray(length, jnp.float32)[:, None]
+  if circular:
+    low = jnp.floor(v)
+    frac = v - low
+    low = jnp.mod(low, length)
+    high = jnp.mod(low + 1.0, length)
+    return (low.astype(jnp.int32), high.astype(jnp.int32),
+            (1.0 - frac) * scale, frac * scale, k_slots)
   inside = (v >= -1.0) & (v <= length)
   v = jnp.clip(v, 0.0, length - 1.0)
   low = jnp.floor(v)
@@ -113,9 +132,13 @@ def _level_bound(h: int, w: int, area: float | None) -> int:
 
 
 def window_budget(sizes: Sequence[tuple[int, int]], strides: Sequence[int],
-                  finest_scale: float = FINEST_SCALE) -> int:
+                  finest_scale: float = FINEST_SCALE,
+                  circular: bool = False) -> int:
   """Static footprint budget (cells) of the exact mode: enough for any RoI
-  mapped by ``map_roi_levels`` to each of the levels ``sizes``."""
+  mapped by ``map_roi_levels`` to each of the levels ``sizes``.
+
+  ``circular``: a wrapped box is at most a level's width ``w`` long but its
+  bilinear neighbours reach ``w + 2`` (unwrapped) columns."""
   n = len(sizes)
   best = 0
   for lvl, ((h, w), st) in enumerate(zip(sizes, strides)):
@@ -124,11 +147,12 @@ def window_budget(sizes: Sequence[tuple[int, int]], strides: Sequence[int],
       area = (finest_scale * 2 ** (lvl + 1) / st) ** 2 * (1 + 1e-4)
     else:
       area = None
-    best = max(best, _level_bound(int(h), int(w), area))
+    best = max(best, _level_bound(int(h), int(w) + 2 * circular, area))
   return best
 
 
-def _footprint_weights(start, size, out: int, length, cap: int):
+def _footprint_weights(start, size, out: int, length, cap: int,
+                       circular: bool = False):
   """Exact mmcv weights (``sampling_ratio=0``) along one axis on the cells
   ``first .. first + cap - 1`` that a RoI's samples touch.
 
@@ -138,14 +162,22 @@ def _footprint_weights(start, size, out: int, length, cap: int):
   spacing of the ``n = ceil(bin)`` samples of a bin is > 0.5 cell (or n = 1),
   so at most 4 of them reach a cell: 6 candidates from the first one in
   range cover them.
+
+  ``circular``: no clipping, and the cells are unwrapped column numbers
+  (``first`` may be -1, ``first + count`` may pass ``length``); the caller
+  takes them modulo ``length``.
   """
   length = jnp.asarray(length, jnp.float32)
   bin_size = size / out
   n = jnp.ceil(bin_size)
   nn = jnp.maximum(n, 1.0)
   step = jnp.maximum(bin_size / nn, 1e-6)
-  first = jnp.clip(jnp.floor(start), 0.0, length - 1.0)
-  last = jnp.clip(jnp.floor(start + size) + 1.0, 0.0, length - 1.0)
+  if circular:
+    first = jnp.floor(start)
+    last = jnp.floor(start + size) + 1.0
+  else:
+    first = jnp.clip(jnp.floor(start), 0.0, length - 1.0)
+    last = jnp.clip(jnp.floor(start + size) + 1.0, 0.0, length - 1.0)
   count = last - first + 1.0
   cell = first[:, None, None] + jnp.arange(cap, dtype=jnp.float32)
   a = (start[:, None] + jnp.arange(out, dtype=jnp.float32) * bin_size[:, None]
@@ -157,8 +189,12 @@ def _footprint_weights(start, size, out: int, length, cap: int):
   for j in range(6):
     k = k0 + j
     v = a + (k + 0.5) * st
-    ok = (k < n[:, None, None]) & (v >= -1.0) & (v <= hi + 1.0)
-    tri = jnp.maximum(0.0, 1.0 - jnp.abs(jnp.clip(v, 0.0, hi) - cell))
+    if circular:
+      ok = k < n[:, None, None]
+      tri = jnp.maximum(0.0, 1.0 - jnp.abs(v - cell))
+    else:
+      ok = (k < n[:, None, None]) & (v >= -1.0) & (v <= hi + 1.0)
+      tri = jnp.maximum(0.0, 1.0 - jnp.abs(jnp.clip(v, 0.0, hi) - cell))
     w = w + jnp.where(ok, tri, 0.0)
   inside = (jnp.arange(cap)[None, :] < count[:, None]) & (size > 0)[:, None]
   w = jnp.where(inside[:, None, :], w / nn[:, None, None], 0.0)
@@ -166,10 +202,11 @@ def _footprint_weights(start, size, out: int, length, cap: int):
 
 
 def _exact_roi_align(table, off, hl, wl, y0, ysize, x0, xsize, out: int,
-                     budget: int, cap_y: int, cap_x: int, dtype):
+                     budget: int, cap_y: int, cap_x: int, dtype,
+                     circular: bool = False):
   """The exact mode's gather of each RoI's footprint and contraction."""
   fy, ny, wy = _footprint_weights(y0, ysize, out, hl, cap_y)
-  fx, nx, wx = _footprint_weights(x0, xsize, out, wl, cap_x)
+  fx, nx, wx = _footprint_weights(x0, xsize, out, wl, cap_x, circular)
   s = jnp.arange(budget, dtype=jnp.int32)[None, :]
   nxc = jnp.maximum(nx, 1)[:, None]
   i = s // nxc  # row-major footprint, row length = this RoI's column count
@@ -177,8 +214,11 @@ def _exact_roi_align(table, off, hl, wl, y0, ysize, x0, xsize, out: int,
   ok = i < ny[:, None]
   i = jnp.minimum(i, jnp.minimum(ny, cap_y)[:, None] - 1)
   j = jnp.minimum(j, cap_x - 1)
-  idx = (off[:, None] + (fy[:, None] + i) * wl.astype(jnp.int32)[:, None]
-         + fx[:, None] + j)
+  wl_i = wl.astype(jnp.int32)[:, None]
+  col = fx[:, None] + j
+  if circular:
+    col = jnp.mod(col, wl_i)
+  idx = off[:, None] + (fy[:, None] + i) * wl_i + col
   wy_s = jnp.take_along_axis(wy, i[:, None, :], axis=2)  # [R, out, S]
   wx_s = jnp.take_along_axis(wx, j[:, None, :], axis=2)
   m = wy_s[:, :, None, :] * wx_s[:, None, :, :] * ok[:, None, None, :]
@@ -211,15 +251,17 @@ def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
                          strides: Sequence[int] = ROI_STRIDES,
                          sampling_ratio: int = 0,
                          finest_scale: float = FINEST_SCALE,
-                         max_samples: int = 0, chunk: int = 0) -> jnp.ndarray:
+                         max_samples: int = 0, chunk: int = 0,
+                         circular: bool = False) -> jnp.ndarray:
   """RoIAlign of ``boxes [R, 4]`` on one image's levels ``[H_l, W_l, C]``.
 
   All levels are flattened into one ``[sum H_l W_l, C]`` table so each cell
   is one row gather, whatever the RoI's level. ``sampling_ratio=0`` is mmcv's
   adaptive count: exact with ``max_samples=0``, else capped at
   ``max_samples`` per axis (module docstring); the exact mode ``chunk``
-  RoIs at a time when ``0 < chunk < R`` (module docstring). Returns
-  ``[R, out, out, C]`` in the features' dtype.
+  RoIs at a time when ``0 < chunk < R`` (module docstring). ``circular``:
+  periodic columns on every level, for wrapped boxes of a full panorama
+  (module docstring). Returns ``[R, out, out, C]`` in the features' dtype.
   """
   num_levels = len(feats)
   c = feats[0].shape[-1]
@@ -239,11 +281,12 @@ def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
   ys, ysize = boxes[:, 1] * scale - 0.5, (boxes[:, 3] - boxes[:, 1]) * scale
   xs, xsize = boxes[:, 0] * scale - 0.5, (boxes[:, 2] - boxes[:, 0]) * scale
   if sampling_ratio == 0 and max_samples == 0:
-    budget = window_budget(sizes, strides[:num_levels], finest_scale)
+    budget = window_budget(sizes, strides[:num_levels], finest_scale,
+                           circular)
     cap_y = min(max(h for h, _ in sizes), budget)
-    cap_x = min(max(w for _, w in sizes), budget)
+    cap_x = min(max(w for _, w in sizes) + 2 * circular, budget)
     fn = lambda *a: _exact_roi_align(table, *a, output_size, budget, cap_y,
-                                     cap_x, dtype)
+                                     cap_x, dtype, circular)
     args = (off, hl, wl, ys, ysize, xs, xsize)
     if 0 < chunk < boxes.shape[0]:
       return _chunked(fn, args, chunk)
@@ -251,7 +294,7 @@ def multilevel_roi_align(feats: Sequence[jnp.ndarray], boxes: jnp.ndarray,
   y0, y1, wy0, wy1, ks = _axis_samples(ys, ysize, output_size, sampling_ratio,
                                        max_samples, hl)
   x0, x1, wx0, wx1, _ = _axis_samples(xs, xsize, output_size, sampling_ratio,
-                                      max_samples, wl)
+                                      max_samples, wl, circular)
   wl_i = wl.astype(jnp.int32)[:, None, None]
   base = off[:, None, None]
   out = 0.0

@@ -9,6 +9,13 @@ NHWC, index ``(h * 7 + w) * C + c``. The torch weight ``(1024, C*7*7)`` is in
 ``ConvTranspose2d`` weight ``(in, out, 2, 2)`` converts with
 ``W.transpose(2, 3, 0, 1)`` (stride 2 = kernel 2, so no overlap and no flip).
 Class index 7 (last) of ``fc_cls`` is background.
+
+Test time on a full 360° panorama (``circular=True`` in ``detect`` and
+``paste_masks``): detections are wrapped boxes (``boxes.py``: ``0 <= x1 <
+W``, ``x1 < x2 <= x1 + W``; ``x2 > W`` crosses the seam), class-wise NMS
+uses the circular IoU, and a crossing box's mask is pasted on the unwrapped
+line and folded back modulo ``W``, so the full-image mask has pixels at both
+ends. Training never uses it (crops and pinhole images are not periodic).
 """
 import flax.linen as nn
 import jax
@@ -224,25 +231,30 @@ def mask_loss(logits: jnp.ndarray, labels: jnp.ndarray, targets: jnp.ndarray,
 
 def detect(cls_logits: jnp.ndarray, reg: jnp.ndarray, proposals: jnp.ndarray,
            prop_valid: jnp.ndarray, image_shape: tuple[int, int], *,
-           score_thr: float, iou_thr: float, max_dets: int):
+           score_thr: float, iou_thr: float, max_dets: int,
+           circular: bool = False):
   """mmdet ``simple_test_bboxes`` + ``multiclass_nms`` for one image.
 
+  ``circular``: wrapped boxes and circular IoU (module docstring).
   Returns ``(boxes [D, 4], scores [D], classes [D], valid [D])``.
   """
   num_classes = reg.shape[-2]
   probs = jax.nn.softmax(cls_logits.astype(jnp.float32), -1)[:, :num_classes]
   rois = jnp.broadcast_to(proposals[:, None, :], reg.shape)
-  boxes = box_ops.decode(rois, reg, box_ops.RCNN_STDS, image_shape)
+  boxes = box_ops.decode(rois, reg, box_ops.RCNN_STDS, image_shape,
+                         circular=circular)
+  period = float(image_shape[1]) if circular else None
   b, s, c, _, ok = nms_ops.multiclass_nms(boxes, probs, prop_valid, score_thr,
-                                          iou_thr, max_dets)
+                                          iou_thr, max_dets, period)
   return b, s, c, ok
 
 
 def paste_weights(lo: jnp.ndarray, hi: jnp.ndarray, length: int,
-                  size: int) -> jnp.ndarray:
+                  size: int, start: float = 0.0) -> jnp.ndarray:
   """``[length, size]`` bilinear weights of mmdet ``_do_paste_mask``:
-  ``grid_sample(align_corners=False)`` with zero padding along one axis."""
-  pix = jnp.arange(length, dtype=jnp.float32) + 0.5
+  ``grid_sample(align_corners=False)`` with zero padding along one axis,
+  for the pixels ``start .. start + length - 1``."""
+  pix = jnp.arange(length, dtype=jnp.float32) + (start + 0.5)
   u = (pix - lo) / jnp.maximum(hi - lo, 1e-6) * size - 0.5
   grid = jnp.arange(size, dtype=jnp.float32)
   return jnp.maximum(0.0, 1.0 - jnp.abs(u[:, None] - grid[None, :]))
@@ -250,11 +262,14 @@ def paste_weights(lo: jnp.ndarray, hi: jnp.ndarray, length: int,
 
 def paste_masks(probs: jnp.ndarray, boxes: jnp.ndarray,
                 image_shape: tuple[int, int], threshold: float,
-                chunk: int = 10) -> jnp.ndarray:
+                chunk: int = 10, circular: bool = False) -> jnp.ndarray:
   """Pastes ``probs [D, S, S]`` into ``[D, H, W]`` bool masks (>= threshold).
 
   Separable: ``Wy [H, S] @ probs @ Wx [W, S]^T`` per box, no gather; chunks of
   ``chunk`` boxes bound the float32 intermediate to ``chunk * H * W``.
+  ``circular`` (wrapped boxes, module docstring): the paste covers the
+  unwrapped columns ``-W .. 2W - 1`` and a pixel is set if any of its three
+  copies is (three times the flat paste's second matmul).
   """
   h, w = image_shape
   size = probs.shape[-1]
@@ -262,9 +277,14 @@ def paste_masks(probs: jnp.ndarray, boxes: jnp.ndarray,
   def one(args):
     p, box = args
     wy = paste_weights(box[1], box[3], h, size)
-    wx = paste_weights(box[0], box[2], w, size)
+    if circular:
+      wx = paste_weights(box[0], box[2], 3 * w, size, start=-float(w))
+    else:
+      wx = paste_weights(box[0], box[2], w, size)
     m = jnp.dot(jnp.dot(wy, p, precision=jax.lax.Precision.HIGHEST), wx.T,
                 precision=jax.lax.Precision.HIGHEST)
+    if circular:
+      return jnp.any(m.reshape(h, 3, w) >= threshold, axis=1)
     return m >= threshold
 
   return jax.lax.map(one, (probs.astype(jnp.float32),
