@@ -395,3 +395,50 @@ def test_color_jitter_and_gaussian_blur_draw_per_image():
   got = np.asarray(jax.jit(augment.gaussian_blur)(xn, key))
   for i in range(4):
     np.testing.assert_allclose(got[i], np_blur(np.asarray(xn[i]), sig[i], 3), atol=1e-5)
+
+
+# --- σ scaled with the image (adapt.blur_sigma_scale) --------------------------------------------
+
+def test_sigma_scale_one_is_the_reference_exactly():
+  assert augment.sigma_range(1.0) == (0.15, 1.15)
+  key = jax.random.key(11)
+  ref = np.asarray(jax.random.uniform(key, (6,), jnp.float32, 0.15, 1.15))  # dacs_transforms' law
+  np.testing.assert_array_equal(np.asarray(augment.sample_sigma(key, 6)), ref)
+  np.testing.assert_array_equal(np.asarray(augment.sample_sigma(key, 6, 1.0)), ref)
+  p = augment.sample_strong_params(key, 6)
+  q = augment.sample_strong_params(key, 6, sigma_scale=1.0)
+  np.testing.assert_array_equal(np.asarray(p["sigma"]), np.asarray(q["sigma"]))
+
+
+def test_sigma_range_and_kernel_scale_with_the_image():
+  n, s = 4000, 0.25
+  lo, hi = augment.sigma_range(s)
+  assert math.isclose(lo, 0.0375) and math.isclose(hi, 0.2875)
+  keys = jax.random.split(jax.random.key(12), n)
+  sig = np.asarray(jax.vmap(lambda k: augment.sample_sigma(k, 4, s))(keys))
+  ref = np.asarray(jax.vmap(lambda k: augment.sample_sigma(k, 4))(keys))
+  assert sig.min() >= lo and sig.max() < hi and abs(sig.mean() - 0.1625) < 0.003
+  np.testing.assert_allclose(sig, s * ref, rtol=1e-6)   # the same draws, a quarter the size
+  # The kernel rule is already ~0.1 x the side: a quarter-size crop gets a
+  # quarter-size kernel, wide enough (radius >= 3 sigma) for every scaled sigma.
+  for side, scale in ((400, 1.0), (100, 0.25), (200, 0.5)):
+    k = augment.kernel_size(side)
+    assert k == np_ksize(side) and abs(k - 0.1 * side) <= 1
+    assert k // 2 >= 3 * augment.sigma_range(scale)[1]
+  for bad in (0.0, -1.0):
+    with pytest.raises(ValueError, match="sigma_scale"):
+      augment.sigma_range(bad)
+
+
+def test_strong_augment_with_scaled_sigma_matches_numpy():
+  x = np.stack([special_image(k, 100) for k in range(2)])   # a 100-px crop: 9 taps
+  xn = ((x * 255 - MEAN) / STD).astype(np.float32)
+  f = jax.jit(lambda im, k: augment.strong_augment(im, k, jitter_p=0.0, blur_p=1.0,
+                                                   sigma_scale=0.25))
+  key = jax.random.key(13)
+  p = jax.device_get(augment.sample_strong_params(key, 2, jitter_p=0.0, blur_p=1.0,
+                                                   sigma_scale=0.25))
+  assert np.all(p["sigma"] < 0.2875)
+  got = np.asarray(f(jnp.asarray(xn), key))
+  want = np.stack([np_blur(xn[i], np.float64(p["sigma"][i]), 9) for i in range(2)])
+  np.testing.assert_allclose(got, want, atol=1e-5)

@@ -17,6 +17,14 @@ kornia 0.5.8; docs/method.md §7.4). What a reader might not expect:
 All functions are pure, take explicit keys and keep static shapes; the blur's
 kernel size is a Python int derived from the (static) image size, σ is traced.
 Images are ``[B,H,W,3]`` float32, RGB, channels last.
+
+Image scale: the reference's σ ~ U[0.15, 1.15) px is set for its full-size
+crops (400 px). ``sigma_scale`` multiplies that range, so images at
+``scale`` × the reference's size get the same blur relative to the image
+with ``sigma_scale=scale`` (config ``adapt.blur_sigma_scale``); 1.0 draws the
+reference's values exactly. The kernel-size rule needs no factor: it is
+already ~0.1 × the side (39 taps at 400 px, 9 at 100 px), so it shrinks
+with the image and still spans ≥ 3σ of every σ the scaled range draws.
 """
 import math
 
@@ -189,24 +197,33 @@ def sample_jitter_params(key: jax.Array, batch: int, strength: float = 0.2) -> d
   return jax.vmap(one)(jax.random.split(key, batch))
 
 
-def sample_sigma(key: jax.Array, batch: int) -> jax.Array:
-  """Per-image blur σ ``[B]`` ~ U[0.15, 1.15)."""
-  return jax.random.uniform(key, (batch,), jnp.float32, *SIGMA_RANGE)
+def sigma_range(sigma_scale: float = 1.0) -> tuple[float, float]:
+  """The blur's σ range in pixels: the reference's [0.15, 1.15) times ``sigma_scale``."""
+  if not sigma_scale > 0:
+    raise ValueError(f"blur sigma_scale must be > 0 (the image scale w.r.t. the reference's "
+                     f"full-size images; 1.0 for its own values), got {sigma_scale}")
+  return SIGMA_RANGE[0] * sigma_scale, SIGMA_RANGE[1] * sigma_scale
+
+
+def sample_sigma(key: jax.Array, batch: int, sigma_scale: float = 1.0) -> jax.Array:
+  """Per-image blur σ ``[B]`` ~ U[0.15·s, 1.15·s) for ``s = sigma_scale`` (1: the reference's)."""
+  return jax.random.uniform(key, (batch,), jnp.float32, *sigma_range(sigma_scale))
 
 
 def sample_strong_params(key: jax.Array, batch: int, *, jitter_p: float = 0.8,
-                         blur_p: float = 0.5, strength: float = 0.2) -> dict:
+                         blur_p: float = 0.5, strength: float = 0.2,
+                         sigma_scale: float = 1.0) -> dict:
   """All draws of one strong augmentation: two batch-level gates and per-image factors.
 
   ``apply_jitter`` / ``apply_blur`` are scalars, so the decision is shared by
   the whole batch by construction. The reference jitters iff ``u > 0.2`` and
   blurs iff ``u > 0.5`` for ``u ~ U[0,1)``; ``u < p`` has the same law. The
   factors are drawn from their own keys whatever the gates say, so switching a
-  gate off does not change the other draws.
+  gate off does not change the other draws. ``sigma_scale``: see ``sample_sigma``.
   """
   kgj, kgb, kj, kb = jax.random.split(key, 4)
   params = sample_jitter_params(kj, batch, strength)
-  params["sigma"] = sample_sigma(kb, batch)
+  params["sigma"] = sample_sigma(kb, batch, sigma_scale)
   params["apply_jitter"] = jax.random.uniform(kgj, ()) < jitter_p
   params["apply_blur"] = jax.random.uniform(kgb, ()) < blur_p
   return params
@@ -257,21 +274,24 @@ def color_jitter(images: jax.Array, key: jax.Array, *, strength: float = 0.2,
   return renormalize(x01, mean, std)
 
 
-def gaussian_blur(images: jax.Array, key: jax.Array) -> jax.Array:
-  """Always-on blur with per-image σ ~ U[0.15,1.15) and the reference's kernel-size rule."""
+def gaussian_blur(images: jax.Array, key: jax.Array, sigma_scale: float = 1.0) -> jax.Array:
+  """Always-on blur with per-image σ ~ U[0.15,1.15)·``sigma_scale`` and the reference's
+  kernel-size rule."""
   _, hgt, wid, _ = images.shape
-  return blur_with(images, sample_sigma(key, images.shape[0]),
+  return blur_with(images, sample_sigma(key, images.shape[0], sigma_scale),
                    (kernel_size(hgt), kernel_size(wid)))
 
 
 def strong_augment(images: jax.Array, key: jax.Array, *, jitter_p: float = 0.8,
-                   blur_p: float = 0.5, strength: float = 0.2, mean=MEAN, std=STD) -> jax.Array:
+                   blur_p: float = 0.5, strength: float = 0.2, sigma_scale: float = 1.0,
+                   mean=MEAN, std=STD) -> jax.Array:
   """The reference's strong augmentation of the (already mixed) normalised images.
 
   Jitter all images with probability ``jitter_p`` (else none), then blur all
   with probability ``blur_p`` (else none), the two decisions independent;
-  factors, op order and σ per image. See ``sample_strong_params``.
+  factors, op order and σ per image; σ's range times ``sigma_scale`` (the
+  image scale; 1.0 the reference's). See ``sample_strong_params``.
   """
   params = sample_strong_params(key, images.shape[0], jitter_p=jitter_p, blur_p=blur_p,
-                                strength=strength)
+                                strength=strength, sigma_scale=sigma_scale)
   return apply_strong(images, params, mean=mean, std=std)
