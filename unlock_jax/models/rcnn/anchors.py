@@ -6,6 +6,14 @@ base anchors are centred at (0, 0) of each cell, ratio = h / w with
 (ratios outer, scales inner), and grid shifts ``k * stride``. Anchors are
 ordered (y, x, anchor) per level, which matches the NHWC flattening of the
 RPN outputs ``[h, w, A]``.
+
+On a full 360° panorama (the branches' ``circular=True``) the same anchors
+serve: a level of a panorama ``W`` wide (a multiple of 64) has ``W / stride``
+columns, so rolling the panorama by a multiple of the coarsest stride 64
+moves every level's grid by whole cells; the anchors are permuted and their
+decoded boxes, wrapped modulo ``W`` (``boxes.decode``), shift with the roll.
+Anchors at the ends may stick out of ``[0, W]``; wrapping makes them boxes
+that cross the seam.
 """
 from typing import Sequence
 
