@@ -96,6 +96,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       source_checkpoint="",  # empty: config.predict.checkpoint
       total_steps=10_000, batch_size=4, crop_size=(400, 400), cat_max_ratio=0.75,
       flip=True, max_instances=32, num_workers=0,
+      # True: crops of the 360° target panoramas may straddle the seam (left
+      # column drawn from all W columns, read modulo W), so every column is
+      # sampled alike; False: the reference's crops inside [0, W).
+      wrap_crops=False,
       paste=dict(num_candidates=80, max_paste=8, max_area_fraction=1 / 8,
                  min_visible=25, black_fill=True, modal_box_from_visible=True,
                  box_rule="positive"),

@@ -32,8 +32,8 @@ STREAMS = {
 }
 # Read by the stage for every method, so no method lists them in config_keys.
 STAGE_KEYS = ("method", "source_checkpoint", "total_steps", "batch_size", "crop_size",
-              "cat_max_ratio", "flip", "max_instances", "num_workers", "paste", "optim",
-              "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "evals",
+              "cat_max_ratio", "flip", "wrap_crops", "max_instances", "num_workers", "paste",
+              "optim", "log_every", "checkpoint_every", "keep_checkpoints", "eval_every", "evals",
               "out_dir", "overwrite")
 
 

@@ -60,7 +60,7 @@ def run(config, workdir: str) -> dict:
       reader, packed_dir=packed_dir, pool_path=pool_path,
       batch_size=shd.local_batch_size(a.batch_size, mesh), crop_size=tuple(a.crop_size),
       seed=config.seed, cat_max_ratio=a.cat_max_ratio, flip=a.flip,
-      max_instances=a.max_instances, paste=a.paste.to_dict(),
+      max_instances=a.max_instances, paste=a.paste.to_dict(), wrap_crops=a.wrap_crops,
       num_workers=a.num_workers, process_index=pi, process_count=pc)
 
   src_path = fileio.resolve(a.source_checkpoint or config.predict.checkpoint, workdir)
