@@ -86,6 +86,13 @@ def test_duplicates_removed_non_crossing_untouched(merged):
   apart = _scene()
   apart["masks"][1] = _rect(17, 22, 0, 5)
   assert len(si.merge_seam_instances(apart)["classes"]) == 3
+  # A piece that ends in a one-row sliver at the cut (rows 8..15 vs row 15):
+  # the shared rows are all of the shorter side's, so it is the same car.
+  sliver = _scene()
+  sliver["masks"][1] = _rect(15, 16, 0, 1) | _rect(8, 16, 1, 5)
+  out = si.merge_seam_instances(sliver)
+  assert out["classes"].tolist() == [CAR, TRUCK]
+  np.testing.assert_array_equal(out["masks"][0], sliver["masks"][0] | sliver["masks"][1])
 
 
 def test_padded_form_and_idempotent(merged):
@@ -247,3 +254,93 @@ def test_ap_input_merged_matches_crossing_gt(merged):
   assert _coco_ap(out["masks"][keep], out["scores"][keep]) == pytest.approx(1.0)
   pieces = scene["classes"] == CAR
   assert _coco_ap(scene["masks"][pieces], scene["scores"][pieces]) < 0.5
+
+
+# --- in the oass evaluator: the synthpass val split, predicted as its own ground truth ----
+
+
+@pytest.fixture(scope="module")
+def val_root(tmp_path_factory):
+  from tests.support import synthpass as synth_testing  # pylint: disable=g-import-not-at-top
+  return synth_testing.make_tiny_dataset(str(tmp_path_factory.mktemp("data")))
+
+
+def _gt_pieces(instances, w):
+  """The GT instances as detections; one across the seam as its two halves (a flat model's)."""
+  masks, classes, scores = [], [], []
+  for inst in instances:
+    m = np.asarray(inst["mask"]) != 0
+    halves = ([np.where(np.arange(w) < w // 2, m, False), np.where(np.arange(w) >= w // 2, m,
+                                                                    False)]
+              if si.crosses_seam(m) else [m])
+    for k, piece in enumerate(halves):
+      masks.append(piece)
+      classes.append(inst["category_id"] - 11)
+      scores.append(0.9 - 0.1 * k)
+  return masks, classes, scores
+
+
+def _oracle_fns(reader, mesh, h, w, n_max=40):
+  """``oass``: the GT semantic map and the GT instances (split at the seam) of each image."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from unlock_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  from unlock_jax.data import transforms  # pylint: disable=g-import-not-at-top
+  table = {}
+  for i in range(len(reader)):
+    gt = reader.load(i)
+    table[transforms.normalize(gt["image"]).tobytes()] = gt
+
+  def predict(variables, image):
+    del variables
+    images = np.asarray(jax.device_get(image))
+    b = images.shape[0]
+    sem = np.zeros((b, h, w), np.uint8)
+    out = {br: {"masks": np.zeros((b, n_max, h, w), bool), "classes": np.zeros((b, n_max), np.int32),
+                "scores": np.zeros((b, n_max), np.float32), "boxes": np.zeros((b, n_max, 4), np.float32),
+                "valid": np.zeros((b, n_max), bool)} for br in ("modal", "amodal")}
+    for r in range(b):
+      gt = table.get(images[r].tobytes())
+      if gt is None:
+        continue
+      sem[r] = np.where(gt["semantic"] == 255, 0, gt["semantic"])  # ignore: any class
+      for br in ("modal", "amodal"):
+        masks, classes, scores = _gt_pieces(gt[br], w)
+        n = len(masks)
+        assert n <= n_max
+        d = out[br]
+        if n:
+          d["masks"][r, :n], d["classes"][r, :n], d["scores"][r, :n] = masks, classes, scores
+        d["valid"][r, :n] = True
+    put = lambda x: shd.put_array(x, mesh)
+    return {"semantic": put(sem), **{br: jax.tree.map(put, out[br]) for br in out}}
+  return {"oass": predict, "semantic": predict}
+
+
+def test_evaluator_merges_seam_pieces_when_seam_aware(val_root, tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  from configs import common  # pylint: disable=g-import-not-at-top
+  from unlock_jax import sharding as shd  # pylint: disable=g-import-not-at-top
+  from unlock_jax.data import pipeline, synthpass  # pylint: disable=g-import-not-at-top
+  from unlock_jax.evaluation import evaluators  # pylint: disable=g-import-not-at-top
+  size = synthpass.image_sizes(0.125)["target"]
+  cfg = common.oass_eval("blendpass", os.path.join(val_root, "BlendPASS"), "val", size,
+                         scale=0.125, batch_size=4)
+  cfg.seam.roll = False  # the oracle knows only the unrolled panoramas
+  cfg.num_pictures = 0
+  mesh = shd.make_mesh()
+  reader = pipeline.open_reader("blendpass", cfg.root, "val", size)
+  fns = _oracle_fns(reader, mesh, *size)
+  got = {}
+  for mode in ("flat", "circular"):
+    ev = evaluators.from_config("val", cfg, predict_fns=fns, mesh=mesh, workdir=str(tmp_path),
+                                seam_mode=mode)
+    got[mode] = dict(ev.run({}))
+  flat, aware = got["flat"], got["circular"]
+  assert flat["seam/crossing_objects"] == aware["seam/crossing_objects"] >= 1
+  # Flat: every crossing object is two instances; seam-aware: one, matching its GT.
+  assert flat["seam/crossing_split"] == flat["seam/crossing_objects"]
+  assert aware["seam/crossing_split"] == 0
+  assert aware["seam/crossing_AP"] == pytest.approx(100.0)
+  assert aware["seam/crossing_AAP"] == pytest.approx(100.0)
+  assert flat["seam/crossing_AP"] < 100.0 and flat["seam/crossing_PQ"] < aware["seam/crossing_PQ"]
+  assert aware["mAP"] > flat["mAP"] and aware["mPQ"] >= flat["mPQ"]

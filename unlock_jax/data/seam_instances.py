@@ -13,8 +13,11 @@ an ordinary full-image [H, W] mask with pixels at both ends; its box uses the
 1. **Merge across the seam.** A *right piece* ``i`` has pixels in column
    ``W - 1``, a *left piece* ``j`` pixels in column 0. The pair is one object
    when ``i != j``, both have the same class and the rows their masks occupy
-   in those two columns (the two sides of the cut) overlap with IoU >=
-   ``edge_iou`` (0.5). Pairs are taken greedily by that IoU (then by the
+   in those two columns (the two sides of the cut) overlap: the rows both
+   occupy are at least ``edge_overlap`` (0.5) of the shorter side's rows
+   (not their IoU: a piece that ends in a sliver, one or two rows at the cut,
+   is still the same object; synthpass's ground truth has such objects).
+   Pairs are taken greedily by that overlap (then the rows' IoU, then the
    higher score), each piece's right end and left end joining at most one
    pair; pairs sharing a piece form one group (a whole object predicted
    across the seam and a stray piece of it join too). A group becomes one
@@ -41,7 +44,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EDGE_IOU = 0.5  # rows of the two sides of the cut: one object when they overlap this much
+EDGE_OVERLAP = 0.5  # shared rows at the cut / the shorter side's rows: one object from this on
 DUP_IOU = 0.5  # mask IoU above which two same-class instances are one (the lower score goes)
 
 
@@ -120,7 +123,7 @@ def _iou_pairs(masks, rows, cols, pairs):
   return out
 
 
-def _merge_groups(masks, classes, scores, edge_iou):
+def _merge_groups(masks, classes, scores, edge_overlap):
   """Groups of indices (lists, each sorted) that are one object across the seam."""
   n = masks.shape[0]
   left = [np.flatnonzero(m[:, 0]) for m in masks]
@@ -133,9 +136,10 @@ def _merge_groups(masks, classes, scores, edge_iou):
       if i == j or classes[i] != classes[j] or not left[j].size:
         continue
       inter = np.intersect1d(right[i], left[j], assume_unique=True).size
-      iou = inter / (right[i].size + left[j].size - inter)
-      if iou >= edge_iou:
-        cand.append((-iou, -max(float(scores[i]), float(scores[j])), i, j))
+      overlap = inter / min(right[i].size, left[j].size)
+      if overlap >= edge_overlap:
+        iou = inter / (right[i].size + left[j].size - inter)
+        cand.append((-overlap, -iou, -max(float(scores[i]), float(scores[j])), i, j))
   parent = list(range(n))
 
   def root(a):
@@ -145,7 +149,7 @@ def _merge_groups(masks, classes, scores, edge_iou):
     return a
 
   used_right, used_left = set(), set()
-  for _, _, i, j in sorted(cand):
+  for *_, i, j in sorted(cand):
     if i in used_right or j in used_left:
       continue
     used_right.add(i)
@@ -173,7 +177,7 @@ def _group_box(boxes, group, used_right, used_left, width):
   return np.array([lo, b[:, 1].min(), hi, b[:, 3].max()], np.float32)
 
 
-def merge_seam_instances(dets: dict, *, edge_iou: float = EDGE_IOU,
+def merge_seam_instances(dets: dict, *, edge_overlap: float = EDGE_OVERLAP,
                          dup_iou: float = DUP_IOU) -> dict:
   """One instance per object of a full panorama's detections (module docstring).
 
@@ -206,7 +210,7 @@ def merge_seam_instances(dets: dict, *, edge_iou: float = EDGE_IOU,
   classes, scores = classes_in[rows], scores_in[rows]
   boxes = boxes_in[rows]
 
-  groups, used_right, used_left = _merge_groups(masks, classes, scores, edge_iou)
+  groups, used_right, used_left = _merge_groups(masks, classes, scores, edge_overlap)
   out_masks, out_boxes, keep_row = [], [], []
   for g in groups:
     best = g[int(np.argmax(scores[g]))]  # the member whose row carries the instance
