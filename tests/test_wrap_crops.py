@@ -12,6 +12,8 @@ import os
 import numpy as np
 import pytest
 
+from configs import default
+from unlock_jax import fingerprint
 from unlock_jax.data import adcl_paste
 from unlock_jax.data import keys
 from unlock_jax.data import labels
@@ -404,3 +406,15 @@ def test_source_training_never_wraps():
     y1, x1 = _oracle_box(sem, (CH, CW), rng, 0.75, wrap=False)
     got = t(0, np.random.default_rng(seed))
     np.testing.assert_array_equal(got[keys.SEMANTIC], sem[y1:y1 + CH, x1:x1 + CW])
+
+
+def test_adapt_fingerprint_names_wrap_crops(tmp_path):
+  """A rerun with the other crop rule is refused rather than resumed."""
+  c = default.get_config()
+  assert c.adapt.wrap_crops is False  # the reference's flat crops by default
+  flat = fingerprint.compute(c, str(tmp_path), "adapt").as_record(str(tmp_path))
+  c.adapt.wrap_crops = True
+  wrapped = fingerprint.compute(c, str(tmp_path), "adapt").as_record(str(tmp_path))
+  assert flat["settings"]["adapt.wrap_crops"] is False
+  assert wrapped["settings"]["adapt.wrap_crops"] is True
+  assert flat["fingerprint"] != wrapped["fingerprint"]
