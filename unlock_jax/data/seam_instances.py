@@ -102,25 +102,34 @@ def take_columns(a: np.ndarray, x0: int, x1: int, axis: int = 1) -> np.ndarray:
   return np.take(a, np.arange(x0, x1) % w, axis=axis)
 
 
-def _extents(masks: np.ndarray):
-  """Per mask: occupied rows [N,H] and columns [N,W]."""
-  return masks.any(axis=2), masks.any(axis=1)
+def _mask_iou(masks: np.ndarray, rows: np.ndarray, cols: np.ndarray, area: np.ndarray,
+              i: int, j: int) -> float:
+  """IoU of masks ``i`` and ``j``, counted on the rows and columns both occupy."""
+  r = np.flatnonzero(rows[i] & rows[j])
+  c = np.flatnonzero(cols[i] & cols[j])
+  inter = 0
+  if r.size and c.size:
+    sub = (slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1))
+    inter = int(np.count_nonzero(masks[i][sub] & masks[j][sub]))
+  union = int(area[i] + area[j]) - inter
+  return inter / union if union else 0.0
 
 
-def _iou_pairs(masks, rows, cols, pairs):
-  """Mask IoU of each ``(i, j)`` in ``pairs``, on the rows and columns both occupy."""
-  out = []
-  area = masks.sum(axis=(1, 2), dtype=np.int64)
-  for i, j in pairs:
-    r = np.flatnonzero(rows[i] & rows[j])
-    c = np.flatnonzero(cols[i] & cols[j])
-    inter = 0
-    if r.size and c.size:
-      sub = (slice(r[0], r[-1] + 1), slice(c[0], c[-1] + 1))
-      inter = int(np.count_nonzero(masks[i][sub] & masks[j][sub]))
-    union = int(area[i] + area[j]) - inter
-    out.append(inter / union if union else 0.0)
-  return out
+def _duplicates_kept(masks, classes, scores, dup_iou: float) -> np.ndarray:
+  """Sorted indices kept of ``masks`` (a sequence of [H, W]): by descending
+  score, one whose IoU with a kept one of its class exceeds ``dup_iou`` is dropped."""
+  if not len(masks):
+    return np.zeros((0,), np.int64)
+  rows = np.array([m.any(axis=1) for m in masks])
+  cols = np.array([m.any(axis=0) for m in masks])
+  area = np.array([np.count_nonzero(m) for m in masks], np.int64)
+  kept = []
+  for i in np.argsort(-np.asarray(scores, np.float64), kind="stable").tolist():
+    if any(classes[k] == classes[i] and (rows[k] & rows[i]).any() and (cols[k] & cols[i]).any()
+           and _mask_iou(masks, rows, cols, area, k, i) > dup_iou for k in kept):
+      continue
+    kept.append(i)
+  return np.sort(np.asarray(kept, np.int64))
 
 
 def _merge_groups(masks, classes, scores, edge_overlap):
@@ -206,40 +215,26 @@ def merge_seam_instances(dets: dict, *, edge_overlap: float = EDGE_OVERLAP,
   rows = (np.flatnonzero(np.asarray(dets["valid"], bool)) if padded
           else np.arange(n_rows))
   width = masks_in.shape[2]
-  masks = masks_in[rows] != 0 if masks_in.dtype != bool else masks_in[rows]
-  classes, scores = classes_in[rows], scores_in[rows]
-  boxes = boxes_in[rows]
+  masks = masks_in if masks_in.dtype == bool else masks_in != 0
+  # The valid rows as a view where they are a prefix (the usual padded form).
+  masks = masks[:rows.size] if np.array_equal(rows, np.arange(rows.size)) else masks[rows]
+  classes, scores, boxes = classes_in[rows], scores_in[rows], boxes_in[rows]
 
   groups, used_right, used_left = _merge_groups(masks, classes, scores, edge_overlap)
-  out_masks, out_boxes, keep_row = [], [], []
-  for g in groups:
-    best = g[int(np.argmax(scores[g]))]  # the member whose row carries the instance
-    keep_row.append(best)
-    if len(g) == 1:
-      out_masks.append(masks[best])
-      out_boxes.append(boxes[best])
-    else:
-      out_masks.append(np.any(masks[g], axis=0))
-      out_boxes.append(_group_box(boxes, g, used_right, used_left, width))
-  order = np.argsort([g[0] for g in groups], kind="stable")
-  keep_row = np.asarray(keep_row, np.int64)[order]
-  m = (np.stack([out_masks[k] for k in order]) if groups
-       else np.zeros((0,) + masks.shape[1:], bool))
-  b = (np.stack([out_boxes[k] for k in order]).astype(boxes_in.dtype) if groups
-       else np.zeros((0, 4), boxes_in.dtype))
-  s = np.array([scores[groups[k]].max() for k in order], scores_in.dtype)
-  c = classes[keep_row]
+  keep_row = np.array([g[int(np.argmax(scores[g]))] for g in groups], np.int64)
+  # Each group in its first member's place; a lone member's mask is a view.
+  m = [np.any(masks[g], axis=0) if len(g) > 1 else masks[g[0]] for g in groups]
+  if len(groups) == rows.size:
+    b, s, c = boxes, scores, classes
+  else:
+    b = np.stack([_group_box(boxes, g, used_right, used_left, width) if len(g) > 1
+                  else boxes[g[0]] for g in groups]).astype(boxes_in.dtype)
+    s = np.array([scores[g].max() for g in groups], scores_in.dtype)
+    c = classes[keep_row]
 
-  # Duplicates: within a class, by descending score, drop what overlaps a kept one.
-  occ_rows, occ_cols = _extents(m)
-  by_score = np.argsort(-s.astype(np.float64), kind="stable")
-  kept = []
-  for i in by_score.tolist():
-    twins = [k for k in kept if c[k] == c[i]]
-    if twins and max(_iou_pairs(m, occ_rows, occ_cols, [(k, i) for k in twins])) > dup_iou:
-      continue
-    kept.append(i)
-  sel = np.sort(np.asarray(kept, np.int64))
+  sel = _duplicates_kept(m, c, s, dup_iou)
+  if len(groups) == rows.size and sel.size == rows.size:
+    return dict(dets)  # every instance stands alone: unchanged
 
   if not padded:
     out = {k: v for k, v in dets.items() if k not in ("masks", "boxes", "scores", "classes")}
@@ -247,12 +242,14 @@ def merge_seam_instances(dets: dict, *, edge_overlap: float = EDGE_OVERLAP,
     for k, v in out.items():
       if np.ndim(v) and np.shape(v)[0] == n_rows:
         out[k] = np.asarray(v)[src]
-    out.update(masks=m[sel].astype(masks_in.dtype), boxes=b[sel], scores=s[sel],
-               classes=c[sel].astype(classes_in.dtype))
+    masks_out = (np.stack([m[k] for k in sel.tolist()]) if sel.size
+                 else np.zeros((0,) + masks_in.shape[1:], bool))
+    out.update(masks=masks_out.astype(masks_in.dtype, copy=False), boxes=b[sel],
+               scores=s[sel], classes=c[sel].astype(classes_in.dtype))
     return out
   out = dict(dets)
   valid = np.zeros(n_rows, bool)
-  new_masks = np.array(masks_in, copy=True)
+  new_masks = np.array(masks_in, copy=True)  # the caller's arrays stay as they were
   new_boxes = np.array(boxes_in, copy=True)
   new_scores = np.array(scores_in, copy=True)
   for k in sel.tolist():
