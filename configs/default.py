@@ -110,6 +110,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       # two student forwards never alive together (README "Running at the
       # paper's size"); the same gradient up to float summation order.
       sequential_grads=False,
+      # Tent's (methods/tent.py; the original's Adam): only with method="tent".
+      tent=dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0),
       optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,
                  end_lr=0.0, warmup_steps=0, match="mmcv", groups=constants.ADAPT_GROUPS),
       log_every=50, checkpoint_every=1000, keep_checkpoints=1, eval_every=200,

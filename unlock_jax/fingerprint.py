@@ -176,25 +176,27 @@ def _effective(c, key: str, fallback: str) -> tuple[str, object]:
   return (f"predict.{key}", value) if value else (fallback, _get(c, fallback))
 
 
-def _predict(c):
+def _panoramas(c):
+  """The panoramas ``predict`` reads (``inference.open_target``): settings and paths."""
   p = c.predict
-  what = ("layout", "root", "split", "image_size", "images", "checkpoint")  # below
-  settings = _settings(c, "model", "predict", skip={f"predict.{k}" for k in what}) | {
-      "version.store_format": store.FORMAT_VERSION, "version.quant": thresholds.QUANT}
-  settings.update([_effective(c, "image_size", "data.target.image_size")])
-  paths = {"predict.checkpoint": (p.checkpoint, _CKPT)}
+  settings = dict([_effective(c, "image_size", "data.target.image_size")])
   if p.images:
-    paths["predict.images"] = (p.images, _DATA)
-    return settings, paths
+    return settings, {"predict.images": (p.images, _DATA)}
   settings["predict.split"] = p.split
   settings.update([_effective(c, "layout", "data.target.layout")])
   if p.root:  # a root of its own is read as files
-    paths["predict.root"] = (p.root, _DATA)
-  else:
-    target, target_paths = _data(c, "target")
-    paths |= target_paths
-    settings["data.target.format"] = target.get("data.target.format", "files")
+    return settings, {"predict.root": (p.root, _DATA)}
+  target, paths = _data(c, "target")
+  settings["data.target.format"] = target.get("data.target.format", "files")
   return settings, paths
+
+
+def _predict(c):
+  what = ("layout", "root", "split", "image_size", "images", "checkpoint")  # _panoramas
+  settings = _settings(c, "model", "predict", skip={f"predict.{k}" for k in what}) | {
+      "version.store_format": store.FORMAT_VERSION, "version.quant": thresholds.QUANT}
+  images, paths = _panoramas(c)
+  return settings | images, {"predict.checkpoint": (c.predict.checkpoint, _CKPT)} | paths
 
 
 def _predict_adapted(c):
@@ -220,14 +222,27 @@ def _adcl_pool(c):
 
 
 def _adapt(c):
-  # The panoramas are predict's (its images, skipped.json): its store stands for them.
-  settings = _settings(c, "seed", "model", "adapt", skip=("adapt.source_checkpoint",))
+  # The stage's keys and the method's own (another method's keys change nothing);
+  # the inputs of the method's streams (methods/inputs.py) and nothing else.
+  method = methods.get(c.adapt.method)
+  own = [f"adapt.{k}" for k in (*methods.STAGE_KEYS, *method.config_keys) if k in c.adapt]
+  settings = _settings(c, "seed", "model", *own, skip=("adapt.source_checkpoint",))
   source = "adapt.source_checkpoint" if c.adapt.source_checkpoint else "predict.checkpoint"
-  return settings, {source: (_get(c, source), _CKPT),
-                    "predict.store_dir": (c.predict.store_dir, _DATA),
-                    "opll.out_dir": (c.opll.out_dir, _DATA),
-                    "adcl_pool.out_dir": (c.adcl_pool.out_dir, _DATA)}
-
+  paths = {source: (_get(c, source), _CKPT)}
+  if "target_pseudo_labelled" in method.streams:
+    # The panoramas are predict's (its images, skipped.json): its store stands for them.
+    paths |= {"predict.store_dir": (c.predict.store_dir, _DATA),
+              "opll.out_dir": (c.opll.out_dir, _DATA),
+              "adcl_pool.out_dir": (c.adcl_pool.out_dir, _DATA)}
+  elif "target_unlabelled" in method.streams:
+    images, target = _panoramas(c)
+    settings |= images
+    paths |= target
+  if "source_labelled" in method.streams:
+    data, source_paths = _data(c, "source")
+    settings |= data | _settings(c, "input", skip=("input.batch_size",))
+    paths |= source_paths
+  return settings, paths
 
 def _export_source(c):
   # It reads the run's train_source checkpoint, the generated data's identity

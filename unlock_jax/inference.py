@@ -7,7 +7,9 @@ adcl_pool, adapt, evaluate and the Python API (``api.py``) share.
   fix for a damaged or foreign checkpoint.
 * :func:`open_target`: the reader of the panoramas ``predict`` reads (a
   user folder, ``config.predict.images``, or the target split); adapt and the
-  pseudo-label stages read the same ones.
+  pseudo-label stages read the same ones. :func:`open_source`,
+  :func:`source_iterator`: the labelled source split and its training crops
+  (train_source's, and those of adaptation methods that read source data).
 * :func:`iterate`: the model's predictions (``models/predict.py``'s
   ``panorama`` function) over a reader, batched and split over processes;
   an unreadable image is reported, not fatal. The predict call runs under
@@ -63,6 +65,27 @@ def open_target(config, workdir: str):
   fmt = "files" if p.root else tgt.get("format", "files")
   return pipeline.open_reader(p.layout or tgt.layout, root, p.split, size, format=fmt,
                               data_dir=fileio.resolve(tgt.get("tfds_data_dir", ""), workdir))
+
+
+def open_source(config, workdir: str):
+  """The reader of the labelled source split (``config.data.source``): train_source's."""
+  src = config.data.source
+  return pipeline.open_reader(src.layout, fileio.resolve(src.root, workdir), src.split,
+                              src.get("image_size"), format=src.get("format", "files"),
+                              data_dir=fileio.resolve(src.get("tfds_data_dir", ""), workdir))
+
+
+def source_iterator(config, workdir: str, batch_size: int, mesh):
+  """Labelled source crops as train_source draws them (``config.input``,
+  ``config.seed``; ``batch_size`` global), also for adaptation methods that
+  read source data."""
+  i = config.input
+  return pipeline.train_iterator(
+      open_source(config, workdir), batch_size=shd.local_batch_size(batch_size, mesh),
+      crop_size=tuple(i.crop_size), seed=config.seed, cat_max_ratio=i.cat_max_ratio,
+      flip=i.flip, max_instances=i.max_instances if config.model.instance_heads else 0,
+      box_rule=i.box_rule, num_workers=i.num_workers, process_index=jax.process_index(),
+      process_count=jax.process_count())
 
 
 def detections_row(dets: dict, r: int, height: int, width: int) -> dict:

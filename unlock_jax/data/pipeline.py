@@ -5,6 +5,7 @@ masked padding examples for evaluation, so every process runs the same number
 of steps). The training iterator's state is checkpointed with the model.
 """
 import dataclasses
+import json
 import math
 import os
 from typing import Any, Sequence
@@ -253,14 +254,8 @@ class AdaptPairTransform:
   def __call__(self, pair, rng: np.random.Generator) -> dict:
     pl_index, u_index = int(pair[0]), int(pair[1])
     ex = self._pl(pl_index, rng)
-    image = self.reader.load_image(u_index)
-    # No class check on this branch; the image's shape is all the crop needs.
-    box = transforms.random_crop_box(image[..., 0], self.crop_size, rng,
-                                     wrap=self.wrap_crops)
-    image = transforms.window(image, box)
-    if self.flip and rng.random() < 0.5:
-      image = image[:, ::-1]
-    ex[keys.UNLABELED_IMAGE] = transforms.normalize(np.ascontiguousarray(image))
+    ex[keys.UNLABELED_IMAGE] = unlabelled_crop(self.reader, u_index, self.crop_size,
+                                               self.flip, rng, wrap=self.wrap_crops)
     return ex
 
 
@@ -301,3 +296,91 @@ def adapt_iterator(reader, *, packed_dir: str, pool_path: str, batch_size: int,
                          flip, max_instances, dict(paste or {}), bool(wrap_crops)),
       seed=_seed_for(seed + 1))
   return _process_batches(ds, batch_size, process_index, process_count, num_workers)
+
+
+def unlabelled_crop(reader, index: int, crop_size, flip: bool, rng: np.random.Generator,
+                    wrap: bool = False) -> np.ndarray:
+  """One unlabelled target crop: a window without the class check (columns modulo
+  the width with ``wrap``), flip, normalised."""
+  image = reader.load_image(int(index))
+  # No class check on this branch; the image's shape is all the crop needs.
+  box = transforms.random_crop_box(image[..., 0], tuple(crop_size), rng, wrap=wrap)
+  image = transforms.window(image, box)
+  if flip and rng.random() < 0.5:
+    image = image[:, ::-1]
+  return transforms.normalize(np.ascontiguousarray(image))
+
+
+@dataclasses.dataclass(frozen=True)
+class UnlabelledTransform:
+  """index → ``{unlabeled_image}``: the adaptation pair's unlabelled branch alone."""
+  reader: Any
+  crop_size: tuple[int, int]
+  flip: bool = True
+  wrap_crops: bool = False
+
+  def __call__(self, index, rng: np.random.Generator) -> dict:
+    return {keys.UNLABELED_IMAGE: unlabelled_crop(self.reader, index, self.crop_size,
+                                                  self.flip, rng, wrap=self.wrap_crops)}
+
+
+def unlabelled_iterator(reader, *, batch_size: int, crop_size, seed: int,
+                        flip: bool = True, wrap_crops: bool = False, num_workers: int = 0,
+                        process_index: int = 0, process_count: int = 1
+                        ) -> grain.DatasetIterator:
+  """Endless iterator of process-local batches of unlabelled target crops.
+
+  For methods that need no pseudo-labels: only the panoramas are read. The
+  images are walked in an order reshuffled every epoch (as
+  :func:`train_iterator`), each crop's draws seeded by its position.
+  """
+  n = len(reader)
+  _check_size(n, batch_size, process_count, "target images")
+  ds = grain.MapDataset.range(n).shuffle(seed=_seed_for(seed)).repeat()
+  ds = ds.random_map(UnlabelledTransform(reader, tuple(crop_size), flip, bool(wrap_crops)),
+                     seed=_seed_for(seed + 1))
+  return _process_batches(ds, batch_size, process_index, process_count, num_workers)
+
+
+class Streams:
+  """Several endless iterators as one: each step's batch is one batch of each,
+  merged into one dict, the keys of stream ``name`` prefixed with ``prefixes[name]``.
+
+  Checkpointed as one iterator (``grain.checkpoint.CheckpointSave`` writes
+  :meth:`get_state`'s bytes): the states of all streams, by name, so a
+  restored run continues every stream where it stopped.
+  """
+
+  def __init__(self, iterators: dict, prefixes: dict | None = None):
+    self._its = dict(iterators)
+    self._prefixes = {name: (prefixes or {}).get(name, "") for name in self._its}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    out = {}
+    for name, it in self._its.items():
+      for k, v in next(it).items():
+        key = self._prefixes[name] + k
+        if key in out:
+          raise ValueError(f"input streams {sorted(self._its)} both give batch key {key!r}")
+        out[key] = v
+    return out
+
+  def get_state(self) -> bytes:
+    return json.dumps({name: it.get_state() for name, it in self._its.items()},
+                      sort_keys=True).encode()
+
+  def set_state(self, state: bytes) -> None:
+    states = json.loads(state.decode() if isinstance(state, bytes) else state)
+    if set(states) != set(self._its):
+      raise ValueError(f"the saved input state holds streams {sorted(states)}; this run "
+                       f"reads {sorted(self._its)}: another method's checkpoint?")
+    for name, it in self._its.items():
+      it.set_state(states[name])
+
+  def start_prefetch(self) -> None:
+    for it in self._its.values():
+      if hasattr(it, "start_prefetch"):
+        it.start_prefetch()

@@ -21,14 +21,20 @@ from typing import Callable
 
 from unlock_jax import registry
 
-# What the adapt stage feeds a step, by name. Today's input
-# (``data/pipeline.adapt_iterator``) carries both in every batch.
+# What the adapt stage feeds a step, by name: the batch keys each stream adds
+# (``data/keys.py``; ``methods/inputs.py`` builds them, reading only the
+# data a method's streams need). Instance keys come with instance heads.
 STREAMS = {
     # Target crops with their OPLL labels and the ADCL pool's pasted objects:
-    # keys image, semantic and (with instance heads) the modal/amodal targets.
+    # image, semantic, modal_* and amodal_* (masks, classes, boxes, valid).
     "target_pseudo_labelled": ("image", "semantic"),
-    # As many target crops, drawn independently, without labels: unlabeled_image.
+    # Target crops without labels (no pseudo-label stage needed):
+    # unlabeled_image. With target_pseudo_labelled, one is drawn per PL crop.
     "target_unlabelled": ("unlabeled_image",),
+    # Labelled source crops as train_source draws them (config.input), as many
+    # as target crops: source_image, source_semantic, source_modal_* and
+    # source_amodal_* (the keys train_source's batches have, prefixed source_).
+    "source_labelled": ("source_image", "source_semantic"),
 }
 # Read by the stage for every method, so no method lists them in config_keys.
 STAGE_KEYS = ("method", "source_checkpoint", "total_steps", "batch_size", "crop_size",
@@ -54,18 +60,28 @@ class Method:
       measurements)`` jitted, the state donated; ``source_params`` (the
       source model's, frozen, never checkpointed) and ``rng`` (folded with
       the step inside) are the same for every step.
+    make_optimizer: ``(model, cfg=config.adapt, total_steps, params) -> (tx,
+      schedule)``; None: ``train/optim.make(cfg.optim, ...)``.
   """
   name: str
   streams: tuple[str, ...]
   config_keys: tuple[str, ...]
   init_state: Callable[..., dict]
   make_step: Callable[..., Callable]
+  make_optimizer: Callable[..., tuple] | None = None
 
   def __post_init__(self):
     unknown = [s for s in self.streams if s not in STREAMS]
     if unknown or not self.streams:
       raise ValueError(f"method {self.name!r} reads streams {list(self.streams)}; the adapt "
                        f"stage feeds {sorted(STREAMS)} (at least one)")
+
+  def optimizer(self, model, adapt_cfg, total_steps: int, params) -> tuple:
+    """``(tx, schedule)``: :attr:`make_optimizer`'s, or ``config.adapt.optim``'s."""
+    if self.make_optimizer is not None:
+      return self.make_optimizer(model, adapt_cfg, total_steps, params)
+    from unlock_jax.train import optim  # pylint: disable=g-import-not-at-top
+    return optim.make(adapt_cfg.optim, total_steps, params)
 
   def check_config(self, adapt_cfg) -> None:
     """Refuses a ``config.adapt`` lacking a key this method reads, naming it."""
@@ -77,6 +93,7 @@ class Method:
 
 METHODS = registry.Registry("adapt method", {
     "unlock": "unlock_jax.methods.unlock:METHOD",
+    "tent": "unlock_jax.methods.tent:METHOD",
 })
 
 

@@ -27,6 +27,11 @@ part of the state or its checkpoints):
    mixed), as the reference's two forwards do. One gradient of the sum equals
    the reference's two backwards before one optimiser step.
 
+``mix_weight`` (1, the reference) scales ``L_mix``; 0 is the ablation without
+the ClassMix branch: steps 2-3 and the mixed forward do not run at all (its
+BatchNorm statistics would otherwise still move the student's), the clean
+forward draws the same keys, and the EMA teacher is still updated.
+
 ``sequential_grads`` (config ``adapt.sequential_grads``, default False) takes
 that gradient as the reference does, one term at a time: ``∇L_clean`` (its
 forward and backward), then ``∇L_mix``, summed. The same gradient up to
@@ -69,7 +74,6 @@ def mix_loss(model, params, batch_stats, mixed, rng, *, cfg):
   out_mix, mut = model.apply(
       {"params": params, "batch_stats": batch_stats}, mixed["image"], train=True,
       semantic_only=True, rngs={"dropout": rng}, mutable=["batch_stats"])
-  # mix_weight 0 is the "without the ClassMix branch" ablation (1 = reference).
   loss = cfg.mix_weight * losses_lib.semantic_ce(
       out_mix["sem_logits"], mixed["labels"], normalize=cfg.sem_normalize,
       weight=mixed["weights"])
@@ -77,10 +81,15 @@ def mix_loss(model, params, batch_stats, mixed, rng, *, cfg):
 
 
 def adapt_loss(model, params, batch_stats, source_params, batch, mixed, rng, *, cfg):
-  """``L_clean + L_mix`` and its terms; returns the twice-updated BN statistics."""
+  """``L_clean + L_mix`` and its terms; returns the twice-updated BN statistics.
+
+  ``mixed`` None (the ablation without ClassMix): ``L_clean`` alone, its
+  forward drawing the same keys as with ClassMix.
+  """
   r = jax.random.split(rng, 3)
   terms, bs = clean_loss(model, params, batch_stats, source_params, batch, r[:2], cfg=cfg)
-  terms["mix/sem"], bs = mix_loss(model, params, bs, mixed, r[2], cfg=cfg)
+  if mixed is not None:
+    terms["mix/sem"], bs = mix_loss(model, params, bs, mixed, r[2], cfg=cfg)
   return sum(terms.values()), (terms, bs)
 
 
@@ -132,15 +141,20 @@ def make_step(model, tx, schedule, mesh, state, *, cfg):
   """Jitted ``(state, batch, source_params, base_rng) -> (state, measurements)``.
 
   ``cfg`` = ``config.adapt`` (:data:`CONFIG_KEYS`). The state is donated; the
-  source parameters are read only.
+  source parameters are read only. ``mix_weight`` 0 is the ablation without
+  the ClassMix branch: no teacher forward, no mixed forward (whose BatchNorm
+  statistics would otherwise still move the student's), ``L = L_clean``; the
+  EMA teacher is still kept.
   """
+  with_classmix = cfg.mix_weight != 0
   def step_fn(state, batch, source_params, base_rng):
     step = state["step"]
     rng = jax.random.fold_in(base_rng, step)
     r_mix, r_loss = jax.random.split(rng)
     teacher = adapt_lib.ema_update(state["teacher"], state["params"], step, cfg.ema_max)
-    mixed = mixed_batch(model, teacher, state["batch_stats"], batch, r_mix, cfg=cfg)
-    if cfg.get("sequential_grads", False):
+    mixed = (mixed_batch(model, teacher, state["batch_stats"], batch, r_mix, cfg=cfg)
+             if with_classmix else None)
+    if cfg.get("sequential_grads", False) and with_classmix:
       grad_fn = functools.partial(sequential_grads, model, cfg=cfg)
     else:
       grad_fn = jax.value_and_grad(
@@ -151,7 +165,8 @@ def make_step(model, tx, schedule, mesh, state, *, cfg):
                                          tx, schedule)
     new_state["batch_stats"] = new_bs
     m |= {f"loss/{k}": v for k, v in terms.items()}
-    m["teacher_pseudo_weight"] = mixed["teacher_confident"]
+    if with_classmix:
+      m["teacher_pseudo_weight"] = mixed["teacher_confident"]
     return new_state, m
 
   return adapt_lib.jit_step(step_fn, mesh, state)

@@ -1,21 +1,22 @@
-"""Stage 4: source-free adaptation on the OPLL labels and the ADCL pool (docs/method.md §7).
+"""Stage 4: adaptation of the source model to the target domain (docs/method.md §7).
 
-Student and EMA teacher start from the source checkpoint
-(``config.adapt.source_checkpoint``, default ``config.predict.checkpoint``),
-whose parameters also anchor the regulariser; they are read at start-up and
-never written into this stage's checkpoints. Input pairs come from
-``pipeline.adapt_iterator`` (the panoramas ``predict`` read: the target split
-or ``config.predict.images``, less those it skipped as unreadable; packed
-OPLL labels of ``config.opll.out_dir``, the pool index of
-``config.adcl_pool.out_dir``); the method (``config.adapt.method``, a name
-of ``methods.METHODS``: UNLOCK's is ``methods/unlock.py``) gives the state
-and the step; the loop (resume, logging, non-finite check,
-checkpoints with the grain iterator state, preemption) is ``train/loop.py``.
-Every ``eval_every`` steps the evaluators named in ``config.adapt.evals``
-(keys of ``config.evals``, on held-out splits) are written through clu. The
-result is the last step: no checkpoint is ever selected on an evaluation
-split (the reference's test config loads iter_4600 although training keeps
-only the last, docs/reference_differences.md item 9).
+The method (``config.adapt.method``, a name of ``methods.METHODS``: UNLOCK's
+is ``methods/unlock.py``) gives the input streams, the state and the step;
+this stage is the same wiring for all of them. Student (and teacher) start
+from the source checkpoint (``config.adapt.source_checkpoint``, default
+``config.predict.checkpoint``), whose parameters also anchor the regulariser;
+they are read at start-up and never written into this stage's checkpoints.
+The input (``methods/inputs.py``) reads only what the method's streams need:
+the panoramas ``predict`` read (the target split or ``config.predict.images``),
+with UNLOCK's pseudo-labelled stream also the packed OPLL labels of
+``config.opll.out_dir`` and the pool index of ``config.adcl_pool.out_dir``,
+and the source split for methods that read source data. The loop (resume,
+logging, non-finite check, checkpoints with the input iterators' state,
+preemption) is ``train/loop.py``. Every ``eval_every`` steps the evaluators
+named in ``config.adapt.evals`` (keys of ``config.evals``, on held-out splits)
+are written through clu. The result is the last step: no checkpoint is ever
+selected on an evaluation split (the reference's test config loads iter_4600
+although training keeps only the last, docs/reference_differences.md item 9).
 """
 import os
 
@@ -26,20 +27,17 @@ from absl import logging
 from unlock_jax import checkpoint
 from unlock_jax import fileio
 from unlock_jax import fingerprint
-from unlock_jax import methods
 from unlock_jax import inference
+from unlock_jax import methods
 from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
-from unlock_jax.data import pipeline
 from unlock_jax.data import synthpass
 from unlock_jax.evaluation import evaluators
 from unlock_jax.evaluation import report
+from unlock_jax.methods import inputs
 from unlock_jax.models import predict as predict_lib
-from unlock_jax.pseudo import adcl
-from unlock_jax.pseudo import opll
 from unlock_jax.train import loop
-from unlock_jax.train import optim
 
 
 def run(config, workdir: str) -> dict:
@@ -49,26 +47,16 @@ def run(config, workdir: str) -> dict:
   stage_dir = fileio.resolve(a.out_dir, workdir)
   provenance.record(workdir, "adapt", config, fingerprint.begin(config, workdir, "adapt"))
   mesh = shd.make_mesh()
-  pi, pc = jax.process_index(), jax.process_count()
+  pi = jax.process_index()
   writer = loop.create_writer(stage_dir)
-  packed_dir = os.path.join(fileio.resolve(config.opll.out_dir, workdir), "packed")
-  reader = opll.labelled_images(inference.open_target(config, workdir), packed_dir,
-                                fileio.resolve(config.predict.store_dir, workdir))
-  pool_path = adcl.index_path(fileio.resolve(config.adcl_pool.out_dir, workdir),
-                              must_exist=True)
-  data_iter = pipeline.adapt_iterator(
-      reader, packed_dir=packed_dir, pool_path=pool_path,
-      batch_size=shd.local_batch_size(a.batch_size, mesh), crop_size=tuple(a.crop_size),
-      seed=config.seed, cat_max_ratio=a.cat_max_ratio, flip=a.flip,
-      max_instances=a.max_instances, paste=a.paste.to_dict(), wrap_crops=a.wrap_crops,
-      num_workers=a.num_workers, process_index=pi, process_count=pc)
+  data_iter = inputs.iterator(config, workdir, method.streams, mesh)
 
   src_path = fileio.resolve(a.source_checkpoint or config.predict.checkpoint, workdir)
   synthpass.check_trained_on(src_path, fileio.resolve(config.synthpass.out_dir, workdir))
   model, variables, src_step = inference.load_model(config.model, src_path, mesh)
   logging.info("adapt: method %s, source model %s (step %s)", a.method, src_path, src_step)
   total = int(a.total_steps)
-  tx, schedule = optim.make(a.optim, total, variables["params"])
+  tx, schedule = method.optimizer(model, a, total, variables["params"])
   state = method.init_state(variables, tx, mesh)
   source_params = jax.device_put(variables["params"], shd.replicated(mesh))
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),

@@ -14,10 +14,10 @@ from absl import logging
 from unlock_jax import checkpoint
 from unlock_jax import fileio
 from unlock_jax import fingerprint
+from unlock_jax import inference
 from unlock_jax import model_info
 from unlock_jax import provenance
 from unlock_jax import sharding as shd
-from unlock_jax.data import pipeline
 from unlock_jax.evaluation import report
 from unlock_jax.models import amodalpass
 from unlock_jax.models import variables as variables_lib
@@ -31,24 +31,11 @@ def run(config, workdir: str) -> dict:
   provenance.record(workdir, "train_source", config,
                     fingerprint.begin(config, workdir, "train_source"))
   mesh = shd.make_mesh()
-  pi, pc = jax.process_index(), jax.process_count()
+  pi = jax.process_index()
   writer = loop.create_writer(stage_dir)
 
   # Input.
-  src = config.data.source
-  reader = pipeline.open_reader(src.layout, fileio.resolve(src.root, workdir),
-                                src.split, src.get("image_size"),
-                                format=src.get("format", "files"),
-                                data_dir=fileio.resolve(src.get("tfds_data_dir", ""), workdir))
-  local_bs = shd.local_batch_size(config.input.batch_size, mesh)
-  with_instances = bool(config.model.instance_heads)
-  data_iter = pipeline.train_iterator(
-      reader, batch_size=local_bs, crop_size=tuple(config.input.crop_size),
-      seed=config.seed, cat_max_ratio=config.input.cat_max_ratio,
-      flip=config.input.flip,
-      max_instances=config.input.max_instances if with_instances else 0,
-      box_rule=config.input.box_rule, num_workers=config.input.num_workers,
-      process_index=pi, process_count=pc)
+  data_iter = inference.source_iterator(config, workdir, config.input.batch_size, mesh)
 
   # Model, optimiser, state.
   total = int(config.total_steps)

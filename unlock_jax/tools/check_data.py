@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 
 from unlock_jax import fileio
+from unlock_jax import methods
 from unlock_jax import registry
 from unlock_jax.data.layouts import common
 
@@ -100,6 +101,12 @@ class DataSet:
 # --- which data sets the config uses --------------------------------------------------
 
 
+def _adapt_reads_source(config) -> bool:
+  """Whether ``config.adapt.method`` reads the labelled source split (UDA does)."""
+  name = config.adapt.get("method", "unlock")
+  return name in methods.METHODS and "source_labelled" in methods.get(name).streams
+
+
 def data_sets(config, workdir: str | None, everything: bool = False) -> list[DataSet]:
   """The data sets read by the stages of ``config.stage`` (or all named ones), merged."""
   stages = {s.strip() for s in config.stage.split(",") if s.strip()}
@@ -108,7 +115,7 @@ def data_sets(config, workdir: str | None, everything: bool = False) -> list[Dat
   fields = ("layout", "root", "split", "image_size")
   same = lambda key: {f: f"{key}.{f}" for f in fields}
   src, tgt = config.data.source, config.data.target
-  if use("train_source"):
+  if use("train_source") or (use("adapt") and _adapt_reads_source(config)):
     wanted.append(("config.data.source", src.layout, src.root, src.split, src.image_size,
                    same("config.data.source")))
   if use("adapt") and not config.predict.images:  # else adapt reads predict's folder
