@@ -155,13 +155,14 @@ def test_circular_roi_align_equals_flat_on_wrap_padded_map(stride):
   rs = np.random.RandomState(stride)
   f = rs.normal(size=(h // stride, w // stride, c)).astype(np.float32)
   boxes = jnp.asarray(_CROSSING)
+  align = jax.jit(lambda x, b, **kw: roi_align.multilevel_roi_align(
+      [x], b, 7, strides=(stride,), **kw),
+                  static_argnames=("chunk", "sampling_ratio", "circular"))
   for ratio, kw in ((0, {}), (0, dict(chunk=2)), (2, dict(sampling_ratio=2))):
-    got = np.asarray(roi_align.multilevel_roi_align(
-        [jnp.asarray(f)], boxes, 7, strides=(stride,), circular=True, **kw))
+    got = np.asarray(align(jnp.asarray(f), boxes, circular=True, **kw))
     want = np.stack([_oracle(f, b, stride, 7, ratio) for b in _CROSSING])
     np.testing.assert_allclose(got, want, atol=2e-5, err_msg=str(kw))
-  flat = np.asarray(roi_align.multilevel_roi_align(
-      [jnp.asarray(f)], boxes, 7, strides=(stride,)))
+  flat = np.asarray(align(jnp.asarray(f), boxes))
   assert np.abs(flat[0] - got[0]).max() > 1e-2  # the seam matters
 
 
@@ -175,8 +176,9 @@ def test_circular_roi_align_multilevel_mapping():
                     [450.0, 0.0, 600.0, 100.0],     # level 1
                     [300.0, 4.0, 780.0, 124.0]],    # level 2
                    np.float32)
-  got = np.asarray(roi_align.multilevel_roi_align(
-      [jnp.asarray(x) for x in feats], jnp.asarray(boxes), 7, circular=True))
+  got = np.asarray(jax.jit(lambda fs, b: roi_align.multilevel_roi_align(
+      fs, b, 7, circular=True))([jnp.asarray(x) for x in feats],
+                                jnp.asarray(boxes)))
   lvls = np.asarray(roi_align.map_roi_levels(jnp.asarray(boxes)))
   np.testing.assert_array_equal(lvls, [0, 1, 2])
   for b, lvl, g in zip(boxes, lvls, got):
@@ -268,11 +270,12 @@ def test_object_across_the_seam_gives_one_detection():
                                                col * 4.0 + 16, 48])
   out = {}
   for circular in (False, True):
-    props, scores, valid = rpn.rpn_proposals(
+    propose = jax.jit(functools.partial(
+        rpn.rpn_proposals, image_shape=(h, w), nms_pre=50, max_num=40,
+        iou_thr=0.7, circular=circular))
+    props, scores, valid = map(np.asarray, propose(
         [jnp.asarray(x) for x in logits], [jnp.asarray(x) for x in reg],
-        [jnp.asarray(a) for a in anchors], (h, w), nms_pre=50, max_num=40,
-        iou_thr=0.7, circular=circular)
-    props, scores, valid = map(np.asarray, (props, scores, valid))
+        [jnp.asarray(a) for a in anchors]))
     sure = valid & (scores > 0.9)
     out[circular] = props[sure]
   assert len(out[False]) == 2  # two clipped halves
@@ -289,10 +292,12 @@ def test_object_across_the_seam_gives_one_detection():
   reg = np.zeros((3, 7, 4), np.float32)
   dets = {}
   for circular in (False, True):
-    b, s, c, ok = map(np.asarray, roi_heads.detect(
+    detect = jax.jit(functools.partial(
+        roi_heads.detect, image_shape=(h, w), score_thr=0.5, iou_thr=0.5,
+        max_dets=5, circular=circular))
+    b, s, c, ok = map(np.asarray, detect(
         jnp.asarray(cls), jnp.asarray(reg), jnp.asarray(props),
-        jnp.ones(3, bool), (h, w), score_thr=0.5, iou_thr=0.5, max_dets=5,
-        circular=circular))
+        jnp.ones(3, bool)))
     dets[circular] = (b[ok], c[ok])
   assert len(dets[False][0]) == 2
   boxes, classes = dets[True]
@@ -392,9 +397,12 @@ def test_detections_of_a_rolled_panorama_are_the_rolled_detections():
     x1, x2 = per[0]["boxes"][:, 0], per[0]["boxes"][:, 2]
     ok = per[0]["valid"]
     assert np.all((x1[ok] >= 0) & (x1[ok] < W) & (x2[ok] <= x1[ok] + W))
+    crossing = 0
     for b, s in enumerate(shifts, 1):
       assert per[b]["valid"].sum() == n, (br, s)
       assert _matched(per[0], per[b], s, W) == n, (br, s)
+      crossing += np.sum(per[b]["valid"] & (per[b]["boxes"][:, 2] > W))
+    assert crossing > 0, br  # the roll moves detections across the seam
 
   # The flat R-CNN on the same (roll-equivariant) FPN maps is not.
   flat = jax.device_get(jax.jit(lambda p, f: rcnn_branch.MaskRCNNBranch(
