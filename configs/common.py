@@ -7,6 +7,7 @@ and ends with the ``runlocal`` shrink, as big_vision configs do.
 import ml_collections
 
 from unlock_jax import constants
+from unlock_jax.models import defaults as model_defaults
 
 SYNTH_ROOT = "{workdir}/data"  # where the generate stage writes synthpass
 
@@ -125,6 +126,7 @@ def use_synthpass(c: ml_collections.ConfigDict, scale: float, source=(300, 40),
   return src, tgt
 
 
+  c.seam.wrap_cols = model_defaults.wrap_cols_for(tgt[1])
 def runlocal_synthpass(c: ml_collections.ConfigDict) -> None:
   """The ``runlocal`` shrink of a synthpass experiment: a handful of scenes, 4 steps."""
   c.synthpass.num_source = dict(train=16, val=4)

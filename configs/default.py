@@ -61,10 +61,17 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                     results_dir="{workdir}/evaluate", runs={}, overwrite=False)
   c.evals = ml_collections.ConfigDict()
 
-  # Every full-panorama forward (predict, evaluate, pictures): "flat" = the
-  # reference's zero padding; any other mode is seam-aware and also merges
-  # instances across the 360° seam (data/seam_instances.py).
-  c.seam = ml_collections.ConfigDict(dict(mode="flat", wrap_cols=64))
+  # Every full 360° panorama forward (predict, predict_adapted, the target
+  # evaluators with their roll forward and pictures, the API): how the
+  # network treats the seam where the panorama's ends meet. mode: "flat"
+  # (zero padding, the reference), "circular" (horizontal padding wraps
+  # around), "wrap" (predict on the panorama extended by wrap_cols columns
+  # from its other end on each side, crop back), "circular_wrap" (both); any
+  # mode but "flat" also merges instances across the seam
+  # (data/seam_instances.py). wrap_cols: a multiple of 64, less than the
+  # width (models/defaults.py wrap_cols_for: ~1/16 of it). Pinhole images
+  # (the source data and its evaluators) are always flat.
+  c.seam = model_defaults.default_seam_config(c.data.target.image_size[1])
 
   # Stage 1: whole-panorama predictions of the source model over the target
   # train split (empty root/layout/image_size: those of config.data.target),

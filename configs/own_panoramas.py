@@ -41,6 +41,7 @@ from configs import cpu
 from configs import default
 from configs import demo
 from unlock_jax import fileio
+from unlock_jax.models import defaults as model_defaults
 
 MODELS = ("demo", "b5")
 
@@ -78,6 +79,7 @@ def get_config(arg=None):
     c.predict.batch_size = c.opll.batch_size = 8
   c.data.target.image_size = size
   c.predict.image_size = size
+  c.seam.wrap_cols = model_defaults.wrap_cols_for(size[1])
   c.predict.images = fileio.absolute(arg.images)
   c.predict.checkpoint = fileio.absolute(arg.checkpoint)
   c.predict.num_pictures = 4

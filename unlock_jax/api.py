@@ -8,7 +8,8 @@
   out["amodal"]["masks"], out["amodal"]["scores"]  # whole objects, occluded parts included
 
 ``load(path, config=None, *, tau_m=None, image_size=None, stuff_area=None,
-batch_size=None)`` takes the folder of a model's weights:
+batch_size=None, seam_mode=None, wrap_cols=None)`` takes the folder of a
+model's weights:
 
 * an ``export_source`` folder (``assets/demo_source``) or a
   ``tools/convert_torch`` output;
@@ -28,7 +29,12 @@ the panoptic map; default the model's recorded one: 0.95 for a source
 model, 0.55 for an adapted one, as the reference evaluates them),
 ``image_size`` (H, W) and ``stuff_area`` (default: the reference's 2048
 pixels of a 400x2048 panorama, scaled to ``image_size``) override the
-recorded values.
+recorded values. ``seam_mode`` and ``wrap_cols`` (``config.seam``: how the
+360° seam is treated, ``models/predict.py``; default: the experiment
+config's ``seam`` if ``config`` is one, else ``models/defaults.py``'s for
+the panorama width) choose the predict stage's mode; in a seam-aware mode
+detections are merged into one instance per object across the seam
+(``data/seam_instances.py``), as the predict stage stores them.
 
 ``Model.predict(image)`` runs the predict stage's computation
 (``unlock_jax/inference.py`` and ``models/predict.py``: the same predict
@@ -71,6 +77,7 @@ from unlock_jax import sharding as shd
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
 from unlock_jax.evaluation import report
+from unlock_jax.models import defaults as model_defaults
 from unlock_jax.models import predict as predict_lib
 from unlock_jax.pseudo import export
 
@@ -114,8 +121,23 @@ def _weights(path: str) -> tuple[str, int | None]:
   return path, None
 
 
+def _seam(config, size, seam_mode, wrap_cols) -> dict:
+  """``config.seam`` of a whole experiment config, else the default for the width;
+  the arguments override it."""
+  if isinstance(config, (str, os.PathLike)):
+    config = model_info.config_from_file(os.fspath(config))
+  has = isinstance(config, ml_collections.ConfigDict) and "seam" in config
+  seam = (config.seam if has else model_defaults.default_seam_config(size[1])).to_dict()
+  seam.update({k: v for k, v in (("mode", seam_mode), ("wrap_cols", wrap_cols))
+               if v is not None})
+  model_defaults.check_seam(seam["mode"], seam["wrap_cols"], size[1],
+                            what="unlock_jax.load(seam_mode=..., wrap_cols=...): seam")
+  return seam
+
+
 def load(path: str, config=None, *, tau_m: float | None = None, image_size=None,
-         stuff_area: int | None = None, batch_size: int | None = None) -> "Model":
+         stuff_area: int | None = None, batch_size: int | None = None,
+         seam_mode: str | None = None, wrap_cols: int | None = None) -> "Model":
   """A model ready to ``predict`` (module docstring)."""
   if jax.process_count() > 1:
     raise RuntimeError("unlock_jax.load runs in one process; predict on several hosts "
@@ -133,6 +155,7 @@ def load(path: str, config=None, *, tau_m: float | None = None, image_size=None,
                      f"{n_dev} devices")
   rec = model_info.read(path)
   model_cfg, size, tau = _architecture(path, rec, config, image_size)
+  seam = _seam(config, size, seam_mode, wrap_cols)
   mesh = shd.make_mesh()
   ckpt, step = _weights(path)
   model, variables, step = inference.load_model(model_cfg, ckpt, mesh, step=step)
@@ -141,7 +164,7 @@ def load(path: str, config=None, *, tau_m: float | None = None, image_size=None,
                tau_m=float(tau_m if tau_m is not None else
                            (tau or report.TAU_ADAPTED)[0]),
                stuff_area=int(stuff_area or export.stuff_area_for(size)),
-               batch_size=batch_size)
+               batch_size=batch_size, seam=seam)
 
 
 class _Images:
@@ -176,13 +199,14 @@ class Model:
 
   Attributes: ``image_size`` (H, W) the panoramas are resized to, ``tau_m``,
   ``stuff_area``, ``checkpoint`` and ``step`` (None for an exported model),
-  ``model_config``, ``batch_size``.
+  ``model_config``, ``batch_size``, ``seam`` (``{"mode", "wrap_cols"}``).
   """
 
   def __init__(self, model, variables, mesh, *, checkpoint, step, model_config,
-               image_size, tau_m, stuff_area, batch_size):
+               image_size, tau_m, stuff_area, batch_size, seam=None):
     self.model, self.variables, self.mesh = model, variables, mesh
-    self._predict_fn = predict_lib.jit_predict_fns(model, mesh)["panorama"]
+    self.seam = dict(seam or {"mode": "flat", "wrap_cols": 0})
+    self._predict_fn = predict_lib.jit_predict_fns(model, mesh, self.seam)["panorama"]
     self.checkpoint, self.step, self.model_config = checkpoint, step, model_config
     self.image_size = tuple(int(v) for v in image_size)
     self.tau_m, self.stuff_area, self.batch_size = tau_m, stuff_area, batch_size
@@ -200,7 +224,7 @@ class Model:
 
   def __repr__(self) -> str:
     return (f"Model({self.checkpoint!r}, step={self.step}, image_size={self.image_size}, "
-            f"tau_m={self.tau_m}, stuff_area={self.stuff_area})")
+            f"tau_m={self.tau_m}, stuff_area={self.stuff_area}, seam={self.seam['mode']!r})")
 
   def predict(self, image) -> dict:
     """One image → its prediction at its own size (module docstring)."""
@@ -218,7 +242,8 @@ class Model:
       reader = _Images([common.fit_rgb(a, self.image_size) for a in rgbs], self.image_size)
       rows = {ex["name"]: row for ex, row in inference.iterate(
           reader, range(len(reader)), predict_fn=self._predict_fn, variables=self.variables,
-          mesh=self.mesh, batch_size=self.batch_size)}
+          mesh=self.mesh, batch_size=self.batch_size,
+          merge_seam=self.seam["mode"] != "flat")}
       for i, a in enumerate(rgbs):
         out.append(export.at_resolution(rows[str(i)], a.shape[:2], tau_m=self.tau_m,
                                         stuff_area=self.stuff_area))

@@ -53,7 +53,9 @@ from absl import logging
 from unlock_jax import fileio
 from unlock_jax import methods
 from unlock_jax import sharding as shd
+from unlock_jax.data import layouts
 from unlock_jax.data import synthpass
+from unlock_jax.models import defaults as model_defaults
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
 
@@ -156,7 +158,7 @@ def _evaluate(c):
   # Whole sections, so a key added later counts unless LOGISTICS says otherwise.
   skip = {f"evals.{n}.{k}" for n in c.evals for k in ("root", "tfds_data_dir")}
   skip |= {"evaluate.checkpoint"} | {f"evaluate.runs.{n}.checkpoint" for n in c.evaluate.runs}
-  settings = _settings(c, "model", "evals", "evaluate", skip=skip)
+  settings = _settings(c, "model", "seam", "evals", "evaluate", skip=skip)
   paths = {}
   for name, ev in c.evals.items():
     paths[f"evals.{name}.root"] = (ev.get("root", ""), _DATA)
@@ -193,7 +195,7 @@ def _panoramas(c):
 
 def _predict(c):
   what = ("layout", "root", "split", "image_size", "images", "checkpoint")  # _panoramas
-  settings = _settings(c, "model", "predict", skip={f"predict.{k}" for k in what}) | {
+  settings = _settings(c, "model", "seam", "predict", skip={f"predict.{k}" for k in what}) | {
       "version.store_format": store.FORMAT_VERSION, "version.quant": thresholds.QUANT}
   images, paths = _panoramas(c)
   return settings | images, {"predict.checkpoint": (c.predict.checkpoint, _CKPT)} | paths
@@ -259,8 +261,25 @@ SPECS = {"generate": _generate, "train_source": _train_source, "evaluate": _eval
 
 
 def validate(config, stage: str) -> None:
+def _check_seam(config, stage: str) -> None:
+  """``config.seam`` against every full panorama the stage predicts."""
+  if stage in ("evaluate", "adapt"):  # adapt: its evaluations during adaptation
+    names = list(config.adapt.evals) if stage == "adapt" else list(config.evals)
+    widths = [config.evals[n].image_size[1] for n in names if n in config.evals
+              and config.evals[n].get("layout") in layouts.PANORAMAS]
+  else:
+    p = config.predict_adapted if stage == "predict_adapted" else config.predict
+    widths = [(p.get("image_size") or config.predict.image_size
+               or config.data.target.image_size)[1]]
+  for width in widths or [None]:
+    model_defaults.check_seam(config.seam.mode, config.seam.wrap_cols, int(width)
+                              if width is not None else None)
+
+
   """Settings a stage cannot start with; ValueError naming the key."""
   if stage == "evaluate":
+  if stage in ("predict", "predict_adapted", "evaluate", "adapt"):
+    _check_seam(config, stage)
     if not config.evals:
       raise ValueError("config.evals is empty: nothing to evaluate")
     for name, run in config.evaluate.runs.items():

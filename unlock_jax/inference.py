@@ -26,6 +26,7 @@ from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
 from unlock_jax.data import pipeline
+from unlock_jax.data import seam_instances
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import common as layouts_common
 from unlock_jax.data.layouts import folder
@@ -136,7 +137,7 @@ class Subset:
 
 
 def iterate(reader, indices, *, predict_fn, variables, mesh, batch_size: int,
-            on_batch=None):
+            on_batch=None, merge_seam: bool = False):
   """Yields ``(example, outputs)`` for this process's share of ``indices``.
 
   ``predict_fn``: the jitted ``panorama`` function of
@@ -145,7 +146,9 @@ def iterate(reader, indices, *, predict_fn, variables, mesh, batch_size: int,
   (``pipeline.eval_batches``) and all run the same number of steps.
   ``outputs`` holds numpy ``semantic``, ``confidence``, ``modal``/``amodal``
   (the store's per-branch dicts); it is None for an image that could not be
-  read (``example["error"]`` says why).
+  read (``example["error"]`` says why). ``merge_seam`` (a seam-aware
+  ``config.seam.mode``): each row's detections merged into one instance per
+  object across the 360° seam (``data/seam_instances.py``).
   """
   sub = Subset(reader, indices)
   h, w = reader.image_size
@@ -165,6 +168,8 @@ def iterate(reader, indices, *, predict_fn, variables, mesh, batch_size: int,
       for b in predict_lib.BRANCHES:
         row[b] = detections_row(out.get(b), r, h, w)
       yield ex, row
+        if merge_seam:
+          row[b] = seam_instances.merge_seam_instances(row[b])
     if on_batch is not None:
       on_batch(step + 1)
 

@@ -24,6 +24,7 @@ from unlock_jax import progress as progress_lib
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
+from unlock_jax.data import layouts
 from unlock_jax.data import pipeline
 from unlock_jax.data import seam_instances
 from unlock_jax.evaluation import pictures as pictures_lib
@@ -220,30 +221,39 @@ TYPES = {"semantic": SemanticEvaluator, "oass": OassEvaluator}
 
 
 def from_config(name: str, cfg, *, predict_fns: dict, mesh, workdir: str, run: str = "",
-                seam_mode: str = "flat"):
-  """Builds the evaluator named by ``cfg.type``; ``run`` names the model scored;
-  ``seam_mode``: ``config.seam.mode`` (instances merged across the seam unless "flat").
+                panorama_fns: dict | None = None, seam_mode: str = "flat"):
+  """Builds the evaluator named by ``cfg.type``; ``run`` names the model scored.
 
   ``predict_fns``: the model's jitted predict functions by name
-  (``models/predict.jit_predict_fns``); the evaluator gets its type's.
+  (``models/predict.jit_predict_fns``), flat; the evaluator gets its type's.
+  ``panorama_fns``/``seam_mode``: those of full 360° panoramas in
+  ``config.seam.mode`` (``jit_predict_fn_sets``), used when the evaluator's
+  layout holds panoramas (``layouts.PANORAMAS``) for its forward and its
+  roll forward, with instances merged across the seam unless ``"flat"``.
+  Pinhole layouts are always flat, whatever the mode.
   """
   if cfg.type not in TYPES:
     raise ValueError(f"config.evals.{name}.type={cfg.type!r} is unknown; "
                      f"available: {sorted(TYPES)}")
   cls = TYPES[cfg.type]
-  extra = ({"roll_fn": predict_fns[cls.ROLL_PREDICT], "seam_mode": seam_mode}
+  if cfg.layout not in layouts.PANORAMAS:
+    seam_mode = "flat"
+  fns = panorama_fns if panorama_fns is not None and seam_mode != "flat" else predict_fns
+  extra = ({"roll_fn": fns[cls.ROLL_PREDICT], "seam_mode": seam_mode}
            if hasattr(cls, "ROLL_PREDICT") else {})
-  return cls(cfg, predict_fn=predict_fns[cls.PREDICT], mesh=mesh, workdir=workdir,
+  return cls(cfg, predict_fn=fns[cls.PREDICT], mesh=mesh, workdir=workdir,
              name=name, run=run, **extra)
 
 
 def run_all(evals_cfg, variables, *, predict_fns: dict, mesh, workdir: str, run: str = "",
-            tau=None, names=None, seam_mode: str = "flat") -> tuple[dict, list]:
+            tau=None, names=None, panorama_fns: dict | None = None,
+            seam_mode: str = "flat") -> tuple[dict, list]:
   """Every evaluator of ``evals_cfg`` (``config.evals``; those in ``names`` if given) on one model.
 
   ``tau``: ``(tau_m, tau_a)`` replacing every ``oass`` evaluator's fusion
-  thresholds; ``seam_mode``: ``config.seam.mode`` (:class:`OassEvaluator`). Returns ``({"<evaluator>/<metric>": value}, [evaluators])``,
-  the evaluators holding their tables and pictures.
+  thresholds; ``panorama_fns``, ``seam_mode``: as :func:`from_config`.
+  Returns ``({"<evaluator>/<metric>": value}, [evaluators])``, the
+  evaluators holding their tables and pictures.
   """
   results, done = {}, []
   for name in (names if names is not None else list(evals_cfg)):
@@ -252,7 +262,7 @@ def run_all(evals_cfg, variables, *, predict_fns: dict, mesh, workdir: str, run:
       ecfg = ecfg.copy_and_resolve_references()
       ecfg.tau_m, ecfg.tau_a = (float(t) for t in tau)
     ev = from_config(name, ecfg, predict_fns=predict_fns, mesh=mesh, workdir=workdir,
-                     run=run, seam_mode=seam_mode)
+                     run=run, panorama_fns=panorama_fns, seam_mode=seam_mode)
     results.update({f"{name}/{metric}": value for metric, value in ev.run(variables)})
     done.append((name, ev))
   return results, done

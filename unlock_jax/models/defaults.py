@@ -2,7 +2,9 @@
 
 ``default_model_config()`` is the reference's AmodalPASS-B5 with its two
 Mask R-CNN branches (``default_rcnn_config()``); ``models/amodalpass.py``
-builds the network from such a ConfigDict.
+builds the network from such a ConfigDict. ``default_seam_config(width)`` is
+the inference mode of full 360° panoramas (``config.seam``, read by
+``models/predict.py``), checked by :func:`check_seam`.
 """
 import ml_collections
 
@@ -128,3 +130,47 @@ def tiny_model_config() -> ml_collections.ConfigDict:
   cfg.fpn_channels = 16
   cfg.rcnn = tiny_rcnn_config()
   return cfg
+
+
+# How the network sees the 360° seam of a full panorama (models/predict.py):
+# "flat" zero-pads both ends (the reference); "circular" wraps every spatial
+# op's horizontal padding around; "wrap" predicts on the panorama extended by
+# `wrap_cols` columns from its other end on each side and crops back;
+# "circular_wrap" does both.
+SEAM_MODES = ("flat", "circular", "wrap", "circular_wrap")
+# wrap_cols is a multiple of the network's coarsest stride (the FPN's 64):
+# the extension then adds whole cells to every feature map (strides 4..64),
+# so the panorama's own columns sit on the same grid of every level as in
+# the flat forward (column 0 starts a cell), and cropping back lines up.
+WRAP_MULTIPLE = 64
+
+
+def wrap_cols_for(width: int) -> int:
+  """The default extension of a ``width``-wide panorama: about 1/16 of it (the
+  seam metrics' band), rounded to a multiple of :data:`WRAP_MULTIPLE`, at least
+  one (2048 -> 128, 512 -> 64). A crossing object up to twice as wide is whole
+  in one of its two copies."""
+  return max(WRAP_MULTIPLE, WRAP_MULTIPLE * round(width / 16 / WRAP_MULTIPLE))
+
+
+def default_seam_config(width: int = 2048) -> ml_collections.ConfigDict:
+  """``config.seam`` for panoramas ``width`` columns wide (the reference's 2048)."""
+  return ml_collections.ConfigDict(dict(mode="flat", wrap_cols=wrap_cols_for(width)))
+
+
+def check_seam(mode: str, wrap_cols: int, width: int | None = None,
+               what: str = "config.seam") -> None:
+  """ValueError naming the key if ``(mode, wrap_cols)`` cannot run on ``width`` columns."""
+  if mode not in SEAM_MODES:
+    raise ValueError(f"{what}.mode={mode!r} is unknown; known modes: {list(SEAM_MODES)}")
+  if mode not in ("wrap", "circular_wrap"):
+    return
+  p = int(wrap_cols)
+  if p != wrap_cols or p <= 0 or p % WRAP_MULTIPLE:
+    raise ValueError(f"{what}.wrap_cols={wrap_cols!r} must be a positive multiple of "
+                     f"{WRAP_MULTIPLE} (the network's coarsest stride, so the extended "
+                     f"panorama keeps every feature map's grid), e.g. {wrap_cols_for(width or 2048)}")
+  if width is not None and p >= width:
+    raise ValueError(f"{what}.wrap_cols={p} must be less than the panorama's width "
+                     f"{width} (columns taken from its other end), e.g. "
+                     f"{wrap_cols_for(width)}")

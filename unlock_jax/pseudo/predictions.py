@@ -9,8 +9,9 @@ several processes each predicts its rows of every global batch of the
 (``on_bad_image="skip"``): it gets no entry, and ``<store_dir>/skipped.json``
 and the log name it and why (:func:`read_skipped`; a rerun tries it again).
 ``export_dir`` set also writes every prediction at its image's own size
-(``export.py``). With a seam-aware ``config.seam.mode`` (not ``"flat"``),
-the detections of each panorama are merged into one instance per object
+(``export.py``). The panoramas are predicted in ``config.seam.mode``
+(``models/predict.py``); in a seam-aware mode (not ``"flat"``) the
+detections of each panorama are merged into one instance per object
 across the 360° seam before they are stored
 (``data/seam_instances.merge_seam_instances``). Later stages open the store
 with :func:`open_store` and name what it lacks with :func:`unpredicted`.
@@ -31,9 +32,7 @@ from unlock_jax import inference
 from unlock_jax import model_info
 from unlock_jax import progress as progress_lib
 from unlock_jax import sharding as shd
-from unlock_jax.data import keys
 from unlock_jax.data import pipeline
-from unlock_jax.data import seam_instances
 from unlock_jax.data import synthpass
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
@@ -157,11 +156,11 @@ def predict_into_store(config, workdir: str) -> dict:
   # The first panoramas without a picture yet: drawn by whichever process
   # predicts them, or by process 0 from the store when they are in it already.
   to_draw = {k for k in reader.keys[:num_pictures] if not fileio.exists(picture(k))}
-  predict_fn = predict_lib.jit_predict_fns(model, mesh)["panorama"]
-  merge = config.seam.mode != "flat"
+  predict_fn = predict_lib.jit_predict_fns(model, mesh, config.seam)["panorama"]
   t0, n, nbytes, skipped = time.monotonic(), 0, 0, []
   for ex, row in inference.iterate(reader, todo, predict_fn=predict_fn, variables=variables,
-                                   mesh=mesh, batch_size=bs, on_batch=prog.update):
+                                   mesh=mesh, batch_size=bs, on_batch=prog.update,
+                                   merge_seam=config.seam.mode != "flat"):
     if row is None:  # unreadable
       if p.on_bad_image == "fail":
         raise common.DataError(f"{ex['error']} (--config.predict.on_bad_image=skip "
@@ -169,8 +168,6 @@ def predict_into_store(config, workdir: str) -> dict:
       skipped.append({"name": ex["name"], "path": ex.get(folder.SOURCE_PATH),
                       "reason": ex["error"]})
       continue
-    if merge:  # one instance per object across the seam (data/seam_instances.py)
-      row = dict(row, **{b: seam_instances.merge_seam_instances(row[b]) for b in keys.BRANCHES})
     nbytes += store.write_prediction(
         store_dir, ex["name"], row["semantic"],
         thresholds.quantize(row["confidence"]), row["modal"], row["amodal"],

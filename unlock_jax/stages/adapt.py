@@ -67,12 +67,14 @@ def run(config, workdir: str) -> dict:
   state, _ = loop.restore_or_init(ckpt, state, data_iter)
   step_fn = method.make_step(model, tx, schedule, mesh, state, cfg=a)
   base_rng = shd.replicate(jax.random.fold_in(jax.random.key(config.seed), 4), mesh)
-  predict_fns = predict_lib.jit_predict_fns(model, mesh)  # compiled once for every eval
+  # Compiled once for every eval; panorama evaluators in config.seam's mode.
+  predict_fns, panorama_fns = predict_lib.jit_predict_fn_sets(model, mesh, config.seam)
 
   def evaluate(state, _):
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     results, _ = evaluators.run_all(config.evals, variables, predict_fns=predict_fns,
                                     mesh=mesh, workdir=workdir, names=list(a.evals))
+                                    panorama_fns=panorama_fns, seam_mode=config.seam.mode,
     return {f"eval/{k}": v for k, v in results.items()}
 
   loop_cfg = ml_collections.ConfigDict(dict(

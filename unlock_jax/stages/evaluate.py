@@ -30,13 +30,16 @@ from unlock_jax.models import amodalpass
 from unlock_jax.models import predict as predict_lib
 
 
-def _score(config, model, predict_fns, mesh, workdir, ckpt_path, writer, tau=None, run=""):
-  """One checkpoint through every evaluator: its results, tables printed, scalars written."""
+def _score(config, model, fns, mesh, workdir, ckpt_path, writer, tau=None, run=""):
+  """One checkpoint through every evaluator: its results, tables printed, scalars written.
+
+  ``fns``: the (flat, full-panorama) predict functions (``jit_predict_fn_sets``).
+  """
   variables, step = inference.load_variables(model, ckpt_path, mesh)
   logging.info("Evaluating %s (step %s)", ckpt_path, step)
-  results, done = evaluators.run_all(config.evals, variables, predict_fns=predict_fns,
-                                     mesh=mesh, workdir=workdir, run=run, tau=tau,
-                                     seam_mode=config.seam.mode)
+  results, done = evaluators.run_all(config.evals, variables, predict_fns=fns[0],
+                                     panorama_fns=fns[1], seam_mode=config.seam.mode,
+                                     mesh=mesh, workdir=workdir, run=run, tau=tau)
   for name, ev in done:
     if jax.process_index() == 0:
       print(f"== {name} ({ckpt_path}, step {step}) ==\n{ev.table()}", flush=True)
@@ -53,19 +56,20 @@ def run(config, workdir: str) -> dict:
   out_dir = fileio.resolve(config.evaluate.results_dir, workdir)
   mesh = shd.make_mesh()
   model = amodalpass.build(config.model)  # one model, its predict functions compiled once
-  predict_fns = predict_lib.jit_predict_fns(model, mesh)
+  # Pinhole evaluators run flat, panorama ones in config.seam's mode.
+  fns = predict_lib.jit_predict_fn_sets(model, mesh, config.seam)
   just_log = jax.process_index() > 0
   runs_cfg = config.evaluate.runs
   if not runs_cfg:
     writer = metric_writers.create_default_writer(out_dir, just_logging=just_log)
-    out = _score(config, model, predict_fns, mesh, workdir, fileio.resolve(config.evaluate.checkpoint, workdir),
+    out = _score(config, model, fns, mesh, workdir, fileio.resolve(config.evaluate.checkpoint, workdir),
                  writer)
   else:
     runs = {}
     for name, r in runs_cfg.items():
       writer = metric_writers.create_default_writer(os.path.join(out_dir, name),
                                                     just_logging=just_log)
-      runs[name] = _score(config, model, predict_fns, mesh, workdir, fileio.resolve(r.checkpoint, workdir),
+      runs[name] = _score(config, model, fns, mesh, workdir, fileio.resolve(r.checkpoint, workdir),
                           writer, r.get("tau"), run=name)
     if jax.process_index() == 0:
       print(report.comparison_table(runs), flush=True)

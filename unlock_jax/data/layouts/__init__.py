@@ -23,4 +23,9 @@ LAYOUTS = registry.Registry("data layout", {
     "amodalsynthdrive": "unlock_jax.data.layouts.amodalsynthdrive",
 })
 
-__all__ = ["LAYOUTS", "boxes_from_masks", "DataError", "to_padded"]
+# The layouts whose images are full 360° panoramas (their first and last
+# columns are neighbours): their evaluators run in config.seam's mode. Every
+# other layout holds pinhole images, always predicted flat.
+PANORAMAS = ("blendpass",)
+
+__all__ = ["LAYOUTS", "PANORAMAS", "boxes_from_masks", "DataError", "to_padded"]
