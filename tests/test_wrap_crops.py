@@ -366,6 +366,24 @@ def test_adapt_pair_equals_the_rolled_oracle(data, wrap):
   assert pasted >= 3 or not wrap
 
 
+@pytest.mark.parametrize("wrap", [False, True])
+def test_unlabelled_stream_alone_wraps_too(data, wrap):
+  """The unlabelled stream of methods without pseudo-labels takes the same crops."""
+  t = pipeline.UnlabelledTransform(_Reader(data["images"]), (CH, CW), True, wrap)
+  straddled = 0
+  for seed in range(40):
+    rng = np.random.default_rng(seed)
+    y1 = int(rng.integers(0, H - CH + 1))
+    x1 = int(rng.integers(0, W if wrap else W - CW + 1))
+    want = _rolled_crop(data["images"][seed % 3], y1, x1, CH, CW)
+    if rng.random() < 0.5:
+      want = want[:, ::-1]
+    got = t(seed % 3, np.random.default_rng(seed))[keys.UNLABELED_IMAGE]
+    np.testing.assert_array_equal(got, transforms.normalize(np.ascontiguousarray(want)))
+    straddled += x1 + CW > W
+  assert (straddled >= 5) if wrap else straddled == 0
+
+
 def test_adapt_iterator_with_wrap_is_deterministic_and_resumable(data):
   def make():
     return pipeline.adapt_iterator(
