@@ -51,11 +51,10 @@ import jax
 from absl import logging
 
 from unlock_jax import fileio
+from unlock_jax import inference
 from unlock_jax import methods
 from unlock_jax import sharding as shd
-from unlock_jax.data import layouts
 from unlock_jax.data import synthpass
-from unlock_jax.models import defaults as model_defaults
 from unlock_jax.pseudo import store
 from unlock_jax.pseudo import thresholds
 
@@ -261,25 +260,10 @@ SPECS = {"generate": _generate, "train_source": _train_source, "evaluate": _eval
 
 
 def validate(config, stage: str) -> None:
-def _check_seam(config, stage: str) -> None:
-  """``config.seam`` against every full panorama the stage predicts."""
-  if stage in ("evaluate", "adapt"):  # adapt: its evaluations during adaptation
-    names = list(config.adapt.evals) if stage == "adapt" else list(config.evals)
-    widths = [config.evals[n].image_size[1] for n in names if n in config.evals
-              and config.evals[n].get("layout") in layouts.PANORAMAS]
-  else:
-    p = config.predict_adapted if stage == "predict_adapted" else config.predict
-    widths = [(p.get("image_size") or config.predict.image_size
-               or config.data.target.image_size)[1]]
-  for width in widths or [None]:
-    model_defaults.check_seam(config.seam.mode, config.seam.wrap_cols, int(width)
-                              if width is not None else None)
-
-
   """Settings a stage cannot start with; ValueError naming the key."""
-  if stage == "evaluate":
   if stage in ("predict", "predict_adapted", "evaluate", "adapt"):
-    _check_seam(config, stage)
+    inference.check_seam(config, stage)
+  if stage == "evaluate":
     if not config.evals:
       raise ValueError("config.evals is empty: nothing to evaluate")
     for name, run in config.evaluate.runs.items():

@@ -22,15 +22,18 @@ import numpy as np
 
 from unlock_jax import checkpoint
 from unlock_jax import fileio
+from unlock_jax import model_info
 from unlock_jax import sharding as shd
 from unlock_jax.data import keys
 from unlock_jax.data import labels
+from unlock_jax.data import layouts
 from unlock_jax.data import pipeline
 from unlock_jax.data import seam_instances
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import common as layouts_common
 from unlock_jax.data.layouts import folder
 from unlock_jax.models import amodalpass
+from unlock_jax.models import defaults as model_defaults
 from unlock_jax.models import predict as predict_lib
 
 
@@ -87,6 +90,19 @@ def source_iterator(config, workdir: str, batch_size: int, mesh):
       flip=i.flip, max_instances=i.max_instances if config.model.instance_heads else 0,
       box_rule=i.box_rule, num_workers=i.num_workers, process_index=jax.process_index(),
       process_count=jax.process_count())
+
+
+def check_seam(config, stage: str) -> None:
+  """``config.seam`` against the width of every full panorama ``stage`` predicts
+  (ValueError naming the key); adapt: the panoramas of its evaluations."""
+  if stage in ("evaluate", "adapt"):
+    names = config.adapt.evals if stage == "adapt" else list(config.evals)
+    widths = [config.evals[n].image_size[1] for n in names
+              if n in config.evals and config.evals[n].layout in layouts.PANORAMAS]
+  else:  # predict, predict_adapted
+    widths = [model_info.panorama_size(config)[1]]
+  for width in widths or [None]:
+    model_defaults.check_seam(config.seam.mode, config.seam.wrap_cols, width)
 
 
 def detections_row(dets: dict, r: int, height: int, width: int) -> dict:
@@ -167,9 +183,9 @@ def iterate(reader, indices, *, predict_fn, variables, mesh, batch_size: int,
       row = {"semantic": out["semantic"][r], "confidence": out["confidence"][r]}
       for b in predict_lib.BRANCHES:
         row[b] = detections_row(out.get(b), r, h, w)
-      yield ex, row
         if merge_seam:
           row[b] = seam_instances.merge_seam_instances(row[b])
+      yield ex, row
     if on_batch is not None:
       on_batch(step + 1)
 

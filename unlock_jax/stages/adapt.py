@@ -73,8 +73,8 @@ def run(config, workdir: str) -> dict:
   def evaluate(state, _):
     variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
     results, _ = evaluators.run_all(config.evals, variables, predict_fns=predict_fns,
-                                    mesh=mesh, workdir=workdir, names=list(a.evals))
                                     panorama_fns=panorama_fns, seam_mode=config.seam.mode,
+                                    mesh=mesh, workdir=workdir, names=list(a.evals))
     return {f"eval/{k}": v for k, v in results.items()}
 
   loop_cfg = ml_collections.ConfigDict(dict(
