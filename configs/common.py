@@ -33,10 +33,14 @@ def data_section(layout_root_source: str, layout_root_target: str,
 
   ``format``: "files" reads the layout under ``root``; "tfds" reads its
   ArrayRecord build in ``tfds_data_dir`` (``python -m unlock_jax.data.tfds.build``).
+  ``source.hidden_gt``: train on the split's hidden ground truth, which only
+  synthpass's BlendPASS train split has (the target oracle of
+  configs/synth/benchmark.py).
   """
   return ml_collections.ConfigDict(dict(
       source=dict(layout="kitti360aps", root=layout_root_source, split="train",
-                  image_size=tuple(source_size), format="files", tfds_data_dir=""),
+                  image_size=tuple(source_size), format="files", tfds_data_dir="",
+                  hidden_gt=False),
       target=dict(layout="blendpass", root=layout_root_target, split="train",
                   image_size=tuple(target_size), format="files", tfds_data_dir=""),
   ))

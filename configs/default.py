@@ -24,7 +24,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # outputs were made with is refused; True deletes those outputs, and the
   # ones computed from them, and runs afresh (unlock_jax/fingerprint.py).
   c.generate = dict(overwrite=False)
-  c.train_source = dict(overwrite=False)
+  c.train_source = dict(out_dir="{workdir}/train_source", overwrite=False)
 
   c.synthpass = dict(out_dir=common.SYNTH_ROOT, scale=0.25, seed=0,
                      num_source=dict(train=300, val=50),
@@ -57,7 +57,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   c.init_checkpoint = ""
 
   # `runs`: several named checkpoints, each {"checkpoint", "tau": (tau_m, tau_a)}.
-  c.evaluate = dict(checkpoint="{workdir}/train_source/checkpoints",
+  c.evaluate = dict(checkpoint=common.follow(c.train_source, "out_dir") + "/checkpoints",
                     results_dir="{workdir}/evaluate", runs={}, overwrite=False)
   c.evals = ml_collections.ConfigDict()
 
@@ -81,7 +81,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # tools (semantic and COCO panoptic PNGs, COCO JSON with RLE masks;
   # pseudo/export.py), fused at export_tau_m (None: the tau the checkpoint's
   # model_config.json records).
-  c.predict = dict(checkpoint="{workdir}/train_source/checkpoints",
+  c.predict = dict(checkpoint=common.follow(c.train_source, "out_dir") + "/checkpoints",
                    layout="", root="", split="train", image_size=(),
                    images="", batch_size=4, store_dir="{workdir}/predict",
                    num_pictures=8, pictures_dir="{workdir}/predict/pictures",
@@ -113,6 +113,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       ema_max=0.999, teacher_threshold=0.968, ignore_top=11, ignore_bottom=88,
       rows_crop_height=400, jitter_p=0.8, blur_p=0.5, jitter_strength=0.2,
       reg_weight=10.0, mix_weight=1.0, sem_normalize="all_pixels",
+      # The strong augmentation's blur sigma, as a multiple of the reference's
+      # U[0.15, 1.15) px (set for its full-size images), for every method that
+      # blurs (UNLOCK, UDA): the image scale, so the blur is the same fraction
+      # of the image (configs/synth/benchmark.py sets the synthpass scale);
+      # 1.0 is the reference's values.
+      blur_sigma_scale=1.0,
       # True: the gradient one loss term at a time (clean, then mixed), the
       # two student forwards never alive together (README "Running at the
       # paper's size"); the same gradient up to float summation order.

@@ -89,7 +89,7 @@ LOGISTICS = (
 _CKPT, _DATA = "checkpoint", "data"
 
 # The folder each stage writes (the record's), and the key that moves it.
-_FOLDER = {"generate": "synthpass.out_dir", "train_source": None,
+_FOLDER = {"generate": "synthpass.out_dir", "train_source": "train_source.out_dir",
            "evaluate": "evaluate.results_dir", "predict": "predict.store_dir",
            "opll": "opll.out_dir", "adcl_pool": "adcl_pool.out_dir",
            "adapt": "adapt.out_dir", "predict_adapted": "predict_adapted.store_dir",
@@ -249,7 +249,7 @@ def _export_source(c):
   # It reads the run's train_source checkpoint, the generated data's identity
   # and the source figures of <workdir>/evaluate/results.json.
   return _settings(c, "model", "export_source"), {
-      "export_source.checkpoint": ("{workdir}/train_source/checkpoints", _CKPT),
+      "export_source.checkpoint": (f"{c.train_source.out_dir}/checkpoints", _CKPT),
       "synthpass.out_dir": (c.synthpass.out_dir, _DATA),
       "export_source.results": ("{workdir}/evaluate/results.json", _DATA)}
 
@@ -307,8 +307,7 @@ def _resolve(template: str, workdir: str) -> str:
 
 def folder(config, workdir: str, stage: str) -> str:
   """The folder ``stage`` writes and keeps its record in."""
-  key = _FOLDER[stage]
-  return _resolve(_get(config, key) if key else "{workdir}/" + stage, workdir)
+  return _resolve(_get(config, _FOLDER[stage]), workdir)
 
 
 def _producer(config, workdir: str, path: str, stage: str) -> str | None:

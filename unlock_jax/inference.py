@@ -76,7 +76,8 @@ def open_source(config, workdir: str):
   src = config.data.source
   return pipeline.open_reader(src.layout, fileio.resolve(src.root, workdir), src.split,
                               src.get("image_size"), format=src.get("format", "files"),
-                              data_dir=fileio.resolve(src.get("tfds_data_dir", ""), workdir))
+                              data_dir=fileio.resolve(src.get("tfds_data_dir", ""), workdir),
+                              hidden_gt=src.get("hidden_gt", False))
 
 
 def source_iterator(config, workdir: str, batch_size: int, mesh):

@@ -23,24 +23,32 @@ from unlock_jax.data.layouts import common as layouts_common
 
 
 def open_reader(layout: str, root: str, split: str, image_size=None,
-                format: str = "files", data_dir: str = ""):  # pylint: disable=redefined-builtin
+                format: str = "files", data_dir: str = "",  # pylint: disable=redefined-builtin
+                hidden_gt: bool = False):
   """Reader for a named layout (``layouts.LAYOUTS``: "kitti360aps", "blendpass", ...).
 
   ``format="files"`` reads the layout's files under ``root`` (a folder or a
   ``gs://`` URL, read through etils.epath); ``"tfds"`` reads its TFDS/ArrayRecord
   build in ``data_dir`` (``root`` unused; built by
   ``python -m unlock_jax.data.tfds.build``), which gives the same examples.
+  ``hidden_gt``: the ground truth of synthpass's BlendPASS ``train`` split,
+  which real data sets do not have (the target oracle trains on it).
   """
+  if hidden_gt and (layout, split) != ("blendpass", "train"):
+    raise ValueError(f"hidden_gt: only synthpass's blendpass 'train' split has hidden ground "
+                     f"truth, not the {layout} {split!r} split (config.data.<domain>.hidden_gt)")
   if format == "tfds":
     if not data_dir:
       raise ValueError(f"format 'tfds' of the {layout} data needs a data_dir "
                        "(config.data.<domain>.tfds_data_dir)")
     from unlock_jax.data.tfds import source  # pylint: disable=g-import-not-at-top
-    return source.Reader(layout, data_dir, split, image_size)
+    return source.Reader(layout, data_dir, split, image_size, hidden_gt=hidden_gt)
   if format != "files":
     raise ValueError(f"unknown data format {format!r}; expected 'files' or 'tfds'")
   mod = layouts.LAYOUTS.get(layout)
   kwargs = {} if image_size is None else {"image_size": tuple(image_size)}
+  if hidden_gt:
+    kwargs["hidden_gt"] = True
   return mod.Reader(root, split, **kwargs)
 
 

@@ -132,7 +132,7 @@ def mixed_batch(model, teacher, batch_stats, batch, rng, *, cfg):
   lab, w = classmix.mixed_targets(mask, batch[keys.SEMANTIC], t_lab, t_w)
   image = classmix.mix(mask, batch[keys.IMAGE], x_u)
   image = augment.strong_augment(image, r_aug, jitter_p=cfg.jitter_p, blur_p=cfg.blur_p,
-                                 strength=cfg.jitter_strength)
+                                 strength=cfg.jitter_strength, sigma_scale=cfg.blur_sigma_scale)
   return {"image": image, "labels": lab, "weights": w,
           "teacher_confident": t_w.max()}
 
@@ -174,7 +174,7 @@ def make_step(model, tx, schedule, mesh, state, *, cfg):
 
 CONFIG_KEYS = ("ema_max", "teacher_threshold", "ignore_top", "ignore_bottom",
                "rows_crop_height", "jitter_p", "blur_p", "jitter_strength", "reg_weight",
-               "mix_weight", "sem_normalize", "sequential_grads")
+               "mix_weight", "sem_normalize", "sequential_grads", "blur_sigma_scale")
 
 METHOD = methods.Method(
     name="unlock", streams=("target_pseudo_labelled", "target_unlabelled"),

@@ -40,7 +40,7 @@ def run(config, workdir: str) -> dict:
   provenance.record(workdir, "export_source", config, fp)
   e = config.export_source
   out_dir = fileio.resolve(e.out_dir, workdir)
-  ckpt_dir = os.path.join(workdir, "train_source", "checkpoints")
+  ckpt_dir = os.path.join(fileio.resolve(config.train_source.out_dir, workdir), "checkpoints")
   _, variables, step = inference.load_model(config.model, ckpt_dir, shd.make_mesh())
   if step is None:
     raise FileNotFoundError(f"no train_source checkpoint in {ckpt_dir}: run train_source first")

@@ -1,7 +1,8 @@
 """Stage 0: train the source model on labelled pinhole images (KITTI-360 APS layout).
 
 Resume order (first that applies): (1) the latest checkpoint in
-``<workdir>/train_source/checkpoints`` — same command, same workdir;
+``<train_source.out_dir>/checkpoints`` (``<workdir>/train_source``) — same
+command, same workdir;
 (2) ``config.init_checkpoint`` (parameters only, e.g. a converted PyTorch
 model); (3) from scratch. The grain iterator state is restored with the model,
 so a resumed run sees exactly the batches an uninterrupted run would.
@@ -27,7 +28,7 @@ from unlock_jax.train import steps
 
 
 def run(config, workdir: str) -> dict:
-  stage_dir = os.path.join(workdir, "train_source")
+  stage_dir = fileio.resolve(config.train_source.out_dir, workdir)
   provenance.record(workdir, "train_source", config,
                     fingerprint.begin(config, workdir, "train_source"))
   mesh = shd.make_mesh()

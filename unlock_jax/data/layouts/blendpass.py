@@ -50,6 +50,11 @@ class Reader:
         city, fn = path.split("/")[-2:]
         self._items.append(dict(name=fn[:-4], key=f"{city}/{fn}", image=path))
       if hidden_gt:
+        if not fileio.isdir(os.path.join(root, HIDDEN_DIR)):
+          raise common.DataError(
+              f"{root} has no {HIDDEN_DIR}/: the train split's hidden ground truth exists "
+              "only in data sets synthpass generated (real BlendPASS train is unlabelled); "
+              "point the root at a synthpass BlendPASS/ folder")
         self._index_gt(os.path.join(root, HIDDEN_DIR), "train_trainId_K2B",
                        os.path.join(root, HIDDEN_DIR, "annotations", "train.json"),
                        "train_K2B", by_name=True)
