@@ -126,11 +126,11 @@ def use_synthpass(c: ml_collections.ConfigDict, scale: float, source=(300, 40),
   c.synthpass.num_target = dict(train=target[0], val=target[1])
   c.data.source.image_size = src
   c.data.target.image_size = tgt
+  c.seam.wrap_cols = model_defaults.wrap_cols_for(tgt[1])
   c.input.crop_size = (src[0], src[0])
   return src, tgt
 
 
-  c.seam.wrap_cols = model_defaults.wrap_cols_for(tgt[1])
 def runlocal_synthpass(c: ml_collections.ConfigDict) -> None:
   """The ``runlocal`` shrink of a synthpass experiment: a handful of scenes, 4 steps."""
   c.synthpass.num_source = dict(train=16, val=4)
