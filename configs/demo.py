@@ -3,10 +3,13 @@ r"""Demo: UNLOCK end to end on synthpass from the committed source model, on a 2
   python -m unlock_jax.main --config configs/demo.py --workdir /tmp/unlock_demo
   python -m unlock_jax.main --config configs/demo.py:runlocal --workdir /tmp/demo_quick
   python -m unlock_jax.main --config configs/demo.py:source=train --workdir /tmp/demo_source
+  python -m unlock_jax.main --config configs/demo.py:method=tent --workdir /tmp/demo_tent
 
 The first runs generate, predict, opll, adcl_pool, adapt and evaluate
 (source only vs UNLOCK on target val); ``runlocal`` is a smoke test of every
-stage in a few minutes; ``source=train`` regenerates ``assets/demo_source``.
+stage in a few minutes; ``source=train`` regenerates ``assets/demo_source``;
+``method=tent`` adapts with Tent instead (methods/tent.py: no pseudo-labels,
+so generate, adapt, evaluate: source only vs Tent).
 What it shows and how ``SHIFT`` was calibrated: README, "What the demo shows"
 and "Calibrating the benchmark".
 """
@@ -38,7 +41,7 @@ def demo_model(c: ml_collections.ConfigDict, scale: float) -> None:
 
 def get_config(arg=None):
   arg = common.parse_arg(arg, source="committed", steps=1200, adapt_steps=300,
-                         shift=SHIFT, scale=0.25, runs="source_only+UNLOCK",
+                         shift=SHIFT, scale=0.25, runs="", method="unlock",
                          runlocal=False)
   c = default.get_config()
   _, tgt = common.use_synthpass(c, arg.scale, source=SOURCE_SCENES, target=TARGET_SCENES)
@@ -66,10 +69,15 @@ def get_config(arg=None):
     c.stage = "generate,predict,opll,adcl_pool,adapt,evaluate"
     c.predict.checkpoint = cpu.DEMO_SOURCE
     cpu.adapt(c, tgt, arg.scale, arg.adapt_steps)
+    adapted = {"unlock": "UNLOCK", "tent": "Tent"}[arg.method]
+    if arg.method == "tent":  # no pseudo-labels: the target panoramas only
+      c.stage = "generate,adapt,evaluate"
+      c.adapt.method = "tent"
     runs = dict(source_only=dict(checkpoint=cpu.DEMO_SOURCE, tau=(0.95, 0.95)),
-                UNLOCK=dict(checkpoint=common.follow(c.adapt, "out_dir") + "/checkpoints", tau=(0.55, 0.5)))
+                **{adapted: dict(checkpoint=common.follow(c.adapt, "out_dir") + "/checkpoints",
+                                 tau=(0.55, 0.5))})
     c.evaluate.runs = ml_collections.ConfigDict(
-        {name: runs[name] for name in arg.runs.split("+")})
+        {name: runs[name] for name in (arg.runs or f"source_only+{adapted}").split("+")})
     c.evals = ml_collections.ConfigDict(dict(target_val=common.domain_eval(
         c.data.target, "val", common.oass_eval, scale=arg.scale,
         num_pictures=NUM_PICTURES)))

@@ -1,5 +1,5 @@
 """Tent (Wang et al., "Tent: Fully Test-Time Adaptation by Entropy
-Minimization", ICLR 2021): the classic source-free baseline (docs/method.md §7.8).
+Minimization", ICLR 2021): the classic source-free baseline (docs/method.md §7.9).
 
 Input: unlabelled target crops only (stream ``target_unlabelled``): no
 predict, opll or adcl_pool stage runs before it. State: the student (no
