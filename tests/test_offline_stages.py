@@ -3,9 +3,9 @@
 One tiny full model (both R-CNN branches) is trained once; the tests then
 check the outputs against direct numpy computations, a resume after SIGKILL
 in ``predict`` and in ``opll`` (byte-identical to an uninterrupted run), the
-user-images mode, and the bad-input errors.
+user-images mode, and the bad-input errors. (The adapt stage's resume after
+SIGKILL, for every registered method: tests/test_methods.py.)
 """
-import filecmp
 import json
 import os
 import shutil
@@ -207,50 +207,3 @@ def test_user_images_and_bad_inputs(trained, tmp_path):
                f"--config.predict.store_dir={out}", "--config.predict.on_bad_image=fail")
   assert proc.returncode != 0 and "c.jpg" in proc.stderr
   assert "on_bad_image=skip" in proc.stderr
-
-
-def _restore(path):
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  tree = ocp.StandardCheckpointer().restore(os.path.join(path, "state"))
-  return jax.tree.map(np.asarray, tree)
-
-
-def test_adapt_resume_after_kill_is_bit_identical(trained, tmp_path):
-  """kill -9 after a checkpoint during adapt, rerun: same params, teacher, iterator."""
-  base = tmp_path / "a"
-  shutil.copytree(trained / "data", base / "data", symlinks=True)
-  shutil.copytree(trained / "train_source", base / "train_source")
-  proc = _main(base, "predict,opll,adcl_pool")
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  other = tmp_path / "b"
-  shutil.copytree(base, other, symlinks=True)
-  steps = ("--config.adapt.total_steps=4", "--config.adapt.checkpoint_every=2")
-  proc = _main(base, "adapt", *steps)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  killed = _main(other, "adapt", *steps, "--config.debug.kill_after_checkpoint=2")
-  assert killed.returncode == -signal.SIGKILL
-  proc = _main(other, "adapt", *steps)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  assert "Resuming from step 2" in proc.stderr
-  a = _restore(str(base / "adapt" / "checkpoints" / "4"))
-  b = _restore(str(other / "adapt" / "checkpoints" / "4"))
-  assert set(a) == {"params", "batch_stats", "opt", "teacher", "step", "first_bad_step"}
-  for x, y in zip(jax_leaves(a), jax_leaves(b)):
-    np.testing.assert_array_equal(x, y)
-  # The teacher moved away from the student (EMA) and both from the source.
-  src = _restore(str(base / "train_source" / "checkpoints" / "2"))["params"]
-  assert any(not np.array_equal(s, p) for s, p in zip(jax_leaves(src), jax_leaves(a["params"])))
-  assert any(not np.array_equal(t, p)
-             for t, p in zip(jax_leaves(a["teacher"]), jax_leaves(a["params"])))
-  it_a = sorted(f for f in os.listdir(base / "adapt" / "checkpoints" / "4" / "data_iter")
-                if f.endswith(".json"))  # commit_success.txt holds a timestamp
-  assert it_a
-  for f in it_a:
-    assert filecmp.cmp(base / "adapt" / "checkpoints" / "4" / "data_iter" / f,
-                       other / "adapt" / "checkpoints" / "4" / "data_iter" / f, shallow=False)
-
-
-def jax_leaves(tree):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree.leaves(tree)
