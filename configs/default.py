@@ -123,6 +123,18 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       # two student forwards never alive together (README "Running at the
       # paper's size"); the same gradient up to float summation order.
       sequential_grads=False,
+      # adapt.method="uda": the reference's source-dependent DACS baseline
+      # (methods/uda.py; dacsam.py + dacsam_a999_fdthings.py). Source and
+      # target crops must be equal (config.input.crop_size = adapt.crop_size).
+      # The feature distance runs only with imnet_checkpoint set (a converted
+      # ImageNet MiT, e.g. configs/k2b/source_b5.py's init_checkpoint).
+      uda=dict(ema_max=0.999, teacher_threshold=0.968, ignore_top=0, ignore_bottom=0,
+               jitter_p=0.8, blur_p=0.5, jitter_strength=0.2, mix_weight=1.0,
+               erase_objects=True, imnet_checkpoint="", fdist_lambda=0.005,
+               fdist_classes=tuple(range(11, 18)), fdist_scale_min_ratio=0.75,
+               optim=dict(lr=6e-5, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8,
+                          power=1.0, end_lr=0.0, warmup_steps=0, match="mmcv",
+                          groups=constants.SOURCE_GROUPS)),
       # Tent's (methods/tent.py; the original's Adam): only with method="tent".
       tent=dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0),
       optim=dict(lr=1e-7, weight_decay=0.01, b1=0.9, b2=0.999, eps=1e-8, power=1.0,

@@ -17,7 +17,7 @@ docs/configuration.md) and its tests; a test may register one of its own::
   methods.METHODS.register("mine", methods.Method(...))
 """
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 from unlock_jax import registry
 
@@ -62,6 +62,9 @@ class Method:
       the step inside) are the same for every step.
     make_optimizer: ``(model, cfg=config.adapt, total_steps, params) -> (tx,
       schedule)``; None: ``train/optim.make(cfg.optim, ...)``.
+    frozen_params: ``(config, workdir, source variables, mesh) -> pytree``,
+      what the stage passes as the step's ``source_params`` (another
+      model's frozen weights, or ``{}``); None: the source parameters.
   """
   name: str
   streams: tuple[str, ...]
@@ -69,6 +72,7 @@ class Method:
   init_state: Callable[..., dict]
   make_step: Callable[..., Callable]
   make_optimizer: Callable[..., tuple] | None = None
+  frozen_params: Callable[..., Any] | None = None
 
   def __post_init__(self):
     unknown = [s for s in self.streams if s not in STREAMS]
@@ -83,6 +87,12 @@ class Method:
     from unlock_jax.train import optim  # pylint: disable=g-import-not-at-top
     return optim.make(adapt_cfg.optim, total_steps, params)
 
+  def frozen(self, config, workdir: str, variables, mesh):
+    """The step's frozen argument: :attr:`frozen_params`'s, or the source parameters."""
+    if self.frozen_params is not None:
+      return self.frozen_params(config, workdir, variables, mesh)
+    return variables["params"]
+
   def check_config(self, adapt_cfg) -> None:
     """Refuses a ``config.adapt`` lacking a key this method reads, naming it."""
     missing = [k for k in self.config_keys if k not in adapt_cfg]
@@ -94,6 +104,7 @@ class Method:
 METHODS = registry.Registry("adapt method", {
     "unlock": "unlock_jax.methods.unlock:METHOD",
     "tent": "unlock_jax.methods.tent:METHOD",
+    "uda": "unlock_jax.methods.uda:METHOD",
 })
 
 

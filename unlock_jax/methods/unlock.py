@@ -48,10 +48,7 @@ import jax.numpy as jnp
 
 from unlock_jax import methods
 from unlock_jax.data import keys
-from unlock_jax.models import predict as predict_lib
 from unlock_jax.train import adapt as adapt_lib
-from unlock_jax.train import augment
-from unlock_jax.train import classmix
 from unlock_jax.train import losses as losses_lib
 from unlock_jax.train import steps
 
@@ -121,20 +118,13 @@ def sequential_grads(model, params, batch_stats, source_params, batch, mixed, rn
 
 
 def mixed_batch(model, teacher, batch_stats, batch, rng, *, cfg):
-  """Teacher labels on the unlabelled crops, ClassMix, strong augmentation."""
-  x_u = batch[keys.UNLABELED_IMAGE]
-  t_lab, t_conf = predict_lib.teacher_labels(model, teacher, batch_stats, x_u)
-  t_w = classmix.teacher_pseudo_weight(
-      t_conf, cfg.teacher_threshold, ignore_top=cfg.ignore_top,
-      ignore_bottom=cfg.ignore_bottom, crop_height=cfg.rows_crop_height)
-  r_mix, r_aug = jax.random.split(rng)
-  mask = classmix.class_masks(batch[keys.SEMANTIC].astype(jnp.int32), r_mix)
-  lab, w = classmix.mixed_targets(mask, batch[keys.SEMANTIC], t_lab, t_w)
-  image = classmix.mix(mask, batch[keys.IMAGE], x_u)
-  image = augment.strong_augment(image, r_aug, jitter_p=cfg.jitter_p, blur_p=cfg.blur_p,
-                                 strength=cfg.jitter_strength, sigma_scale=cfg.blur_sigma_scale)
-  return {"image": image, "labels": lab, "weights": w,
-          "teacher_confident": t_w.max()}
+  """Teacher labels on the unlabelled crops, ClassMix of the PL crops, strong augmentation."""
+  return adapt_lib.teacher_classmix(
+      model, teacher, batch_stats, batch[keys.IMAGE], batch[keys.SEMANTIC],
+      batch[keys.UNLABELED_IMAGE], rng, threshold=cfg.teacher_threshold,
+      ignore_top=cfg.ignore_top, ignore_bottom=cfg.ignore_bottom,
+      crop_height=cfg.rows_crop_height, jitter_p=cfg.jitter_p, blur_p=cfg.blur_p,
+      strength=cfg.jitter_strength, sigma_scale=cfg.blur_sigma_scale)
 
 
 def make_step(model, tx, schedule, mesh, state, *, cfg):

@@ -58,7 +58,8 @@ def run(config, workdir: str) -> dict:
   total = int(a.total_steps)
   tx, schedule = method.optimizer(model, a, total, variables["params"])
   state = method.init_state(variables, tx, mesh)
-  source_params = jax.device_put(variables["params"], shd.replicated(mesh))
+  source_params = jax.device_put(method.frozen(config, workdir, variables, mesh),
+                                 shd.replicated(mesh))
   ckpt = checkpoint.Checkpointer(os.path.join(stage_dir, "checkpoints"),
                                  max_to_keep=a.keep_checkpoints)
   if pi == 0:  # the architecture beside the weights, for unlock_jax.load

@@ -1,5 +1,6 @@
-"""The pieces adaptation methods share (docs/method.md §7.1, §7.5): the EMA
-teacher, the parameter regulariser, the state from the source model, the jit.
+"""The pieces adaptation methods share (docs/method.md §7.1, §7.4, §7.5): the EMA
+teacher, the teacher-labelled ClassMix batch, the parameter regulariser, the
+state from the source model, the jit.
 
 Each method's step is in ``unlock_jax/methods/`` (UNLOCK's:
 ``methods/unlock.py``); ClassMix, colour jitter and blur, and the losses are
@@ -9,6 +10,9 @@ import jax
 import jax.numpy as jnp
 
 from unlock_jax import sharding as shd
+from unlock_jax.models import predict as predict_lib
+from unlock_jax.train import augment
+from unlock_jax.train import classmix
 
 
 def ema_alpha(step, ema_max: float = 0.999):
@@ -22,6 +26,32 @@ def ema_update(teacher, params, step, ema_max: float = 0.999):
   a = ema_alpha(step, ema_max)
   upd = jax.tree.map(lambda e, p: a * e + (1.0 - a) * p, teacher, params)
   return jax.tree.map(lambda u, e: jnp.where(step >= 1, u, e), upd, teacher)
+
+
+def teacher_classmix(model, teacher, batch_stats, image, semantic, x_u, rng, *, threshold: float,
+                     ignore_top: int, ignore_bottom: int, crop_height: int, jitter_p: float,
+                     blur_p: float, strength: float, sigma_scale: float = 1.0) -> dict:
+  """DACS's mixed batch: labelled crops ClassMixed into unlabelled ones the teacher labels.
+
+  Teacher labels and its one pseudo-weight scalar on ``x_u``
+  (``models/predict.teacher_labels``, ``classmix.teacher_pseudo_weight``);
+  ClassMix of half the classes of the batch's ``semantic`` labels from
+  ``image`` into ``x_u``; colour jitter and blur of the mixed images (σ's
+  range times ``sigma_scale``, config ``adapt.blur_sigma_scale``). UNLOCK
+  mixes its pseudo-labelled target crops, the UDA baseline its source crops.
+  Returns ``{"image", "labels", "weights", "teacher_confident"}`` (the last
+  the pseudo-weight scalar, for the logs).
+  """
+  t_lab, t_conf = predict_lib.teacher_labels(model, teacher, batch_stats, x_u)
+  t_w = classmix.teacher_pseudo_weight(t_conf, threshold, ignore_top=ignore_top,
+                                       ignore_bottom=ignore_bottom, crop_height=crop_height)
+  r_mix, r_aug = jax.random.split(rng)
+  mask = classmix.class_masks(semantic.astype(jnp.int32), r_mix)
+  lab, w = classmix.mixed_targets(mask, semantic, t_lab, t_w)
+  mixed = classmix.mix(mask, image, x_u)
+  mixed = augment.strong_augment(mixed, r_aug, jitter_p=jitter_p, blur_p=blur_p,
+                                 strength=strength, sigma_scale=sigma_scale)
+  return {"image": mixed, "labels": lab, "weights": w, "teacher_confident": t_w.max()}
 
 
 def param_regulariser(params, source_params):
