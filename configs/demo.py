@@ -4,12 +4,16 @@ r"""Demo: UNLOCK end to end on synthpass from the committed source model, on a 2
   python -m unlock_jax.main --config configs/demo.py:runlocal --workdir /tmp/demo_quick
   python -m unlock_jax.main --config configs/demo.py:source=train --workdir /tmp/demo_source
   python -m unlock_jax.main --config configs/demo.py:method=tent --workdir /tmp/demo_tent
+  python -m unlock_jax.main --config configs/demo.py:method=uda --workdir /tmp/demo_uda
 
 The first runs generate, predict, opll, adcl_pool, adapt and evaluate
 (source only vs UNLOCK on target val); ``runlocal`` is a smoke test of every
 stage in a few minutes; ``source=train`` regenerates ``assets/demo_source``;
 ``method=tent`` adapts with Tent instead (methods/tent.py: no pseudo-labels,
-so generate, adapt, evaluate: source only vs Tent).
+so generate, adapt, evaluate: source only vs Tent); ``method=uda`` with the
+reference's source-dependent DACS baseline (methods/uda.py: the generated
+source train split's labelled crops mixed into target crops, both the
+source's 94×94 square; source only vs UDA).
 What it shows and how ``SHIFT`` was calibrated: README, "What the demo shows"
 and "Calibrating the benchmark".
 """
@@ -69,10 +73,13 @@ def get_config(arg=None):
     c.stage = "generate,predict,opll,adcl_pool,adapt,evaluate"
     c.predict.checkpoint = cpu.DEMO_SOURCE
     cpu.adapt(c, tgt, arg.scale, arg.adapt_steps)
-    adapted = {"unlock": "UNLOCK", "tent": "Tent"}[arg.method]
-    if arg.method == "tent":  # no pseudo-labels: the target panoramas only
+    adapted = {"unlock": "UNLOCK", "tent": "Tent", "uda": "UDA"}[arg.method]
+    if arg.method in ("tent", "uda"):  # no pseudo-labels (uda: plus the source train split)
       c.stage = "generate,adapt,evaluate"
-      c.adapt.method = "tent"
+      c.adapt.method = arg.method
+    if arg.method == "uda":
+      c.adapt.crop_size = tuple(c.input.crop_size)  # ClassMix needs one size
+      c.adapt.uda.optim.update(c.optim)  # the recipe the committed model was trained with
     runs = dict(source_only=dict(checkpoint=cpu.DEMO_SOURCE, tau=(0.95, 0.95)),
                 **{adapted: dict(checkpoint=common.follow(c.adapt, "out_dir") + "/checkpoints",
                                  tau=(0.55, 0.5))})
