@@ -13,12 +13,10 @@ import jax
 import numpy as np
 import pytest
 
+from tests.support import networks
 from tests.support import reference
 from unlock_jax import sharding as shd
-from unlock_jax.models import amodalpass
-from unlock_jax.models import defaults
 from unlock_jax.models import predict as predict_lib
-from unlock_jax.models import variables as variables_lib
 
 PKG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "unlock_jax")
 H, W = 32, 64
@@ -26,13 +24,7 @@ H, W = 32, 64
 
 @pytest.fixture(scope="module")
 def outputs():
-  mesh = shd.make_mesh()
-  cfg = defaults.tiny_model_config()
-  cfg.instance_heads = True
-  model = amodalpass.build(cfg)
-  variables = jax.jit(lambda r: variables_lib.init_variables(model, r, (1, H, W, 3)))(
-      jax.random.key(0))
-  image = np.random.default_rng(0).standard_normal((4, H, W, 3)).astype(np.float32)
+  mesh, model, variables, image = networks.tiny_detector(H, W)
   fns = predict_lib.jit_predict_fns(model, mesh)
   got = {name: jax.device_get(fn(variables, shd.put_array(image, mesh)))
          for name, fn in fns.items()}

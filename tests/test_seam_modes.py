@@ -17,6 +17,7 @@ import pytest
 from configs import common
 from configs import default
 from configs.synth import tiny
+from tests.support import networks
 from tests.support import reference
 from tests.support import synthpass as synth_testing
 from unlock_jax import fingerprint
@@ -24,10 +25,8 @@ from unlock_jax import sharding as shd
 from unlock_jax.data import seam_instances
 from unlock_jax.data import synthpass
 from unlock_jax.evaluation import evaluators
-from unlock_jax.models import amodalpass
 from unlock_jax.models import defaults
 from unlock_jax.models import predict as predict_lib
-from unlock_jax.models import variables as variables_lib
 
 H, W, P = 32, 128, 64
 
@@ -39,13 +38,7 @@ def _ext(image, p):
 
 @pytest.fixture(scope="module")
 def net():
-  mesh = shd.make_mesh()
-  cfg = defaults.tiny_model_config()
-  cfg.instance_heads = True
-  model = amodalpass.build(cfg)
-  variables = jax.jit(lambda r: variables_lib.init_variables(model, r, (1, H, W, 3)))(
-      jax.random.key(0))
-  image = np.random.default_rng(0).standard_normal((4, H, W, 3)).astype(np.float32)
+  mesh, model, variables, image = networks.tiny_detector(H, W)
   wrap = predict_lib.jit_predict_fns(model, mesh, dict(mode="wrap", wrap_cols=P))
   got = jax.device_get(wrap["panorama"](variables, shd.put_array(image, mesh)))
   raw = jax.device_get(jax.jit(lambda v, x: model.apply(v, x, train=False))(
