@@ -14,8 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import unlock_jax
 from configs import common
 from configs import default
+from configs import demo as demo_config
 from configs.synth import tiny
 from tests.support import networks
 from tests.support import reference
@@ -96,6 +98,22 @@ def test_a_mode_change_is_refused_by_name_and_the_same_mode_resumes(tmp_path):
   # What is computed from the store (opll) refuses to read the other mode's.
   problems = fingerprint.plan(circular, wd, ["opll"])
   assert any("reads the outputs of predict" in p and "seam.mode" in p for p in problems)
+
+
+def test_the_api_takes_the_mode_of_the_config_or_its_arguments():
+  demo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "assets", "demo_source")
+  m = unlock_jax.load(demo)  # no config: the default for its 512-wide panoramas
+  assert m.seam == {"mode": "flat", "wrap_cols": 64} and "seam='flat'" in repr(m)
+  c = demo_config.get_config()  # the experiment config: its seam block
+  c.seam.mode = "circular_wrap"
+  # ... and an argument overrides it.
+  assert unlock_jax.load(demo, c, wrap_cols=128).seam == {
+      "mode": "circular_wrap", "wrap_cols": 128}
+  with pytest.raises(ValueError, match=r"seam.mode='round' is unknown; known modes"):
+    unlock_jax.load(demo, seam_mode="round")
+  with pytest.raises(ValueError, match=r"wrap_cols=512 must be less than the panorama's"):
+    unlock_jax.load(demo, seam_mode="wrap", wrap_cols=512)
 
 
 # Wrap mode against the oracle.
