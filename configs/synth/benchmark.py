@@ -86,7 +86,7 @@ NUM_PICTURES = 2
 
 
 def alpha_fraction(steps: int, alpha: float = 0.999, ema_max: float = 0.999) -> float:
-  """Share of ``steps`` adaptation steps whose EMA α = min(1 − 1/(t+1), ema_max) is ≥ ``alpha``."""
+  """Share of ``steps`` adaptation steps whose EMA α = min(1 − 1/(t+1), ema_max) ≥ ``alpha``."""
   return sum(min(1 - 1 / (t + 1), ema_max) >= alpha - 1e-12 for t in range(steps)) / steps
 
 
@@ -98,11 +98,11 @@ def run_name(method: str, seed: int, classmix: bool = True) -> str:
 
 
 def get_config(arg=None):
-  arg = common.parse_arg(arg, method="", seed=0, scale=0.25, steps=1200, adapt_steps=2000,
+  arg = common.parse_arg(arg, method="unlock", seed=0, scale=0.25, steps=1200, adapt_steps=2000,
                          classmix=True, reference_blur=False, runlocal=False)
   if arg.method not in METHODS:
-    raise ValueError(f"configs/synth/benchmark.py needs method=<one of {', '.join(METHODS)}>, "
-                     f"got {arg.method!r} (e.g. configs/synth/benchmark.py:method=unlock,seed=1)")
+    raise ValueError(f"configs/synth/benchmark.py: method= is one of {', '.join(METHODS)}, "
+                     f"not {arg.method!r} (e.g. configs/synth/benchmark.py:method=uda,seed=1)")
   if not arg.classmix and arg.method not in ("unlock", "uda"):
     raise ValueError(f"classmix=0 is an ablation of unlock and uda, not of {arg.method!r}")
   if arg.method == "source" and arg.seed:
