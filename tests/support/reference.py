@@ -89,3 +89,14 @@ def paste_candidates(semantic, hard_label_randoms, crop_bbox, load_mask, load_im
       break
   return (croped_hard_label_list, croped_hard_class_list, croped_hard_img_list,
           hard_label_sem, pasted)
+
+
+def semantic_rule(logits):
+  """The predict rule on resized logits [..., K], in numpy: ``(argmax, max softmax
+  probability, clear)``, ``clear`` where the top two logits differ by more than 1e-4
+  (no near-tie a float rounding could flip)."""
+  logits = np.asarray(logits, np.float64)
+  z = np.exp(logits - logits.max(-1, keepdims=True))
+  top2 = np.sort(logits, -1)[..., -2:]
+  return (logits.argmax(-1), (z / z.sum(-1, keepdims=True)).max(-1),
+          top2[..., 1] - top2[..., 0] > 1e-4)
