@@ -190,3 +190,27 @@ def test_oracle_refuses_data_without_hidden_ground_truth(data_root, tmp_path):
   c.data.target.root = real
   with pytest.raises(layouts.DataError, match=f"{real} has no _synth_gt/.*synthpass"):
     inference.open_source(c, str(tmp_path))
+
+
+@pytest.mark.parametrize("reference_blur", [False, True])
+def test_the_methods_blur_with_the_configured_sigma_scale(monkeypatch, reference_blur):
+  from unlock_jax.methods import uda  # pylint: disable=g-import-not-at-top
+  from unlock_jax.methods import unlock  # pylint: disable=g-import-not-at-top
+  from unlock_jax.models import predict as predict_lib  # pylint: disable=g-import-not-at-top
+  from unlock_jax.train import augment  # pylint: disable=g-import-not-at-top
+  cfg = _config("unlock", extra=f",reference_blur={int(reference_blur)}").adapt
+  cfg = cfg.copy_and_resolve_references()
+  seen, sample_sigma = [], augment.sample_sigma
+  monkeypatch.setattr(augment, "sample_sigma", lambda key, batch, scale=1.0: (
+      seen.append(scale), sample_sigma(key, batch, scale))[1])
+  monkeypatch.setattr(predict_lib, "teacher_labels", lambda model, params, bs, x: (
+      np.zeros(x.shape[:3], np.int32), np.ones(x.shape[:3], np.float32)))
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(2, 94, 94, 3)).astype(np.float32)
+  semantic = rng.integers(0, 18, (2, 94, 94)).astype(np.int32)
+  key = jax.random.key(0)
+  unlock.mixed_batch(None, None, None, {keys.IMAGE: image, keys.SEMANTIC: semantic,
+                                        keys.UNLABELED_IMAGE: image}, key, cfg=cfg)
+  uda.mixed_batch(None, None, None, {keys.IMAGE: image, keys.SEMANTIC: semantic}, image, key,
+                  cfg=cfg)
+  assert seen == [1.0 if reference_blur else 0.25] * 2
