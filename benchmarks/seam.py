@@ -9,7 +9,9 @@ the semantic argmax and confidence, both branches' detections with pasted
 masks, as the predict stage and the API run it) of every mode of
 ``config.seam.mode`` on the same batch of panoramas, one after another in
 this process, and prints compile seconds, the median step, panoramas/s and
-the throughput relative to ``flat``. The images are random: every output
+the throughput relative to ``flat``, and the median CPU time of a step (all
+threads of this process: on a shared machine, where wall time depends on the
+other jobs, its ratio is the steadier measure of the work a mode adds). The images are random: every output
 has a static shape (padded detections, masks pasted for all of them), so the
 cost does not depend on what is in them. ``--b5`` uses random weights.
 """
@@ -50,19 +52,20 @@ def _model(args, mesh):
 
 
 def measure(model, variables, mesh, images, mode: str, wrap_cols: int, runs: int):
-  """``(compile s, median step s)`` of the ``panorama`` predict function in ``mode``."""
+  """``(compile s, median step s, median step CPU s)`` of the ``panorama`` function in ``mode``."""
   fn = predict_lib.jit_predict_fns(model, mesh, dict(mode=mode, wrap_cols=wrap_cols))["panorama"]
   x = shd.put_array(images, mesh)
   t0 = time.perf_counter()
   compiled = fn.lower(variables, x).compile()
   compile_s = time.perf_counter() - t0
   jax.block_until_ready(compiled(variables, x))  # warm-up
-  times = []
+  times, cpu = [], []
   for _ in range(runs):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(compiled(variables, x))
     times.append(time.perf_counter() - t0)
-  return compile_s, statistics.median(times)
+    cpu.append(time.process_time() - c0)
+  return compile_s, statistics.median(times), statistics.median(cpu)
 
 
 def main():
@@ -91,16 +94,18 @@ def main():
         f"{jax.devices()[0].device_kind} x{jax.device_count()}, {args.runs} runs")
   rows = []
   for mode in modes:
-    compile_s, step = measure(model, variables, mesh, images, mode, p, args.runs)
-    rows.append((mode, compile_s, step, n / step))
-    print(f"  {mode}: compile {compile_s:.1f} s, step {step * 1e3:.1f} ms", flush=True)
-  flat = rows[0][3]
-  print(f"\n| mode | compile s | step ms | panoramas/s | throughput vs flat |")
-  print("|---|---|---|---|---|")
-  for mode, compile_s, step, rate in rows:
+    compile_s, step, cpu = measure(model, variables, mesh, images, mode, p, args.runs)
+    rows.append((mode, compile_s, step, n / step, cpu))
+    print(f"  {mode}: compile {compile_s:.1f} s, step {step * 1e3:.1f} ms, "
+          f"CPU {cpu * 1e3:.0f} ms", flush=True)
+  flat, flat_cpu = rows[0][3], rows[0][4]
+  print("\n| mode | compile s | step ms | panoramas/s | throughput vs flat | "
+        "CPU ms/step | CPU vs flat |")
+  print("|---|---|---|---|---|---|---|")
+  for mode, compile_s, step, rate, cpu in rows:
     extra = f" (P={p}: {w + 2 * p}/{w} columns)" if "wrap" in mode else ""
     print(f"| {mode}{extra} | {compile_s:.1f} | {step * 1e3:.1f} | {rate:.2f} | "
-          f"{rate / flat:.3f} |")
+          f"{rate / flat:.3f} | {cpu * 1e3:.0f} | {cpu / flat_cpu:.3f} |")
 
 
 if __name__ == "__main__":
