@@ -207,15 +207,17 @@ def render_panels(image, gt: dict, pred_sem: np.ndarray, pred_panoptic: np.ndarr
   return np.concatenate(rows, 0)
 
 
-def save_png(path: str, array: np.ndarray) -> None:
-  """Writes a uint8 HxW(x3) array as PNG atomically (``fileio.atomic_write_bytes``)."""
+def save_png(path: str, array: np.ndarray, optimize: bool = False) -> None:
+  """Writes a uint8 HxW(x3) array as PNG atomically (``fileio.atomic_write_bytes``);
+  ``optimize``: PIL's smallest encoding (same pixels, slower), for committed pictures."""
   buf = io.BytesIO()
-  Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG")
+  Image.fromarray(np.asarray(array, np.uint8)).save(buf, format="PNG", optimize=optimize)
   fileio.atomic_write_bytes(path, buf.getvalue())
 
 
 # Public names of the helpers that other picture modules (pseudo/viewer.py) reuse.
 shade = _shade
+is_instance = _is_instance
 hatch = _hatch
 label_panel = _label
 resize_panel = _resize
