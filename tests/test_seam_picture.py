@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import unlock_jax
 from tests.support import synthpass as synth_testing
 from unlock_jax.data import labels
 from unlock_jax.evaluation import pictures
@@ -32,8 +31,8 @@ def made(tmp_path_factory):
   reader = seam_picture.open_val(root)
   size = reader.image_size
   demo = os.path.join(REPO, "assets", "demo_source")
-  flat = unlock_jax.load(demo, image_size=size, seam_mode="flat")
-  aware = unlock_jax.load(demo, image_size=size, seam_mode="circular")
+  flat = seam_picture.Predictor(demo, size, "flat")
+  aware = seam_picture.Predictor(demo, size, "circular")
   indices = seam_picture.candidates(reader)
   index, analysis = seam_picture.pick(flat, aware, reader, indices)
   picture, info = seam_picture.seam_picture("circular", index, analysis)

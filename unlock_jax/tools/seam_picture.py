@@ -7,7 +7,7 @@ r"""One picture of an object across the 360° seam, before and after: flat vs se
 Picks a panorama of the target val split with a ground-truth object across
 the seam (pixels in its first and its last column, as ``evaluation/seam.py``
 defines it) and predicts it with the ``--flat`` model in mode ``flat`` and
-with the ``--seam`` model in its seam mode (``unlock_jax.load``: the predict
+with the ``--seam`` model in its seam mode (``inference.iterate``: the predict
 stage's computation, detections merged into one instance per object across
 the seam when not flat), each fused as the ``oass`` evaluator does.
 ``--index N`` takes panorama N; ``--auto`` predicts every panorama with a
@@ -27,8 +27,8 @@ mode drew each row, and how many predicted segments the crossing object
 became (a segment of its class with more than half of its pixels inside it,
 the seam metrics' split rule).
 
-``--flat``/``--seam``: a model folder ``unlock_jax.load`` takes, or a run's
-workdir (its ``adapt/checkpoints``, else ``train_source/checkpoints``).
+``--flat``/``--seam``: a model folder (an export such as assets/demo_source,
+a run's checkpoints folder: its latest step), or a run's workdir (its ``adapt/checkpoints``, else ``train_source/checkpoints``).
 ``--seam_mode`` defaults to the seam run's recorded ``config.seam`` (its
 ``provenance/``). ``--data``: a synthpass data folder or a run's workdir
 (``BlendPASS/`` or ``data/BlendPASS/`` under it) or the BlendPASS folder.
@@ -43,13 +43,18 @@ import numpy as np
 from PIL import Image
 from PIL import ImageDraw
 
-import unlock_jax
 from unlock_jax import fileio
+from unlock_jax import inference
+from unlock_jax import model_info
+from unlock_jax import sharding as shd
 from unlock_jax.data import labels
 from unlock_jax.data.layouts import blendpass
 from unlock_jax.evaluation import pictures
 from unlock_jax.evaluation import report
 from unlock_jax.evaluation import seam
+from unlock_jax.models import defaults as model_defaults
+from unlock_jax.models import predict as predict_lib
+from unlock_jax.pseudo import export
 
 MARKER = np.array([255, 0, 255], np.uint8)  # no class of the palette is magenta
 TITLE_HEIGHT = 2 * pictures.LABEL_HEIGHT
@@ -66,6 +71,38 @@ _SEAM_MODE = flags.DEFINE_string("seam_mode", None, "The seam model's config.sea
 _WRAP_COLS = flags.DEFINE_integer("wrap_cols", None, "config.seam.wrap_cols for the seam "
                                   "model (default: its run's recorded one).")
 _SCALE = flags.DEFINE_float("scale", 1.0, "Picture size relative to the panorama.")
+
+
+class Predictor:
+  """One model's predict stage on full panoramas of ``size`` in one seam mode
+  (``inference.iterate``: its batches, normalisation and seam merging).
+
+  ``path``: an export or a run's checkpoints folder with its ``model_config.json``
+  (which gives the architecture and the panoptic threshold ``tau_m``).
+  """
+
+  def __init__(self, path: str, size, mode: str, wrap_cols: int | None = None):
+    rec = model_info.read(path)
+    if rec is None:
+      raise FileNotFoundError(
+          f"{path} has no {model_info.FILE} saying which architecture its weights are "
+          "for: pass an export_source folder or a run's checkpoints folder written with it")
+    width = int(size[1])
+    wrap_cols = int(wrap_cols or model_defaults.wrap_cols_for(width))
+    model_defaults.check_seam(mode, wrap_cols, width, what="seam_picture: seam")
+    self.seam = {"mode": mode, "wrap_cols": wrap_cols}
+    self.mesh = shd.make_mesh()
+    self.model, self.variables, _ = inference.load_model(rec["model"], path, self.mesh)
+    self.fn = predict_lib.jit_predict_fns(self.model, self.mesh, self.seam)["panorama"]
+    self.tau_m = float(rec["tau"][0] if rec.get("tau") else report.TAU_ADAPTED[0])
+    self.stuff_area = export.stuff_area_for(size)
+
+  def predict(self, reader, index: int) -> dict:
+    """The predict stage's row of panorama ``index`` (``inference.iterate``)."""
+    ((_, row),) = inference.iterate(
+        reader, [index], predict_fn=self.fn, variables=self.variables, mesh=self.mesh,
+        batch_size=self.mesh.size, merge_seam=self.seam["mode"] != "flat")
+    return row
 
 
 def model_folder(path: str) -> str:
@@ -142,7 +179,8 @@ def visibility(pieces_flat: int, pieces_seam: int, area: int) -> tuple:
 
 
 def evaluator_prediction(out: dict) -> dict:
-  """``Model.predict``'s output → the ``oass`` evaluator's ``pred`` (``report.evaluate_image``)."""
+  """A predict stage row (store classes 11..17, valid rows only) → the ``oass``
+  evaluator's ``pred`` (``report.evaluate_image``: instance classes 0..6, ``valid``)."""
   pred = {"sem": np.asarray(out["semantic"], np.int32)}
   for b in ("modal", "amodal"):
     d = out[b]
@@ -152,11 +190,12 @@ def evaluator_prediction(out: dict) -> dict:
   return pred
 
 
-def panoptic(model, gt: dict) -> np.ndarray:
-  """The evaluator's fused modal panoptic map of ``model``'s prediction of ``gt["image"]``."""
-  metrics = report.OassMetrics(tau_m=model.tau_m, stuff_area=model.stuff_area)
-  return report.evaluate_image(gt, evaluator_prediction(model.predict(gt["image"])),
-                               metrics)["panoptic"]
+def panoptic(predictor: Predictor, reader, index: int, gt: dict) -> np.ndarray:
+  """The evaluator's fused modal panoptic map of ``predictor``'s prediction of panorama
+  ``index`` (``gt``: its ground truth)."""
+  metrics = report.OassMetrics(tau_m=predictor.tau_m, stuff_area=predictor.stuff_area)
+  pred = evaluator_prediction(predictor.predict(reader, index))
+  return report.evaluate_image(gt, pred, metrics)["panoptic"]
 
 
 def pieces(pred_pan: np.ndarray, gt: dict, seg_id: int) -> int:
@@ -204,10 +243,12 @@ def _describe(n: int, name: str) -> str:
       n, f"the {name} is one instance" if n == 1 else f"the {name} is split into {n}")
 
 
-def analyse(flat_model, seam_model, gt: dict) -> dict:
-  """Both models' fused panoptic maps of one panorama and, per crossing GT object,
+def analyse(flat: Predictor, aware: Predictor, reader, index: int) -> dict:
+  """Both models' fused panoptic maps of panorama ``index`` and, per crossing GT object,
   ``(visibility, area, segment id, pieces flat, pieces seam)``, plainest first."""
-  preds = {"flat": panoptic(flat_model, gt), "seam": panoptic(seam_model, gt)}
+  gt = reader.load(index)
+  preds = {"flat": panoptic(flat, reader, index, gt),
+           "seam": panoptic(aware, reader, index, gt)}
   objects = []
   for area, seg_id in crossing_objects(gt):
     n = [pieces(preds[k], gt, seg_id) for k in ("flat", "seam")]
@@ -216,12 +257,12 @@ def analyse(flat_model, seam_model, gt: dict) -> dict:
   return {"gt": gt, "preds": preds, "objects": objects}
 
 
-def pick(flat_model, seam_model, reader, indices) -> tuple[int, dict]:
+def pick(flat: Predictor, aware: Predictor, reader, indices) -> tuple[int, dict]:
   """``(index, analysis)`` of the panorama among ``indices`` whose plainest crossing object
   is the plainest (:func:`visibility`; the first on ties)."""
   best = None
   for i in indices:
-    a = analyse(flat_model, seam_model, reader.load(i))
+    a = analyse(flat, aware, reader, i)
     if best is None or a["objects"][0][0] > best[1]["objects"][0][0]:
       best = (i, a)
   return best
@@ -274,9 +315,9 @@ def main(argv):
   reader = open_val(_DATA.value)
   indices = candidates(reader, None if _AUTO.value else _INDEX.value)
   size = reader.image_size
-  flat = unlock_jax.load(model_folder(_FLAT.value), image_size=size, seam_mode="flat")
-  aware = unlock_jax.load(model_folder(_SEAM.value), image_size=size, seam_mode=mode,
-                          wrap_cols=_WRAP_COLS.value or rec.get("wrap_cols"))
+  flat = Predictor(model_folder(_FLAT.value), size, "flat")
+  aware = Predictor(model_folder(_SEAM.value), size, mode,
+                    _WRAP_COLS.value or rec.get("wrap_cols"))
   index, analysis = pick(flat, aware, reader, indices)
   picture, info = seam_picture(aware.seam["mode"], index, analysis, _SCALE.value)
   pictures.save_png(_OUT.value, picture, optimize=True)
