@@ -3,6 +3,7 @@
     python benchmarks/adapt.py [--quick] [--pool 2000] [--samples 40] [--ref-samples 12]
         [--targets 60] [--batches 40] [--steps 5] [--tmp /tmp] [--keep]
     python benchmarks/adapt.py --b5 [--peak_tflops X] [--dtype bfloat16]   # accelerator
+    python benchmarks/adapt.py --uda [--tiny] [--steps 5]
 
 (i) ADCL paste per PL crop, 400x400 crops of 400x2048 panoramas, a pool of ~``--pool``
     entries (~10 per panorama), both sides on the same crops and the same draws:
@@ -47,6 +48,15 @@
     only lowers the step (abstract state, nothing allocated) and prints the lowered
     FLOP count; ``--force`` runs it anyway.
 
+(v) ``--uda``: the price of source data in the loop: the source-dependent UDA baseline's
+    step (``methods/uda.py``: object erasing, source forward with both R-CNN branches,
+    teacher, ClassMix of source into target crops, mixed forward) vs UNLOCK's step
+    (``methods/unlock.py``), the same model, crops and instance counts, one synthetic host
+    batch (``b5_batch``: the UNLOCK batch's PL crops and instances are UDA's source
+    crops), interleaved rounds after one warm-up step each: step-time and XLA-FLOP
+    ratios. The configs/demo.py model and sizes (batch 4, 94x94 crops as ``:method=uda``,
+    24 instances), or ``--tiny`` configs/synth/tiny.py:full=1's (47x47, 8 instances).
+
 Times are wall-clock and process CPU (user+sys, all threads) unless stated; ratios are
 baseline/ours measured in the same run. ``--quick``: pool 400, 8 samples (3 reference),
 12 targets, 8 batches, 2 steps (~7 min here, the two compiles dominate).
@@ -87,6 +97,18 @@ model gave 39.3x for (i), 66.6x for (ii), 1.06x wall for (iii).)
     The teacher forward, the second (semantic-only) student forward/backward and the
     regulariser add ~6.7 GFLOP (28 %) to this smaller model's step; its R-CNN branches
     are a smaller share than on the larger model. Wall times vary +-20 % run to run here.
+(v) `python benchmarks/adapt.py --uda --tiny` (2026-12-07 00:00-00:28, JAX CPU, 1 device,
+    load average 9-14 on the 2 shared cores): configs/synth/tiny.py:full=1 (0.18 M
+    params), 4+4 crops of 47x47, 8 instances per branch, 5 interleaved rounds, medians:
+
+      step      compile   wall       CPU        XLA FLOPs
+      unlock    761.2 s   413.8 ms   121.5 ms   1.43 G
+      uda       372.8 s   365.9 ms   118.2 ms   1.42 G
+      ratio               0.88x      0.97x      1.00x   (UDA / UNLOCK)
+
+    The same forwards (teacher, labelled forward with both R-CNN branches, mixed
+    forward): UDA swaps the regulariser for the erasing, so the source data costs
+    nothing in the step at this size; its price is the second input stream.
 (iv) not run: no accelerator was lent to this session. On CPU `--b5` only traces and
     lowers the step: MiT-B5 with instance heads, 135.1 M params, lowered in 32 s, XLA's
     lowered-HLO cost analysis 9.13 TFLOP per step (4+4 crops of 400x400, 32 instances per
@@ -674,6 +696,68 @@ def bench_steps(args, cfg, it, first, input_rate):
           "input_over_step": input_rate / step_rate, "adapt_over_source": a_step / s_step}
 
 
+# ------------------------------------------------------------------ (v) UDA vs UNLOCK
+
+
+def bench_uda(args):
+  import jax
+  from unlock_jax import methods
+  from unlock_jax import sharding as shd
+  from unlock_jax.models import amodalpass
+  from unlock_jax.models import variables as variables_lib
+
+  if args.tiny:
+    from configs.synth import tiny
+    cfg, name = tiny.get_config("full=1"), "configs/synth/tiny.py:full=1"
+  else:
+    from configs import demo as demo_cfg
+    cfg, name = demo_cfg.get_config("method=uda"), "configs/demo.py:method=uda"
+  a = cfg.adapt
+  b, crop, n_inst = a.batch_size, tuple(cfg.input.crop_size), a.max_instances
+  a.crop_size = crop
+  mesh = shd.make_mesh()
+  model = amodalpass.build(cfg.model)
+  variables = jax.jit(lambda r: variables_lib.init_variables(model, r, (1, *crop, 3)))(
+      jax.random.key(0))
+  n_params = sum(x.size for x in jax.tree.leaves(variables["params"]))
+  _log(f"== (v) UDA vs UNLOCK step: {name} model ({n_params / 1e6:.2f} M params), batch "
+       f"{b}+{b} x {crop}, {n_inst} instances/branch, devices {jax.devices()}")
+  host = b5_batch(np.random.default_rng(0), b, crop[0], n_inst)
+  src = {f"source_{k}": v for k, v in host.items() if k != keys.UNLABELED_IMAGE}
+  batches = {"unlock": host, "uda": src | {keys.UNLABELED_IMAGE: host[keys.UNLABELED_IMAGE]}}
+  repl = shd.replicated(mesh)
+  base = jax.device_put(jax.random.key(1), repl)
+  runs = {}
+  for method_name in ("unlock", "uda"):
+    method = methods.get(method_name)
+    tx, sched = method.optimizer(model, a, a.total_steps, variables["params"])
+    state = method.init_state(variables, tx, mesh)
+    frozen = jax.device_put(method.frozen(cfg, "", variables, mesh), repl)
+    batch = shd.put_batch(batches[method_name], mesh)
+    step = method.make_step(model, tx, sched, mesh, state, cfg=a)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch, frozen, base).compile()
+    compile_s = time.perf_counter() - t
+    state, _ = _time_steps(compiled, state, (batch, frozen, base), 0)
+    runs[method_name] = dict(compiled=compiled, state=state, args=(batch, frozen, base),
+                             compile_s=compile_s, flops=_cost_flops(compiled), times=[])
+  for _ in range(args.steps):  # interleaved: load changes on the shared machine hit both
+    for r in runs.values():
+      r["state"], t_r = _time_steps(r["compiled"], r["state"], r["args"], 1, warm=False)
+      r["times"] += t_r
+  med = {}
+  for method_name, r in runs.items():
+    med[method_name] = [statistics.median(x) for x in zip(*r["times"])]
+    _log(f"  {method_name:6s} step  compile {r['compile_s']:6.1f} s  median "
+         f"{1e3 * med[method_name][0]:7.1f} ms wall / {1e3 * med[method_name][1]:7.1f} ms CPU "
+         f"(runs {_runs(r['times'])})  {r['flops'] / 1e9:6.2f} GFLOP")
+  u, s_ = med["uda"], med["unlock"]
+  _log(f"  (v) UDA / UNLOCK step {u[0] / s_[0]:.2f}x wall, {u[1] / s_[1]:.2f}x CPU, "
+       f"{runs['uda']['flops'] / runs['unlock']['flops']:.2f}x FLOPs ({args.steps} interleaved "
+       f"rounds)")
+  return {"uda_over_unlock": u[0] / s_[0]}
+
+
 # ------------------------------------------------------------------ (iv) B5
 
 # Dense per-chip peaks, TFLOP/s: (bfloat16, float32 as executed: TF32 on NVIDIA,
@@ -695,10 +779,11 @@ def b5_batch(rng, b, size, n_inst):
   h = w = size
   masks = np.zeros((b, n_inst, h, w), np.uint8)
   boxes = np.zeros((b, n_inst, 4), np.float32)
+  big = min(60, size // 3)  # objects 12..59 px at 400 (the B5 run), scaled below
   for i in range(b):
     for j in range(n_inst):
-      y, x = rng.integers(0, h - 60), rng.integers(0, w - 60)
-      hh, ww = rng.integers(12, 60, 2)
+      y, x = rng.integers(0, h - big), rng.integers(0, w - big)
+      hh, ww = rng.integers(max(2, big // 5), big, 2)
       masks[i, j, y:y + hh, x:x + ww] = 1
       boxes[i, j] = (x, y, x + ww - 1, y + hh - 1)
   out = {keys.IMAGE: rng.standard_normal((b, h, w, 3)).astype(np.float32),
@@ -804,6 +889,9 @@ def main():
   ap.add_argument("--tmp", default=None, help="parent of the temp dir (default: system temp)")
   ap.add_argument("--keep", action="store_true", help="keep the temp dir")
   ap.add_argument("--b5", action="store_true", help="(iv) only: the B5 adapt step")
+  ap.add_argument("--uda", action="store_true",
+                  help="(v) only: the UDA baseline's step vs UNLOCK's (demo sizes)")
+  ap.add_argument("--tiny", action="store_true", help="--uda: configs/synth/tiny.py's sizes")
   ap.add_argument("--force", action="store_true", help="--b5: compile and time even on CPU")
   ap.add_argument("--b5-runs", type=int, default=10)
   ap.add_argument("--dtype", default="", help="--b5: model compute_dtype (default config's)")
@@ -819,6 +907,9 @@ def main():
        f"load average {os.getloadavg()[0]:.1f}")
   if args.b5:
     bench_b5(args)
+    return
+  if args.uda:
+    bench_uda(args)
     return
   from configs import demo as demo_cfg
   cfg = demo_cfg.get_config()

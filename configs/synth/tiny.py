@@ -20,7 +20,7 @@ def get_config(arg=None):
   arg = common.parse_arg(arg, steps=4, scale=0.125, batch=4, full=False)
   c = default.get_config()
   c.stage = "generate,train_source,evaluate"
-  _, tgt = common.use_synthpass(c, arg.scale, source=(6, 3), target=(4, 3))
+  common.use_synthpass(c, arg.scale, source=(6, 3), target=(4, 3))
   c.input.batch_size = arg.batch
   c.input.max_instances = 8
   c.model = defaults.tiny_model_config()
@@ -30,7 +30,9 @@ def get_config(arg=None):
   c.opll.num_pictures = 2
   c.opll.state_every = 2
   a = c.adapt
-  a.total_steps, a.batch_size, a.crop_size = arg.steps, 4, tgt[:1] * 2
+  # The source's full-height square, for every method: UDA mixes source
+  # crops into target crops of the same size.
+  a.total_steps, a.batch_size, a.crop_size = arg.steps, 4, tuple(c.input.crop_size)
   a.max_instances, a.log_every, a.checkpoint_every = 8, 1, 2
   a.paste.num_candidates, a.paste.min_visible = 20, 4
   a.optim.lr = 1e-6
