@@ -277,11 +277,11 @@ def seam_picture(seam_mode: str, index: int, analysis: dict, scale: float = 1.0)
   name = labels.CLASS_NAMES[seg_id // labels.LABEL_DIVISOR]
   n_cross = len(analysis["objects"])
   x = np.flatnonzero((np.asarray(gt["panoptic"]) == seg_id).any(0))
+  half = np.asarray(gt["panoptic"]).shape[1] // 2  # the rolled picture's left: x >= half
   rows = [
       (pictures.colour_panoptic(gt["panoptic"]),
        f"ground truth: {n_cross} object(s) across the seam; shown: a {name} ({area} px, "
-       f"{int((x < gt['panoptic'].shape[1] // 2).sum())}+"
-       f"{int((x >= gt['panoptic'].shape[1] // 2).sum())} columns)"),
+       f"{int((x >= half).sum())} columns left of the seam, {int((x < half).sum())} right)"),
       (pictures.colour_panoptic(preds["flat"]),
        f"before: flat model, mode flat: {_describe(n_flat, name)}"),
       (pictures.colour_panoptic(preds["seam"]),
