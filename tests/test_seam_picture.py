@@ -7,6 +7,7 @@ that row (the evaluator's renderers, drawn here) rolled by W/2 with numpy,
 with the magenta marker column inserted where the panorama's first column
 lands; the input row is the panorama file decoded by PIL, rolled.
 """
+import json
 import os
 
 import numpy as np
@@ -147,3 +148,17 @@ def test_missing_data_and_models_are_named(tmp_path):
   run = tmp_path / "run"
   (run / "adapt" / "checkpoints").mkdir(parents=True)
   assert seam_picture.model_folder(str(run)) == str(run / "adapt" / "checkpoints")
+
+
+def test_the_seam_mode_is_the_runs_newest_adapt_record(tmp_path):
+  run = tmp_path / "run"
+  for stage, name, mode in (("adapt", "20260101T000000Z-p1.json", "wrap"),
+                            ("adapt", "20260102T000000Z-p2.json", "circular"),
+                            ("predict", "20260103T000000Z-p3.json", "flat")):
+    (run / "provenance" / stage).mkdir(parents=True, exist_ok=True)
+    (run / "provenance" / stage / name).write_text(
+        json.dumps({"config": {"seam": {"mode": mode, "wrap_cols": 64}}}))
+  (run / "adapt" / "checkpoints" / "300").mkdir(parents=True)
+  for where in (run, run / "adapt" / "checkpoints", run / "adapt" / "checkpoints" / "300"):
+    assert seam_picture.recorded_seam(str(where)) == {"mode": "circular", "wrap_cols": 64}
+  assert seam_picture.recorded_seam(str(tmp_path / "elsewhere")) is None
