@@ -51,7 +51,7 @@ def _adapt_cfg(jitter_p=0.8, blur_p=0.5):
   return ml_collections.ConfigDict(dict(
       reg_weight=10.0, mix_weight=1.0, ema_max=0.999, teacher_threshold=0.968, ignore_top=11,
       ignore_bottom=88, rows_crop_height=400, jitter_p=jitter_p, blur_p=blur_p,
-      jitter_strength=0.2, sem_normalize="all_pixels"))
+      jitter_strength=0.2, sem_normalize="all_pixels", blur_sigma_scale=1.0))
 
 
 def _optim_cfg(lr, groups):
