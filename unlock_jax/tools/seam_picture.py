@@ -1,7 +1,7 @@
 r"""One picture of an object across the 360° seam, before and after: flat vs seam-aware.
 
-  python -m unlock_jax.tools.seam_picture --flat /work/runs/flat_s0 \
-      --seam /work/runs/seam_s0 --data /work/runs/seam_s0 \
+  python -m unlock_jax.tools.seam_picture --flat /tmp/unlock_demo \
+      --seam /tmp/unlock_demo_seam --data /tmp/unlock_demo_seam \
       --out docs/example_seam.png [--index N | --auto] [--seam_mode circular]
 
 Picks a panorama of the target val split with a ground-truth object across
@@ -59,18 +59,22 @@ from unlock_jax.pseudo import export
 MARKER = np.array([255, 0, 255], np.uint8)  # no class of the palette is magenta
 TITLE_HEIGHT = 2 * pictures.LABEL_HEIGHT
 
-_FLAT = flags.DEFINE_string("flat", None, "The flat (zero-padded) model: folder or run workdir.")
-_SEAM = flags.DEFINE_string("seam", None, "The seam-aware model: folder or run workdir.")
-_DATA = flags.DEFINE_string("data", None, "Synthpass data folder or run workdir (target val).")
-_OUT = flags.DEFINE_string("out", "docs/example_seam.png", "The PNG to write.")
-_INDEX = flags.DEFINE_integer("index", None, "Panorama index in the target val split.")
-_AUTO = flags.DEFINE_bool("auto", False, "Pick the panorama where the difference shows "
-                          "plainest (module docstring).")
-_SEAM_MODE = flags.DEFINE_string("seam_mode", None, "The seam model's config.seam.mode "
-                                 "(default: its run's recorded one).")
-_WRAP_COLS = flags.DEFINE_integer("wrap_cols", None, "config.seam.wrap_cols for the seam "
-                                  "model (default: its run's recorded one).")
-_SCALE = flags.DEFINE_float("scale", 1.0, "Picture size relative to the panorama.")
+
+def _define_flags():
+  # Defined when run as a program only: other tools define --out too, and
+  # absl refuses a flag defined twice in one process (the test suite's).
+  flags.DEFINE_string("flat", None, "The flat (zero-padded) model: folder or run workdir.")
+  flags.DEFINE_string("seam", None, "The seam-aware model: folder or run workdir.")
+  flags.DEFINE_string("data", None, "Synthpass data folder or run workdir (target val).")
+  flags.DEFINE_string("out", "docs/example_seam.png", "The PNG to write.")
+  flags.DEFINE_integer("index", None, "Panorama index in the target val split.")
+  flags.DEFINE_bool("auto", False, "Pick the panorama where the difference shows "
+                    "plainest (module docstring).")
+  flags.DEFINE_string("seam_mode", None, "The seam model's config.seam.mode "
+                      "(default: its run's recorded one).")
+  flags.DEFINE_integer("wrap_cols", None, "config.seam.wrap_cols for the seam "
+                       "model (default: its run's recorded one).")
+  flags.DEFINE_float("scale", 1.0, "Picture size relative to the panorama.")
 
 
 class Predictor:
@@ -299,31 +303,35 @@ def seam_picture(seam_mode: str, index: int, analysis: dict, scale: float = 1.0)
   return picture, info
 
 
+FLAGS = flags.FLAGS
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if (_INDEX.value is None) == (not _AUTO.value):
+  if (FLAGS.index is None) == (not FLAGS.auto):
     raise app.UsageError("pass exactly one of --index N and --auto")
-  rec = recorded_seam(_SEAM.value) or {}
-  mode = _SEAM_MODE.value or rec.get("mode")
+  rec = recorded_seam(FLAGS.seam) or {}
+  mode = FLAGS.seam_mode or rec.get("mode")
   if mode is None:
-    raise app.UsageError(f"{_SEAM.value} belongs to no run with a provenance/ record of "
+    raise app.UsageError(f"{FLAGS.seam} belongs to no run with a provenance/ record of "
                          "config.seam: pass --seam_mode (circular, wrap or circular_wrap)")
   if mode == "flat":
-    raise app.UsageError(f"the seam model's mode is 'flat' ({_SEAM.value}'s recorded "
+    raise app.UsageError(f"the seam model's mode is 'flat' ({FLAGS.seam}'s recorded "
                          "config.seam): pass a seam-aware --seam_mode")
-  reader = open_val(_DATA.value)
-  indices = candidates(reader, None if _AUTO.value else _INDEX.value)
+  reader = open_val(FLAGS.data)
+  indices = candidates(reader, None if FLAGS.auto else FLAGS.index)
   size = reader.image_size
-  flat = Predictor(model_folder(_FLAT.value), size, "flat")
-  aware = Predictor(model_folder(_SEAM.value), size, mode,
-                    _WRAP_COLS.value or rec.get("wrap_cols"))
+  flat = Predictor(model_folder(FLAGS.flat), size, "flat")
+  aware = Predictor(model_folder(FLAGS.seam), size, mode,
+                    FLAGS.wrap_cols or rec.get("wrap_cols"))
   index, analysis = pick(flat, aware, reader, indices)
-  picture, info = seam_picture(aware.seam["mode"], index, analysis, _SCALE.value)
-  pictures.save_png(_OUT.value, picture, optimize=True)
-  print(f"wrote {_OUT.value} ({picture.shape[1]}x{picture.shape[0]}): {json.dumps(info)}")
+  picture, info = seam_picture(aware.seam["mode"], index, analysis, FLAGS.scale)
+  pictures.save_png(FLAGS.out, picture, optimize=True)
+  print(f"wrote {FLAGS.out} ({picture.shape[1]}x{picture.shape[0]}): {json.dumps(info)}")
 
 
 if __name__ == "__main__":
+  _define_flags()
   flags.mark_flags_as_required(["flat", "seam", "data"])
   app.run(main)
