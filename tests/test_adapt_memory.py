@@ -34,7 +34,8 @@ def _cfg(sequential: bool):
   return ml_collections.ConfigDict(dict(
       reg_weight=10.0, mix_weight=1.0, ema_max=0.999, teacher_threshold=0.968, ignore_top=11,
       ignore_bottom=88, rows_crop_height=400, jitter_p=0.8, blur_p=0.5,
-      jitter_strength=0.2, sem_normalize="all_pixels", sequential_grads=sequential))
+      jitter_strength=0.2, sem_normalize="all_pixels", sequential_grads=sequential,
+      blur_sigma_scale=1.0))
 
 
 @pytest.fixture(scope="module")
