@@ -245,6 +245,7 @@ def _adapt(c):
     paths |= source_paths
   return settings, paths
 
+
 def _export_source(c):
   # It reads the run's train_source checkpoint, the generated data's identity
   # and the source figures of <workdir>/evaluate/results.json.
