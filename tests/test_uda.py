@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from configs import default
+from tests.support import networks
 from tests.support.jit_traces import max_traces
 from unlock_jax import constants
 from unlock_jax import methods
@@ -238,12 +239,8 @@ def test_classmix_draws_source_classes_and_mixes_source_into_target(sem_model):
 @pytest.fixture(scope="module")
 def full():
   assert jax.device_count() == 4, "conftest must give 4 fake CPU devices"
-  mesh = shd.make_mesh()
-  mcfg = defaults.tiny_model_config()
-  mcfg.instance_heads = True
-  model = amodalpass.build(mcfg)
-  variables = jax.device_get(jax.jit(
-      lambda r: variables_lib.init_variables(model, r, (1, H, W, 3)))(jax.random.key(0)))
+  mesh, model, variables, _ = networks.tiny_detector(H, W, batch=1)
+  variables = jax.device_get(variables)
   cfg = _cfg()
   method = methods.get("uda")
   tx, sched = method.optimizer(model, cfg, 100, variables["params"])
