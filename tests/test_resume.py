@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from configs.synth import tiny
+from tests.support import fast_compile
 from tests.support import synthpass as synth_testing
 from unlock_jax import checkpoint
 from unlock_jax.models import amodalpass
@@ -32,12 +33,14 @@ def _params(config, workdir):
 
 
 def _run(workdir, root, *extra):
-  """The user's command, in a fresh process (runs share one environment)."""
+  """The user's command, in a fresh process (runs share one environment, with
+  XLA's cheaper code generation: all three, so the comparison is like for like)."""
   cmd = [sys.executable, "-m", "unlock_jax.main",
          "--config", os.path.join(REPO, "configs/synth/tiny.py") + ":steps=4",
          "--workdir", workdir, "--config.stage=train_source",
          f"--config.data.source.root={os.path.join(root, 'KITTI360_APS')}", *extra]
-  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900,
+                        env=fast_compile.env())
 
 
 def test_killed_run_resumes_bit_identically(tmp_path_factory):
