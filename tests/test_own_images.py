@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support import fast_compile
 from unlock_jax.data.layouts import common
 from unlock_jax.data.layouts import folder
 from unlock_jax import inference
@@ -223,7 +224,8 @@ def _own_folder(root):
 def _main(workdir, *args, config="configs/own_panoramas.py", timeout=900):
   return subprocess.run(
       [sys.executable, "-m", "unlock_jax.main", "--config", config, "--workdir",
-       str(workdir), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+       str(workdir), *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+      env=fast_compile.env())
 
 
 def test_own_folder_adaptation_end_to_end(tmp_path):
