@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from configs.synth import tiny
+from tests.support import fast_compile
 from unlock_jax.data import labels as labels_lib
 from unlock_jax.data import packed_labels
 from unlock_jax.data import pool_index
@@ -34,7 +35,7 @@ def _main(workdir, stage, *overrides, timeout=900):
   return subprocess.run(
       [sys.executable, "-m", "unlock_jax.main", "--config", CONFIG, "--workdir",
        str(workdir), f"--config.stage={stage}", *overrides],
-      cwd=REPO, capture_output=True, text=True, timeout=timeout)
+      cwd=REPO, capture_output=True, text=True, timeout=timeout, env=fast_compile.env())
 
 
 @pytest.fixture(scope="module")
