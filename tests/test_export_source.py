@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from configs.synth import tiny
+from tests.support import fast_compile
 from unlock_jax import checkpoint
 from unlock_jax import sharding as shd
 from unlock_jax.models import amodalpass
@@ -21,7 +22,7 @@ def _main(workdir, stage, *overrides):
   return subprocess.run(
       [sys.executable, "-m", "unlock_jax.main", "--config", CONFIG, "--workdir",
        str(workdir), f"--config.stage={stage}", *overrides],
-      cwd=REPO, capture_output=True, text=True, timeout=900)
+      cwd=REPO, capture_output=True, text=True, timeout=900, env=fast_compile.env())
 
 
 @pytest.fixture(scope="module")
