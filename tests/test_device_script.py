@@ -9,18 +9,19 @@ import re
 import subprocess
 import sys
 
+from tests.support import fast_compile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST_COMPILE = ["--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]
 
 
 def test_device_script_runs_on_cpu_at_tiny_sizes():
-  env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep +
-             os.environ.get("PATH", ""))
   # One CPU device, as a one-accelerator machine has (the suite fakes four).
   # XLA's cheaper CPU code generation: compiling is most of this test, and the
-  # figures it would change are not checked.
-  env["XLA_FLAGS"] = " ".join([f for f in env.get("XLA_FLAGS", "").split()
-                               if "host_platform_device_count" not in f] + FAST_COMPILE)
+  # figures it changes are not checked.
+  flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                   if "host_platform_device_count" not in f)
+  env = fast_compile.env(XLA_FLAGS=flags, PATH=os.path.dirname(sys.executable) + os.pathsep +
+                         os.environ.get("PATH", ""))
   proc = subprocess.run(
       ["bash", os.path.join(ROOT, "benchmarks", "device.sh"), "--tiny", "--semantic-only",
        "--runs", "1", "--source-batch", "1", "--adapt-batch", "1", "--predict-batch", "1",
