@@ -30,6 +30,7 @@ import pytest
 
 from configs import default
 from configs.synth import tiny
+from tests.support import fast_compile
 from unlock_jax import fingerprint
 from unlock_jax import methods
 from unlock_jax import sharding as shd
@@ -135,12 +136,13 @@ def test_flat_hparams():
 
 @pytest.fixture(scope="module")
 def ready(tmp_path_factory):
-  """A workdir with the source model and the outputs of predict, opll, adcl_pool."""
+  """A workdir with the source model and the outputs of predict, opll, adcl_pool
+  (made with XLA's cheaper code generation: the tests only read them)."""
   wd = str(tmp_path_factory.mktemp("methods") / "wd")
   proc = subprocess.run(
       [sys.executable, "-m", "unlock_jax.main", "--config", f"configs/synth/tiny.py:{ARG}",
        "--workdir", wd, "--config.stage=generate,train_source,predict,opll,adcl_pool"],
-      cwd=REPO, capture_output=True, text=True, timeout=900)
+      cwd=REPO, capture_output=True, text=True, timeout=900, env=fast_compile.env())
   assert proc.returncode == 0, proc.stderr[-4000:]
   return wd
 
