@@ -31,7 +31,12 @@ Each row's numbers: ``W/<run>/evaluate/results.json`` (the oass metrics of
 target val under ``target_val/``; the source row also has ``source_val/``).
 ``runlocal`` shrinks any row to a smoke test (a few scenes, 4 steps).
 
-Expected numbers: to be filled when measured.
+Expected numbers (target val mIoU / mPQ / mAP / mAAP / mAPQ; 2-core CPU,
+each adaptation row about an hour): source only 41.19 / 24.58 / 4.79 / 4.52
+/ 24.16 (source val 72.46 / 40.10 / 19.85 / 22.63 / 38.97); UNLOCK seed 0
+38.77 / 24.43 / 4.05 / 4.35 / 25.36; UDA seed 0 43.24 / 29.37 / 6.31 / 5.49
+/ 29.01. Tent, the oracle, the ClassMix ablation and seeds 1-2: not yet
+measured (README, "Methods side by side").
 
 The schedule, and why:
 
