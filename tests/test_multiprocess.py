@@ -58,6 +58,7 @@ import pytest
 from unlock_jax.data import keys, pipeline
 from unlock_jax.data import packed_labels
 from unlock_jax.pseudo import store
+from tests.support import fast_compile
 
 # Two-process runs take ~4-5 min of the suite (most of it XLA compiling);
 # UNLOCK_JAX_MULTIPROCESS_TESTS=0 skips them for a quick local run.
@@ -71,9 +72,9 @@ CONFIG = "configs/synth/tiny.py:full=1,steps=2"
 # detections pass the lowered pool thresholds, so ``adapt`` pastes from a pool.
 OVERRIDES = ("--config.optim.eps=1.0", "--config.adcl_pool.pt=(1.0,0.0)")
 STAGES = "train_source,evaluate,predict,opll,adcl_pool,adapt"
-# Both runs compile with the same flags (so per-device code is the same);
-# these cut XLA's CPU compile time, most of this test's, by about a third.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# Both runs compile with the same flags (so per-device code is the same):
+# the suite's cheaper code generation, whatever the caller's XLA_FLAGS.
+FAST_COMPILE = " ".join(fast_compile.FLAGS)
 TIMEOUT = 1500
 
 
