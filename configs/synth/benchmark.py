@@ -28,7 +28,9 @@ adcl_pool from the source model, shared by UNLOCK's seeds and its ablation).
   done
 
 Each row's numbers: ``W/<run>/evaluate/results.json`` (the oass metrics of
-target val under ``target_val/``; the source row also has ``source_val/``).
+target val under ``target_val/``; the source row also has ``source_val/``);
+``python -m unlock_jax.tools.benchmark_table --workdir $W`` prints the table,
+mean ± std over each method's seeds.
 ``runlocal`` shrinks any row to a smoke test (a few scenes, 4 steps).
 
 Expected numbers (target val mIoU / mPQ / mAP / mAAP / mAPQ; 2-core CPU,
