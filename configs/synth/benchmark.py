@@ -37,8 +37,9 @@ Expected numbers (target val mIoU / mPQ / mAP / mAAP / mAPQ; 2-core CPU,
 each adaptation row about an hour): source only 41.19 / 24.58 / 4.79 / 4.52
 / 24.16 (source val 72.46 / 40.10 / 19.85 / 22.63 / 38.97); UNLOCK seed 0
 38.77 / 24.43 / 4.05 / 4.35 / 25.36; UDA seed 0 43.24 / 29.37 / 6.31 / 5.49
-/ 29.01; Tent 28.42 / 23.09 / 1.32 / 1.93 / 23.11. The oracle, the ClassMix ablation and seeds 1-2: not yet
-measured (README, "Methods side by side").
+/ 29.01; Tent 28.42 / 23.09 / 1.32 / 1.93 / 23.11; UNLOCK without ClassMix
+seed 0 39.19 / 24.05 / 4.05 / 4.36 / 25.16; the oracle 63.21 / 37.07 / 17.44 /
+19.70 / 38.66. Seeds 1-2: README, "Methods side by side".
 
 The schedule, and why:
 
