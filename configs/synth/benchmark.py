@@ -39,7 +39,9 @@ each adaptation row about an hour): source only 41.19 / 24.58 / 4.79 / 4.52
 38.77 / 24.43 / 4.05 / 4.35 / 25.36; UDA seed 0 43.24 / 29.37 / 6.31 / 5.49
 / 29.01; Tent 28.42 / 23.09 / 1.32 / 1.93 / 23.11; UNLOCK without ClassMix
 seed 0 39.19 / 24.05 / 4.05 / 4.36 / 25.16; the oracle 63.21 / 37.07 / 17.44 /
-19.70 / 38.66. Seeds 1-2: README, "Methods side by side".
+19.70 / 38.66; UNLOCK seed 1 39.03 / 24.16 / 4.10 / 4.33 / 25.01; UDA seed 1
+43.73 / 29.31 / 5.80 / 5.22 / 29.42. Seed 2 and the means: README, "Methods
+side by side" (``unlock_jax.tools.benchmark_table`` prints them).
 
 The schedule, and why:
 
