@@ -8,8 +8,11 @@ from tests.support import fast_compile
 # most of the suite's time, and every run a test compares with another (in
 # this process or a subprocess, which inherits the environment) gets the same
 # flags. test_benchmark_config + test_adapt_step, cold cache: user CPU 362 s -> 211 s.
-os.environ.setdefault("XLA_FLAGS", " ".join(("--xla_force_host_platform_device_count=4",)
-                                            + fast_compile.FLAGS))
+# Added to a caller's XLA_FLAGS (its own value of a flag wins), so an exported
+# XLA_FLAGS does not silently drop the 4 devices the sharding tests need.
+os.environ["XLA_FLAGS"] = fast_compile.merge(
+    os.environ.get("XLA_FLAGS", ""),
+    ("--xla_force_host_platform_device_count=4",) + fast_compile.FLAGS)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
