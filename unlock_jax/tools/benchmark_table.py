@@ -14,13 +14,12 @@ method has several seeds, with the seeds counted. A run folder without its
 left out silently; seeds of one method evaluated at different steps are
 refused by name (one of them is from another schedule).
 """
+import argparse
 import collections
 import math
 import os
 import re
 
-from absl import app
-from absl import flags
 
 from unlock_jax import fileio
 from unlock_jax.evaluation import report
@@ -105,27 +104,29 @@ def table(rows: dict) -> tuple:
   return "\n".join(lines), numbers
 
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "the benchmark's --workdir", required=True)
-flags.DEFINE_string("evaluator", "target_val", "which evaluator's metrics (config.evals.<name>)")
-flags.DEFINE_string("json", None, "also write {method: {metric: [mean, std, seeds]}} here")
-
-
-def main(argv):
-  del argv
-  if not fileio.isdir(FLAGS.workdir):
-    raise SystemExit(f"--workdir {FLAGS.workdir}: no such folder")
-  rows, pending = collect(FLAGS.workdir, FLAGS.evaluator)
+def main(argv=None):
+  # argparse, not absl flags: this module is imported beside unlock_jax.main
+  # (which defines --workdir) in one test process.
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True, help="the benchmark's --workdir")
+  parser.add_argument("--evaluator", default="target_val",
+                      help="which evaluator's metrics (config.evals.<name>)")
+  parser.add_argument("--json", default=None,
+                      help="also write {method: {metric: [mean, std, seeds]}} here")
+  args = parser.parse_args(argv)
+  if not fileio.isdir(args.workdir):
+    raise SystemExit(f"--workdir {args.workdir}: no such folder")
+  rows, pending = collect(args.workdir, args.evaluator)
   if not rows:
-    raise SystemExit(f"{FLAGS.workdir}: no <run>/evaluate/results.json yet"
+    raise SystemExit(f"{args.workdir}: no <run>/evaluate/results.json yet"
                      + (f" (runs without results: {', '.join(pending)})" if pending else ""))
   text, numbers = table(rows)
   print(text)
   if pending:
     print(f"\nNo results yet (running or stopped): {', '.join(pending)}")
-  if FLAGS.json:
-    fileio.atomic_write_json(FLAGS.json, numbers)
+  if args.json:
+    fileio.atomic_write_json(args.json, numbers)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  main()
