@@ -19,7 +19,7 @@ import collections
 import math
 import os
 import re
-
+import statistics
 
 from unlock_jax import fileio
 from unlock_jax.evaluation import report
@@ -76,10 +76,7 @@ def summary(values: list) -> tuple:
   vals = [v for v in values if v is not None and v == v]
   if not vals:
     return math.nan, math.nan
-  mean = sum(vals) / len(vals)
-  if len(vals) < 2:
-    return mean, math.nan
-  return mean, math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+  return statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan
 
 
 def table(rows: dict) -> tuple:
