@@ -5,6 +5,8 @@ import os
 import numpy as np
 import pytest
 
+from configs.synth import benchmark
+from unlock_jax.methods import benchmark_rows
 from unlock_jax.tools import benchmark_table
 
 HEADLINE = ("mIoU", "mPQ", "mAP", "mAAP", "mAPQ")
@@ -85,3 +87,28 @@ def test_wrong_evaluator_is_named(tmp_path):
   _write(w, "tent_s0", [1, 2, 3, 4, 5])
   with pytest.raises(ValueError, match=r"no metrics of evaluator 'source_val'.*target_val"):
     benchmark_table.collect(w, "source_val")
+
+
+def test_every_row_folder_the_config_writes_reads_back_as_its_row(tmp_path):
+  # The config names the folders, the tool parses them: one naming for both.
+  w = str(tmp_path)
+  expected = {}
+  for method in benchmark_rows.METHODS:
+    for seed in ((0,) if method == "source" else (0, 1, 2)):
+      for classmix in ((True, False) if method in benchmark_rows.CLASSMIX else (True,)):
+        c = benchmark.get_config(f"method={method},seed={seed},classmix={int(classmix)}")
+        run = c.evaluate.results_dir.split("/")[1]
+        assert run == benchmark.run_name(method, seed, classmix)
+        row = (method if classmix else f"{method}_noclassmix", seed)
+        assert benchmark_rows.parse_run_name(run) == row
+        expected.setdefault(row[0], []).append(seed)
+        _write(w, run, [seed, 2, 3, 4, 5])
+  for other in ("data", "pseudo", "logs", "fingerprints", "provenance", "generate", "source_s0",
+                "unlock", "dacs_s0", "unlock_noclassmix"):
+    assert benchmark_rows.parse_run_name(other) is None, other
+    os.makedirs(os.path.join(w, other, "x"))
+  rows, pending = benchmark_table.collect(w)
+  assert {m: sorted(s for s, _, _ in v) for m, v in rows.items()} == expected and pending == []
+  text, _ = benchmark_table.table(rows)
+  assert [l.split("|")[1].strip() for l in text.splitlines()[2:]] == [
+      benchmark_rows.LABEL[g] for g in benchmark_rows.ORDER]

@@ -86,12 +86,13 @@ from configs import cpu
 from configs import default
 from configs.synth import source_full
 from unlock_jax import constants
+from unlock_jax.methods import benchmark_rows
 
-METHODS = ("source", "tent", "unlock", "uda", "oracle")
+METHODS = benchmark_rows.METHODS
 SOURCE = "{workdir}/source/train_source"  # the source model every other row starts from
 PSEUDO = "{workdir}/pseudo"               # UNLOCK's predict, opll and adcl_pool
 SHIFT = 0.75                              # the demo's calibrated target shift (README)
-ROW = dict(source="source_only", tent="Tent", unlock="UNLOCK", uda="UDA", oracle="oracle")
+ROW = benchmark_rows.EVAL_RUN
 NUM_PICTURES = 2
 
 
@@ -100,11 +101,7 @@ def alpha_fraction(steps: int, alpha: float = 0.999, ema_max: float = 0.999) -> 
   return sum(min(1 - 1 / (t + 1), ema_max) >= alpha - 1e-12 for t in range(steps)) / steps
 
 
-def run_name(method: str, seed: int, classmix: bool = True) -> str:
-  """The row's folder under the workdir: ``source``, ``unlock_s1``, ``unlock_noclassmix_s0``, ..."""
-  if method == "source":
-    return "source"
-  return f"{method}{'' if classmix else '_noclassmix'}_s{seed}"
+run_name = benchmark_rows.run_name  # the row's folder, as tools/benchmark_table reads it
 
 
 def get_config(arg=None):
@@ -113,8 +110,9 @@ def get_config(arg=None):
   if arg.method not in METHODS:
     raise ValueError(f"configs/synth/benchmark.py: method= is one of {', '.join(METHODS)}, "
                      f"not {arg.method!r} (e.g. configs/synth/benchmark.py:method=uda,seed=1)")
-  if not arg.classmix and arg.method not in ("unlock", "uda"):
-    raise ValueError(f"classmix=0 is an ablation of unlock and uda, not of {arg.method!r}")
+  if not arg.classmix and arg.method not in benchmark_rows.CLASSMIX:
+    raise ValueError(f"classmix=0 is an ablation of {' and '.join(benchmark_rows.CLASSMIX)}, "
+                     f"not of {arg.method!r}")
   if arg.method == "source" and arg.seed:
     raise ValueError("method=source is one model (seed 0), shared by every row; "
                      "seed= picks the seed of the other rows")

@@ -18,33 +18,21 @@ import argparse
 import collections
 import math
 import os
-import re
 import statistics
 
 from unlock_jax import fileio
 from unlock_jax.evaluation import report
+from unlock_jax.methods import benchmark_rows
 
-# The rows in reading order; a method not listed here sorts after them.
-ORDER = ("source", "tent", "unlock", "unlock_noclassmix", "uda", "uda_noclassmix", "oracle")
-LABEL = {"source": "source only", "tent": "Tent (source-free)", "unlock": "UNLOCK (source-free)",
-         "unlock_noclassmix": "UNLOCK without ClassMix", "uda": "UDA (source-dependent)",
-         "uda_noclassmix": "UDA without ClassMix", "oracle": "target oracle (synthpass only)"}
 SEAM = (("seam/band_mIoU", "band mIoU"), ("seam/crossing_PQ", "crossing PQ"),
         ("seam/crossing_AP", "crossing AP"), ("seam/roll_change", "roll change %"))
-_SEED = re.compile(r"^(?P<method>.+)_s(?P<seed>\d+)$")
-
-
-def method_of(run: str) -> tuple:
-  """``unlock_s1`` -> ("unlock", 1); ``source`` (one model, no seed) -> ("source", 0)."""
-  m = _SEED.match(run)
-  return (m["method"], int(m["seed"])) if m else (run, 0)
-
 
 def collect(workdir: str, evaluator: str = "target_val") -> tuple:
   """``({method: [(seed, step, {metric: value})]}, [run folders without results])``."""
   rows, pending = collections.defaultdict(list), []
   for run in sorted(fileio.listdir(workdir)):
-    if run != "source" and not _SEED.match(run):
+    parsed = benchmark_rows.parse_run_name(run)
+    if parsed is None:
       continue  # data/, pseudo/, logs/, ...: not a row
     path = os.path.join(workdir, run, "evaluate", "results.json")
     if not fileio.exists(path):
@@ -60,7 +48,7 @@ def collect(workdir: str, evaluator: str = "target_val") -> tuple:
     if not metrics:
       raise ValueError(f"{path}: no metrics of evaluator {evaluator!r}; it has "
                        f"{sorted({k.split('/')[0] for k in record['results']})}")
-    method, seed = method_of(run)
+    method, seed = parsed
     rows[method].append((seed, record["step"], metrics))
   for method, seeds in rows.items():
     steps = {step for _, step, _ in seeds}
@@ -84,7 +72,7 @@ def table(rows: dict) -> tuple:
   metrics = [(k, k) for k in report.HEADLINE] + list(SEAM)
   present = [(k, name) for k, name in metrics
              if any(k in m for seeds in rows.values() for _, _, m in seeds)]
-  methods = sorted(rows, key=lambda m: (ORDER.index(m) if m in ORDER else len(ORDER), m))
+  methods = sorted(rows, key=benchmark_rows.ORDER.index)
   lines = ["| run | seeds | " + " | ".join(name for _, name in present) + " |",
            "|---|---|" + "---|" * len(present)]
   numbers = {}
@@ -97,7 +85,7 @@ def table(rows: dict) -> tuple:
       cells.append("–" if mean != mean else f"{mean:.2f}" if std != std else
                    f"{mean:.2f} ± {std:.2f}")
     seed_list = ", ".join(str(s) for s, _, _ in seeds) if method != "source" else "–"
-    lines.append(f"| {LABEL.get(method, method)} | {seed_list} | " + " | ".join(cells) + " |")
+    lines.append(f"| {benchmark_rows.LABEL[method]} | {seed_list} | " + " | ".join(cells) + " |")
   return "\n".join(lines), numbers
 
 
