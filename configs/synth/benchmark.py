@@ -39,9 +39,13 @@ each adaptation row about an hour): source only 41.19 / 24.58 / 4.79 / 4.52
 38.77 / 24.43 / 4.05 / 4.35 / 25.36; UDA seed 0 43.24 / 29.37 / 6.31 / 5.49
 / 29.01; Tent 28.42 / 23.09 / 1.32 / 1.93 / 23.11; UNLOCK without ClassMix
 seed 0 39.19 / 24.05 / 4.05 / 4.36 / 25.16; the oracle 63.21 / 37.07 / 17.44 /
-19.70 / 38.66; UNLOCK seed 1 39.03 / 24.16 / 4.10 / 4.33 / 25.01; UDA seed 1
-43.73 / 29.31 / 5.80 / 5.22 / 29.42. Seed 2 and the means: README, "Methods
-side by side" (``unlock_jax.tools.benchmark_table`` prints them).
+19.70 / 38.66; UNLOCK seed 1 39.03 / 24.16 / 4.10 / 4.33 / 25.01, seed 2 39.06
+/ 24.52 / 4.12 / 4.36 / 25.28; UDA seed 1 43.73 / 29.31 / 5.80 / 5.22 / 29.42,
+seed 2 44.22 / 29.31 / 6.22 / 6.67 / 29.44. Over seeds 0-2 (mean ± sample
+std, as ``unlock_jax.tools.benchmark_table`` prints them): UNLOCK 38.95 ±
+0.16 / 24.37 ± 0.19 / 4.09 ± 0.03 / 4.35 ± 0.01 / 25.22 ± 0.18; UDA 43.73 ±
+0.49 / 29.33 ± 0.04 / 6.11 ± 0.27 / 5.79 ± 0.77 / 29.29 ± 0.24 (README,
+"Methods side by side", with the seam metrics and the reading).
 
 The schedule, and why:
 
