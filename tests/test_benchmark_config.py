@@ -23,6 +23,7 @@ from unlock_jax.data import layouts
 from unlock_jax.data import pipeline
 from unlock_jax.data import transforms
 from unlock_jax.data.layouts import blendpass
+from unlock_jax.methods import benchmark_rows
 from unlock_jax.models import defaults as model_defaults
 from unlock_jax.stages import train_source
 
@@ -39,10 +40,10 @@ def _config(method, seed=0, classmix=True, extra=""):
 def test_every_row_builds_with_its_schedule_and_blur():
   for method, seed, classmix in ROWS:
     c = _config(method, seed, classmix).copy_and_resolve_references()
-    run = benchmark.run_name(method, seed, classmix)
+    run = benchmark_rows.run_name(method, seed, classmix)
     assert c.seed == seed and c.evaluate.results_dir == f"{{workdir}}/{run}/evaluate"
     (name, row), = c.evaluate.runs.items()
-    assert name == benchmark.ROW[method]
+    assert name == benchmark_rows.EVAL_RUN[method]
     if method in ("tent", "unlock", "uda"):
       assert row.checkpoint == f"{{workdir}}/{run}/adapt/checkpoints"
       assert c.adapt.method == method and c.stage.endswith("adapt,evaluate")
@@ -85,7 +86,7 @@ def test_rows_write_their_own_folders_and_share_only_equal_inputs(tmp_path):
   writers = {}  # folder -> {(run, stage): fingerprint hash}
   for method, seed, classmix in ROWS:
     c = _config(method, seed, classmix)
-    run = benchmark.run_name(method, seed, classmix)
+    run = benchmark_rows.run_name(method, seed, classmix)
     for stage in c.stage.split(","):
       folder = fingerprint.folder(c, wd, stage)
       fp = fingerprint.compute(c, wd, stage)

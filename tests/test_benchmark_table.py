@@ -98,7 +98,7 @@ def test_every_row_folder_the_config_writes_reads_back_as_its_row(tmp_path):
       for classmix in ((True, False) if method in benchmark_rows.CLASSMIX else (True,)):
         c = benchmark.get_config(f"method={method},seed={seed},classmix={int(classmix)}")
         run = c.evaluate.results_dir.split("/")[1]
-        assert run == benchmark.run_name(method, seed, classmix)
+        assert run == benchmark_rows.run_name(method, seed, classmix)
         row = (method if classmix else f"{method}_noclassmix", seed)
         assert benchmark_rows.parse_run_name(run) == row
         expected.setdefault(row[0], []).append(seed)

@@ -92,11 +92,9 @@ from configs.synth import source_full
 from unlock_jax import constants
 from unlock_jax.methods import benchmark_rows
 
-METHODS = benchmark_rows.METHODS
 SOURCE = "{workdir}/source/train_source"  # the source model every other row starts from
 PSEUDO = "{workdir}/pseudo"               # UNLOCK's predict, opll and adcl_pool
 SHIFT = 0.75                              # the demo's calibrated target shift (README)
-ROW = benchmark_rows.EVAL_RUN
 NUM_PICTURES = 2
 
 
@@ -105,14 +103,12 @@ def alpha_fraction(steps: int, alpha: float = 0.999, ema_max: float = 0.999) -> 
   return sum(min(1 - 1 / (t + 1), ema_max) >= alpha - 1e-12 for t in range(steps)) / steps
 
 
-run_name = benchmark_rows.run_name  # the row's folder, as tools/benchmark_table reads it
-
-
 def get_config(arg=None):
   arg = common.parse_arg(arg, method="unlock", seed=0, scale=0.25, steps=1200, adapt_steps=2000,
                          classmix=True, reference_blur=False, runlocal=False)
-  if arg.method not in METHODS:
-    raise ValueError(f"configs/synth/benchmark.py: method= is one of {', '.join(METHODS)}, "
+  if arg.method not in benchmark_rows.METHODS:
+    raise ValueError("configs/synth/benchmark.py: method= is one of "
+                     f"{', '.join(benchmark_rows.METHODS)}, "
                      f"not {arg.method!r} (e.g. configs/synth/benchmark.py:method=uda,seed=1)")
   if not arg.classmix and arg.method not in benchmark_rows.CLASSMIX:
     raise ValueError(f"classmix=0 is an ablation of {' and '.join(benchmark_rows.CLASSMIX)}, "
@@ -120,7 +116,7 @@ def get_config(arg=None):
   if arg.method == "source" and arg.seed:
     raise ValueError("method=source is one model (seed 0), shared by every row; "
                      "seed= picks the seed of the other rows")
-  run = run_name(arg.method, arg.seed, arg.classmix)
+  run = benchmark_rows.run_name(arg.method, arg.seed, arg.classmix)
   out = "{workdir}/" + run
 
   # The source recipe and data of source_full (the demo's scenes) at the
@@ -172,7 +168,7 @@ def get_config(arg=None):
       a.uda.mix_weight = 0.0
   for ev in c.evals.values():
     ev.pictures_dir = out + "/pictures"
-  c.evaluate.runs = ml_collections.ConfigDict({ROW[arg.method]: dict(
+  c.evaluate.runs = ml_collections.ConfigDict({benchmark_rows.EVAL_RUN[arg.method]: dict(
       checkpoint=checkpoint, tau=tuple(tau))})
 
   if arg.runlocal:

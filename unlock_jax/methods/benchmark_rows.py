@@ -12,17 +12,19 @@ METHODS = ("source", "tent", "unlock", "uda", "oracle")
 CLASSMIX = ("unlock", "uda")
 # The name of each method's checkpoint in the evaluate stage (results.json "runs").
 EVAL_RUN = dict(source="source_only", tent="Tent", unlock="UNLOCK", uda="UDA", oracle="oracle")
-# The table's rows: a method, or a method's ablation (``<method>_noclassmix``).
-ORDER = tuple(g for m in METHODS for g in ((m, m + "_noclassmix") if m in CLASSMIX else (m,)))
 LABEL = {"source": "source only", "tent": "Tent (source-free)", "unlock": "UNLOCK (source-free)",
          "unlock_noclassmix": "UNLOCK without ClassMix", "uda": "UDA (source-dependent)",
          "uda_noclassmix": "UDA without ClassMix", "oracle": "target oracle (synthpass only)"}
-_RUN = re.compile(r"^(?P<group>[a-z]+(?:_noclassmix)?)_s(?P<seed>\d+)$")
+_RUN = re.compile(r"^(?P<group>.+)_s(?P<seed>\d+)$")
 
 
 def group(method: str, classmix: bool = True) -> str:
   """The table row of a method: ``unlock``, or ``unlock_noclassmix`` for its ablation."""
   return method if classmix else f"{method}_noclassmix"
+
+
+# The table's rows in reading order: each method, then its ClassMix ablation.
+ORDER = tuple(group(m, c) for m in METHODS for c in ((True, False) if m in CLASSMIX else (True,)))
 
 
 def run_name(method: str, seed: int, classmix: bool = True) -> str:
